@@ -1,0 +1,194 @@
+// Package cli is stem's command tree. It is importable: a Go program that
+// registers its own task handlers gets every stem command by calling
+// cli.Main with those handlers, for example:
+//
+//	func main() {
+//		reg := worker.NewRegistry()
+//		reg.MustRegister("reports.build", buildReport, worker.TaskOptions{MaxRetries: 3})
+//		os.Exit(cli.Main(os.Args[1:], cli.WithHandlers(reg)))
+//	}
+//
+// Commands write through cmd.OutOrStdout()/cmd.ErrOrStderr(), build their
+// flags from an options struct, and return errors that ExitCode maps to the
+// one exit-code table.
+package cli
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/logging"
+	"github.com/stemhq/stem/worker"
+)
+
+// Version is stamped at build time with -ldflags "-X github.com/stemhq/stem/cli.Version=...".
+var Version = "dev"
+
+// App is the state shared by the commands of one invocation.
+type App struct {
+	handlers  *worker.Registry
+	lookupEnv func(string) (string, bool)
+	environ   func() []string
+	numCPU    int
+	stdin     io.Reader
+}
+
+// Option configures an App.
+type Option func(*App)
+
+// WithHandlers makes the worker run the given handlers (besides the built-in
+// stem.* tasks and those of the tasks file).
+func WithHandlers(r *worker.Registry) Option { return func(a *App) { a.handlers = r } }
+
+// WithEnv replaces the process environment (tests).
+func WithEnv(lookup func(string) (string, bool), environ func() []string) Option {
+	return func(a *App) { a.lookupEnv, a.environ = lookup, environ }
+}
+
+// WithStdin replaces standard input (tests).
+func WithStdin(r io.Reader) Option { return func(a *App) { a.stdin = r } }
+
+func newApp(opts []Option) *App {
+	a := &App{lookupEnv: os.LookupEnv, environ: os.Environ, numCPU: runtime.NumCPU(), stdin: os.Stdin}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.handlers == nil {
+		a.handlers = worker.NewRegistry()
+	}
+	return a
+}
+
+// envAnnotation marks a flag with the variable it overrides.
+const envAnnotation = "stem_env"
+
+// bindEnv records that flag name on fs overrides variable key, and appends
+// the variable's name to the flag's help so every flag teaches its variable.
+func bindEnv(fs *pflag.FlagSet, name, key string) {
+	f := fs.Lookup(name)
+	if f == nil {
+		panic("bindEnv: no flag " + name)
+	}
+	_ = fs.SetAnnotation(name, envAnnotation, []string{key})
+	f.Usage += " ($" + key + ")"
+}
+
+// flagSource collects the changed flags of cmd that are bound to variables.
+func flagSource(cmd *cobra.Command) config.Source {
+	vals := map[string]string{}
+	names := map[string]string{}
+	visit := func(f *pflag.Flag) {
+		keys := f.Annotations[envAnnotation]
+		if len(keys) == 0 || !f.Changed {
+			return
+		}
+		v := f.Value.String()
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			v = strings.Join(sv.GetSlice(), ",")
+		}
+		vals[keys[0]] = v
+		names[keys[0]] = "--" + f.Name
+	}
+	cmd.Flags().VisitAll(visit)
+	cmd.InheritedFlags().VisitAll(visit)
+	return config.Source{
+		Name:    "flag",
+		Get:     func(k string) (string, bool) { v, ok := vals[k]; return v, ok },
+		Display: func(k string) string { return names[k] },
+	}
+}
+
+// lookup builds flag > environment > env file for cmd.
+func (a *App) lookup(cmd *cobra.Command) (config.Lookup, error) {
+	l := config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}
+	path, _, ok := l.Get("STEM_ENV_FILE")
+	if ok && path != "" {
+		m, err := config.LoadEnvFile(path)
+		if err != nil {
+			return nil, err
+		}
+		l = append(l, config.MapSource("env file "+path, m))
+	}
+	return l, nil
+}
+
+// config resolves the full configuration for cmd.
+func (a *App) config(cmd *cobra.Command) (config.Config, config.Lookup, error) {
+	l, err := a.lookup(cmd)
+	if err != nil {
+		return config.Config{}, nil, err
+	}
+	c, err := config.Load(l, a.numCPU)
+	return c, l, err
+}
+
+// logger builds the command's logger on stderr.
+func (a *App) logger(cmd *cobra.Command, c config.Config) (*logrus.Logger, error) {
+	js, _ := a.lookupEnv("JOURNAL_STREAM")
+	l, err := logging.New(cmd.ErrOrStderr(), logging.Options{Level: c.LogLevel, Format: c.LogFormat, JournalStream: js})
+	if err != nil {
+		return nil, &config.Error{Key: "STEM_LOG_LEVEL", Value: c.LogLevel, Msg: err.Error()}
+	}
+	return l, nil
+}
+
+// New builds the root command.
+func New(opts ...Option) *cobra.Command {
+	return newRoot(newApp(opts))
+}
+
+// Main runs the command tree with args and returns the process exit code.
+// Errors are printed as one line "stem: ..." on stderr.
+func Main(args []string, opts ...Option) int {
+	root := New(opts...)
+	root.SetArgs(args)
+	return Execute(root)
+}
+
+// Execute runs root and maps its error to an exit code.
+func Execute(root *cobra.Command) int {
+	cmd, err := root.ExecuteC()
+	if err == nil {
+		return ExitOK
+	}
+	code := ExitCode(err)
+	if isCobraUsageError(err) {
+		code = ExitUsage
+	}
+	var ee *ExitError
+	if !(asExit(err, &ee) && ee.Err == nil) {
+		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", oneLine(err.Error()))
+		if code == ExitUsage && cmd != nil {
+			fmt.Fprintf(root.ErrOrStderr(), "Run '%s --help' for usage.\n", cmd.CommandPath())
+		}
+	}
+	return code
+}
+
+func oneLine(s string) string {
+	return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ")
+}
+
+// isCobraUsageError recognises cobra's own argument and command errors,
+// which it returns as plain errors.
+func isCobraUsageError(err error) bool {
+	var ee *ExitError
+	if asExit(err, &ee) {
+		return false
+	}
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "accepts ", "requires at least", "requires at most", "invalid argument", "flag needs an argument", "required flag", "if any flags in the group"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,55 @@
+package cli
+
+import (
+	"context"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/engine"
+	"github.com/stemhq/stem/logging"
+)
+
+func engineOptions(c config.Config) engine.Options {
+	return engine.Options{BrokerURL: c.BrokerURL, ResultURL: c.ResultBackendURL, Namespace: c.Namespace, ResultTTL: c.ResultTTL}
+}
+
+// openEngine opens the configured engine once: a broker that does not answer
+// is an error (exit 69) naming the redacted URL.
+func openEngine(ctx context.Context, c config.Config) (*engine.Engine, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return engine.Open(ctx, engineOptions(c))
+}
+
+// openEngineRetrying opens the engine, retrying with backoff while the
+// broker is unavailable, logging each attempt, until ctx ends. A
+// configuration error is returned at once.
+func openEngineRetrying(ctx context.Context, c config.Config, log logrus.FieldLogger) (*engine.Engine, error) {
+	delay := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		e, err := openEngine(ctx, c)
+		if err == nil {
+			if attempt > 1 {
+				log.WithField(logging.FieldURL, broker.RedactURL(c.BrokerURL)).Info("broker reachable")
+			}
+			return e, nil
+		}
+		if _, isConfig := err.(*config.Error); isConfig || ctx.Err() != nil {
+			return nil, err
+		}
+		log.WithError(err).WithFields(logrus.Fields{"attempt": attempt, logging.FieldDelay: delay.String()}).Warn("broker unavailable; retrying")
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		if delay < 10*time.Second {
+			delay *= 2
+		}
+	}
+}

@@ -1,0 +1,235 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/tasks"
+)
+
+type enqueueOptions struct {
+	args       string
+	kv         []string
+	queue      string
+	countdown  time.Duration
+	eta        string
+	maxRetries int
+	timeLimit  time.Duration
+	wait       bool
+	timeout    time.Duration
+	jsonOut    bool
+}
+
+func newEnqueueCmd(a *App) *cobra.Command {
+	o := &enqueueOptions{}
+	cmd := &cobra.Command{
+		Use:   "enqueue TASK",
+		Short: "Publish a task and print its id",
+		Long: `Publish one task and print its id on stdout.
+
+Arguments are a JSON value (--args '{"n": 3}') and/or key=value pairs
+(--arg n=3 --arg name=report); a value that parses as JSON is kept as JSON
+(3, true, [1,2]), anything else is a string. --arg pairs are merged into
+the --args object.
+
+The queue is --queue, else the task's queue in the tasks file, else
+"default". --countdown or --eta delay the task.
+
+With --wait the command waits for the final state and prints it with the
+result or error: exit 0 when the task succeeded, 1 when it failed or was
+revoked, 75 when --timeout passed first.`,
+		Example: `  stem enqueue stem.echo --args '{"hello": "world"}'
+  stem enqueue reports.build --arg month=2026-10 --queue reports --wait --timeout 2m
+  stem enqueue stem.sleep --arg duration=5s --countdown 1m`,
+		Args: exactArgs(1, "TASK"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.enqueue(cmd, args[0], o)
+		},
+	}
+	fs := cmd.Flags()
+	addBrokerFlags(fs)
+	fs.StringVar(&o.args, "args", "", "task arguments as JSON")
+	fs.StringArrayVar(&o.kv, "arg", nil, "argument key=value (repeatable; JSON values kept as JSON)")
+	fs.StringVar(&o.queue, "queue", "", "queue to publish to")
+	fs.DurationVar(&o.countdown, "countdown", 0, "run no earlier than this long from now")
+	fs.StringVar(&o.eta, "eta", "", "run no earlier than this time (RFC 3339)")
+	fs.IntVar(&o.maxRetries, "max-retries", -1, "override the task's retry limit")
+	fs.DurationVar(&o.timeLimit, "time-limit", 0, "override the task's time limit")
+	fs.BoolVar(&o.wait, "wait", false, "wait for the final state and print it")
+	fs.DurationVar(&o.timeout, "timeout", time.Minute, "how long --wait waits")
+	fs.BoolVar(&o.jsonOut, "json", false, "print JSON")
+	fs.String("tasks-file", "", "tasks file (for the task's default queue)")
+	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
+	fs.Duration("result-ttl", 0, "how long task states are kept")
+	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
+	return cmd
+}
+
+// exactArgs is cobra.ExactArgs with a usage error (exit 64) that names the
+// missing argument.
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageErrorf("%s takes %d argument(s) (%s), got %d", cmd.CommandPath(), n, names, len(args))
+		}
+		return nil
+	}
+}
+
+// buildArgs merges --args and --arg into one JSON value.
+func buildArgs(raw string, kv []string) (json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	var out json.RawMessage
+	if raw != "" {
+		if err := json.Unmarshal([]byte(raw), &out); err != nil {
+			var se *json.SyntaxError
+			if errors.As(err, &se) {
+				return nil, usageErrorf("--args is not valid JSON at byte %d: %v: %s", se.Offset, err, pointAt(raw, int(se.Offset)))
+			}
+			return nil, usageErrorf("--args is not valid JSON: %v", err)
+		}
+		if len(kv) > 0 {
+			if err := json.Unmarshal(out, &obj); err != nil {
+				return nil, usageErrorf("--arg needs --args to be a JSON object, got %s", raw)
+			}
+		}
+	}
+	if len(kv) == 0 {
+		return out, nil
+	}
+	if obj == nil {
+		obj = map[string]json.RawMessage{}
+	}
+	for _, p := range kv {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return nil, usageErrorf("--arg %q: want key=value", p)
+		}
+		if json.Valid([]byte(v)) && v != "" {
+			obj[k] = json.RawMessage(v)
+		} else {
+			b, _ := json.Marshal(v)
+			obj[k] = b
+		}
+	}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// pointAt shows the text around offset with a marker.
+func pointAt(s string, offset int) string {
+	if offset > len(s) {
+		offset = len(s)
+	}
+	if offset < 1 {
+		offset = 1
+	}
+	lo := max(0, offset-20)
+	hi := min(len(s), offset+10)
+	return fmt.Sprintf("%s<<HERE>>%s", s[lo:offset-1], s[offset-1:hi])
+}
+
+// enqueueResult is the --json output of enqueue (without --wait).
+type enqueueResult struct {
+	ID    string    `json:"id"`
+	Task  string    `json:"task"`
+	Queue string    `json:"queue"`
+	ETA   time.Time `json:"eta,omitempty"`
+}
+
+func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error {
+	args, err := buildArgs(o.args, o.kv)
+	if err != nil {
+		return err
+	}
+	if o.countdown < 0 {
+		return usageErrorf("--countdown %s must not be negative", o.countdown)
+	}
+	if o.countdown > 0 && o.eta != "" {
+		return usageErrorf("--countdown and --eta exclude each other")
+	}
+	c, _, err := a.config(cmd)
+	if err != nil {
+		return err
+	}
+	queue := o.queue
+	if queue == "" && c.TasksFile != "" {
+		if f, ferr := tasks.Load(c.TasksFile); ferr == nil {
+			for _, d := range f.Tasks {
+				if d.Name == task {
+					queue = d.Queue
+				}
+			}
+		} else {
+			return ferr
+		}
+	}
+	if queue == "" {
+		queue = "default"
+	}
+	now := time.Now().UTC()
+	env := broker.Envelope{
+		ID: uuid.Must(uuid.NewV7()).String(), Name: task, Queue: queue, Args: args,
+		MaxRetries: o.maxRetries, TimeLimit: o.timeLimit, CreatedAt: now,
+	}
+	switch {
+	case o.countdown > 0:
+		env.ETA = now.Add(o.countdown)
+	case o.eta != "":
+		t, perr := time.Parse(time.RFC3339, o.eta)
+		if perr != nil {
+			return usageErrorf("--eta %q is not an RFC 3339 time such as 2026-11-23T10:00:00Z", o.eta)
+		}
+		env.ETA = t.UTC()
+	}
+	if err := env.Validate(); err != nil {
+		return usageErrorf("%v", err)
+	}
+	ctx := cmd.Context()
+	eng, err := openEngine(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	if err := eng.Results.Set(ctx, []result.TaskState{{
+		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Queued, EnqueuedAt: now, UpdatedAt: now,
+	}}); err != nil {
+		return fmt.Errorf("record task state: %w", err)
+	}
+	if err := eng.Broker.Publish(ctx, env); err != nil {
+		return fmt.Errorf("publish %s: %w", task, err)
+	}
+	out := cmd.OutOrStdout()
+	if !o.wait {
+		if o.jsonOut {
+			return writeJSON(out, enqueueResult{ID: env.ID, Task: task, Queue: queue, ETA: env.ETA})
+		}
+		_, err := fmt.Fprintln(out, env.ID)
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	st, err := result.Wait(wctx, eng.Results, env.ID)
+	if err != nil && wctx.Err() == nil {
+		return err
+	}
+	if err := printState(out, st, o.jsonOut); err != nil {
+		return err
+	}
+	if !st.State.Final() {
+		return withCode(ExitPartial, fmt.Errorf("task %s not finished after %s (state %s)", env.ID, o.timeout, st.State))
+	}
+	return stateExit(st)
+}

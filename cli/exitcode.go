@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/config"
+)
+
+// The exit codes of every stem command. This is the one table; the README's
+// table is checked against it by TestExitCodeTableInREADME.
+const (
+	// ExitOK: success.
+	ExitOK = 0
+	// ExitFailure: unhealthy (healthcheck), a task that failed
+	// (enqueue --wait), or a target that replied with an error.
+	ExitFailure = 1
+	// ExitNotRunning: not running (LSB; multi status, healthcheck).
+	ExitNotRunning = 3
+	// ExitUsage: bad command line (unknown flag, bad argument, bad --args).
+	ExitUsage = 64
+	// ExitUnavailable: the broker is unreachable, or no worker replied.
+	ExitUnavailable = 69
+	// ExitInternal: a bug or an unexpected failure.
+	ExitInternal = 70
+	// ExitPartial: some targets did not answer.
+	ExitPartial = 75
+	// ExitConfig: bad configuration (env file, URL, variable, tasks or
+	// routing file).
+	ExitConfig = 78
+)
+
+// ExitCodes describes each code; it feeds `stem help exit-codes` and the
+// README table test.
+var ExitCodes = []struct {
+	Code    int
+	Meaning string
+}{
+	{ExitOK, "success"},
+	{ExitFailure, "unhealthy, a task that failed (`enqueue --wait`), or a target replied with an error"},
+	{ExitNotRunning, "not running (LSB: `multi status`, `healthcheck`)"},
+	{ExitUsage, "usage error: unknown flag or command, bad argument, malformed `--args`"},
+	{ExitUnavailable, "unavailable: broker unreachable, or no worker replied"},
+	{ExitInternal, "internal error"},
+	{ExitPartial, "partial reply: some targets did not answer"},
+	{ExitConfig, "configuration error: bad variable, env file, URL, tasks or routing file"},
+}
+
+// ExitError carries an explicit exit code with an error. A nil Err means
+// "exit with Code, print nothing" (the command already reported).
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// withCode wraps err so that it exits with code.
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ExitError{Code: code, Err: err}
+}
+
+// usageErrorf returns a usage error (exit 64).
+func usageErrorf(format string, args ...any) error {
+	return &ExitError{Code: ExitUsage, Err: fmt.Errorf(format, args...)}
+}
+
+// ExitCode maps any error returned by a stem command to its exit code. It is
+// the only place that does so.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	var ce *config.Error
+	switch {
+	case errors.As(err, &ce):
+		return ExitConfig
+	case errors.Is(err, broker.ErrUnavailable):
+		return ExitUnavailable
+	}
+	return ExitInternal
+}

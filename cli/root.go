@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func asExit(err error, target **ExitError) bool { return errors.As(err, target) }
+
+func newRoot(a *App) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "stem",
+		Short: "Task-queue workers with an operator control plane and a systemd-first daemon toolkit",
+		Long: `stem runs task workers and lets operators see and steer them.
+
+Producers enqueue tasks (stem enqueue); workers (stem worker run) claim them
+from the broker in batches, run them with bounded concurrency, retry failures
+with exponential backoff and keep their state in the result backend
+(stem task status).
+
+Configuration comes from flags, then STEM_* environment variables, then the
+env file (--env-file / STEM_ENV_FILE), then defaults. Each flag's help names
+the variable it overrides. Exit codes: see 'stem help exit-codes'.`,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageErrorf("%v", err)
+	})
+	pf := root.PersistentFlags()
+	pf.String("env-file", "", "env file to read (process environment wins over it)")
+	bindEnv(pf, "env-file", "STEM_ENV_FILE")
+	pf.String("log-level", "", "log level: error, warn, info, debug")
+	bindEnv(pf, "log-level", "STEM_LOG_LEVEL")
+	pf.String("log-format", "", "log format: auto, text, json, journal")
+	bindEnv(pf, "log-format", "STEM_LOG_FORMAT")
+
+	worker := &cobra.Command{
+		Use:   "worker",
+		Short: "Run, inspect and steer workers",
+	}
+	task := &cobra.Command{Use: "task", Short: "Read task states"}
+	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp())
+	worker.AddCommand(newWorkerRunCmd(a))
+	task.AddCommand(newTaskStatusCmd(a))
+	addDaemonCommands(a, root, worker)
+	return root
+}
+
+// addBrokerFlags adds the connection flags shared by commands that talk to
+// the broker.
+func addBrokerFlags(fs *pflag.FlagSet) {
+	fs.String("broker-url", "", "broker URL")
+	bindEnv(fs, "broker-url", "STEM_BROKER_URL")
+	fs.String("result-backend-url", "", "result backend URL (default: the broker URL)")
+	bindEnv(fs, "result-backend-url", "STEM_RESULT_BACKEND_URL")
+	fs.String("namespace", "", "namespace (key prefix) of the deployment")
+	bindEnv(fs, "namespace", "STEM_WORKER_NAMESPACE")
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print stem's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "stem %s\n", Version)
+			return err
+		},
+	}
+}
+
+func newExitCodesHelp() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "exit-codes",
+		Short: "The exit codes of every stem command",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			w := cmd.OutOrStdout()
+			for _, e := range ExitCodes {
+				fmt.Fprintf(w, "%3d  %s\n", e.Code, e.Meaning)
+			}
+			return nil
+		},
+	}
+	return c
+}

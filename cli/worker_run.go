@@ -1,0 +1,182 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/logging"
+	"github.com/stemhq/stem/tasks"
+	"github.com/stemhq/stem/worker"
+)
+
+type workerRunOptions struct{}
+
+func newWorkerRunCmd(a *App) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a worker in the foreground",
+		Long: `Run a worker in the foreground until it is told to stop.
+
+The worker claims tasks from its queues in batches, runs at most
+--concurrency of them at once (plus --prefetch claimed ahead), retries
+failures with exponential backoff, and records every state in the result
+backend. It runs the built-in tasks (stem.echo, stem.sleep, stem.fail), the
+commands of the tasks file, and any handlers compiled into this binary.
+
+Signals: SIGTERM = warm shutdown (stop fetching, finish running tasks),
+SIGINT = soft (cancel running tasks and hand them back; hard after
+--shutdown-grace), SIGQUIT = hard (hand running tasks back at once, without
+counting an attempt). A second signal escalates one step.
+
+If the broker is unreachable at start, the worker retries with backoff and
+logs each attempt.`,
+		Example: `  stem worker run --node alpha --queue default --queue critical --concurrency 8
+  STEM_BROKER_URL=redis://:secret@10.0.0.5:6379/0 stem worker run --tasks-file /etc/stem/tasks.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.runWorker(cmd)
+		},
+	}
+	fs := cmd.Flags()
+	addBrokerFlags(fs)
+	fs.String("node", "", "node name; the worker id is <node>@<hostname>")
+	bindEnv(fs, "node", "STEM_WORKER_NODE")
+	fs.StringSlice("queue", nil, "queue to consume (repeatable, or comma-separated; priority order)")
+	bindEnv(fs, "queue", "STEM_WORKER_QUEUES")
+	fs.Int("concurrency", 0, "most tasks run at once")
+	bindEnv(fs, "concurrency", "STEM_WORKER_CONCURRENCY")
+	fs.Int("prefetch", 0, "tasks claimed ahead of free slots")
+	bindEnv(fs, "prefetch", "STEM_WORKER_PREFETCH")
+	fs.Duration("lease", 0, "visibility timeout of claimed tasks")
+	bindEnv(fs, "lease", "STEM_WORKER_LEASE")
+	fs.Duration("heartbeat", 0, "registry heartbeat interval")
+	bindEnv(fs, "heartbeat", "STEM_WORKER_HEARTBEAT")
+	fs.Duration("shutdown-grace", 0, "soft shutdown grace period before a hard stop")
+	bindEnv(fs, "shutdown-grace", "STEM_WORKER_SHUTDOWN_GRACE")
+	fs.String("tasks-file", "", "YAML file of exec tasks")
+	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
+	fs.Duration("result-ttl", 0, "how long task states are kept")
+	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
+	return cmd
+}
+
+// buildHandlers returns the registry a worker runs: built-ins, the app's
+// compiled handlers, and the tasks file's exec tasks.
+func (a *App) buildHandlers(c config.Config) (*worker.Registry, error) {
+	reg := worker.NewRegistry()
+	if err := tasks.RegisterBuiltins(reg); err != nil {
+		return nil, err
+	}
+	for _, name := range a.handlers.Names() {
+		h, _ := a.handlers.Lookup(name)
+		if err := reg.Register(h.Name, h.Run, h.Options); err != nil {
+			return nil, err
+		}
+	}
+	if c.TasksFile != "" {
+		f, err := tasks.Load(c.TasksFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := f.Register(reg, tasks.ExecOptions{Environ: a.environ()}); err != nil {
+			return nil, err
+		}
+	}
+	return reg, nil
+}
+
+// signalModes is the default signal → shutdown mode mapping.
+var signalModes = map[os.Signal]worker.Mode{
+	syscall.SIGTERM: worker.Warm,
+	syscall.SIGINT:  worker.Soft,
+	syscall.SIGQUIT: worker.Hard,
+}
+
+func (a *App) runWorker(cmd *cobra.Command) error {
+	c, _, err := a.config(cmd)
+	if err != nil {
+		return err
+	}
+	log, err := a.logger(cmd, c)
+	if err != nil {
+		return err
+	}
+	handlers, err := a.buildHandlers(c)
+	if err != nil {
+		return err
+	}
+	hostname, _ := os.Hostname()
+
+	// Signals are caught from the start, so a SIGTERM during the broker
+	// retry loop ends it cleanly.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(cmd.Context())
+	defer cancel()
+	wCh := make(chan *worker.Worker, 1)
+	go func() {
+		var cur worker.Mode
+		var target *worker.Worker
+		for {
+			select {
+			case target = <-wCh:
+				continue
+			case s := <-sigs:
+				m := signalModes[s]
+				if m <= cur {
+					m = min(cur+1, worker.Hard)
+				}
+				cur = m
+				log.WithFields(logrus.Fields{logging.FieldSignal: s.String(), logging.FieldMode: m.String()}).Info("signal received")
+				if target == nil {
+					cancel()
+					continue
+				}
+				target.Shutdown(m)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	log.WithFields(logrus.Fields{
+		logging.FieldURL: broker.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": "TERM=warm INT=soft QUIT=hard (a second signal escalates)",
+	}).Info("stem worker starting")
+	eng, err := openEngineRetrying(ctx, c, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer eng.Close()
+
+	w, err := worker.New(worker.Config{
+		Broker: eng.Broker, Results: eng.Results, Registry: eng.Registry, Handlers: handlers,
+		Node: c.Node, Hostname: hostname, Namespace: c.Namespace, Queues: c.Queues,
+		Concurrency: c.Concurrency, Prefetch: c.Prefetch, Lease: c.Lease, Heartbeat: c.Heartbeat,
+		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version,
+	})
+	if err != nil {
+		return withCode(ExitConfig, err)
+	}
+	wCh <- w
+	go func() {
+		select {
+		case <-w.Ready():
+			log.WithField("tasks", len(handlers.Names())).Info("worker ready")
+		case <-ctx.Done():
+		}
+	}()
+	// A signal that arrived before the worker existed cancelled ctx: Run
+	// then stops at once (warm).
+	return w.Run(ctx)
+}

@@ -1,0 +1,407 @@
+// Package config resolves stem's configuration. Library packages take plain
+// Config structs; only the CLI reads the outside world, through this
+// package, in one order of precedence:
+//
+//	flag > STEM_* environment variable > env file > default
+//
+// Every setting is declared once in Vars, with its variable, default and
+// documentation; the README's variable table is checked against Vars by a
+// test, so the docs cannot drift from the behaviour.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/joho/godotenv"
+
+	"github.com/stemhq/stem/broker"
+)
+
+// Error is a configuration error: a bad value of a named variable or flag,
+// a bad env file, URL or tasks file. The CLI exits 78 on it.
+type Error struct {
+	// Key is the variable or flag ("STEM_WORKER_CONCURRENCY", "--concurrency")
+	// or file ("/etc/stem/stem.env:3") at fault.
+	Key string
+	// Value is the offending value, already redacted when it is a URL.
+	Value string
+	// Msg says what is wrong and what is accepted.
+	Msg string
+}
+
+func (e *Error) Error() string {
+	if e.Value == "" && e.Key == "" {
+		return e.Msg
+	}
+	if e.Value == "" {
+		return fmt.Sprintf("%s: %s", e.Key, e.Msg)
+	}
+	return fmt.Sprintf("invalid %s=%q: %s", e.Key, e.Value, e.Msg)
+}
+
+// Errorf returns a *Error without a key, for messages that name their own
+// subject (a file and line, say).
+func Errorf(format string, args ...any) error {
+	return &Error{Msg: fmt.Sprintf(format, args...)}
+}
+
+// Source is one layer of configuration values, keyed by variable name.
+type Source struct {
+	// Name says where values come from, for messages: "flag", "environment",
+	// "env file /etc/stem/stem.env".
+	Name string
+	// Get returns the value of a variable, if the layer sets it.
+	Get func(key string) (string, bool)
+	// Display, when set, names the key as the user wrote it in this layer
+	// (a flag name for the flag layer).
+	Display func(key string) string
+}
+
+// Lookup is an ordered list of sources; the first that has a key wins.
+type Lookup []Source
+
+// Get returns the winning value of key and the display name of where it
+// came from (for errors). ok is false when no source sets it.
+func (l Lookup) Get(key string) (value, from string, ok bool) {
+	for _, s := range l {
+		if s.Get == nil {
+			continue
+		}
+		if v, found := s.Get(key); found {
+			from = key
+			if s.Display != nil {
+				from = s.Display(key)
+			}
+			return v, from, true
+		}
+	}
+	return "", key, false
+}
+
+// EnvSource returns the process environment as a Source.
+func EnvSource(getenv func(string) (string, bool)) Source {
+	if getenv == nil {
+		getenv = os.LookupEnv
+	}
+	return Source{Name: "environment", Get: getenv}
+}
+
+// MapSource returns a Source backed by a map.
+func MapSource(name string, m map[string]string) Source {
+	return Source{Name: name, Get: func(k string) (string, bool) { v, ok := m[k]; return v, ok }}
+}
+
+// LoadEnvFile parses an env file with godotenv. Errors name the file and,
+// where the parser says, the line; a missing file is an error too.
+func LoadEnvFile(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &Error{Key: "env file " + path, Msg: errorText(err)}
+	}
+	defer f.Close()
+	m, err := godotenv.Parse(f)
+	if err != nil {
+		return nil, &Error{Key: "env file " + path, Msg: envFileLine(path, err)}
+	}
+	return m, nil
+}
+
+// envFileLine turns godotenv's message into one that names the line when it
+// can find the offending text in the file.
+func envFileLine(path string, err error) string {
+	msg := err.Error()
+	data, rerr := os.ReadFile(path)
+	if rerr != nil {
+		return msg
+	}
+	// godotenv reports e.g. `unexpected character "-" in variable name near "FOO-BAR=1\n..."`.
+	if i := strings.Index(msg, `near "`); i >= 0 {
+		near := msg[i+len(`near "`):]
+		if uq, qerr := strconv.Unquote(`"` + strings.TrimSuffix(near, `"`) + `"`); qerr == nil {
+			near = uq
+		}
+		first := strings.SplitN(near, "\n", 2)[0]
+		if first != "" {
+			for n, line := range strings.Split(string(data), "\n") {
+				if strings.Contains(line, first) {
+					short := msg[:i]
+					return fmt.Sprintf("line %d: %s(%q)", n+1, short, strings.TrimSpace(line))
+				}
+			}
+		}
+	}
+	return msg
+}
+
+func errorText(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// Var documents one configuration variable.
+type Var struct {
+	Key     string
+	Flag    string // the flag that overrides it, "" if none
+	Default string
+	Doc     string
+}
+
+// Vars lists every STEM_* variable stem reads, in README order.
+var Vars = []Var{
+	{"STEM_ENV_FILE", "--env-file", "", "env file read before the others (godotenv syntax); the process environment wins over it"},
+	{"STEM_BROKER_URL", "--broker-url", DefaultBrokerURL, "broker: `redis://[user:pass@]host:port/db`, `rediss://...`, `memory://` (in-process, tests)"},
+	{"STEM_RESULT_BACKEND_URL", "--result-backend-url", "the broker URL", "where task states and results are kept"},
+	{"STEM_RESULT_TTL", "--result-ttl", "24h", "how long task states are kept"},
+	{"STEM_WORKER_NAMESPACE", "--namespace", "stem", "key prefix that isolates one deployment's queues, results and workers"},
+	{"STEM_WORKER_NODE", "--node", "worker", "node name; the worker id is `<node>@<hostname>`"},
+	{"STEM_WORKER_QUEUES", "--queue", "default", "comma-separated queues to consume, in priority order"},
+	{"STEM_WORKER_CONCURRENCY", "--concurrency", "number of CPUs", "most tasks run at once by one worker"},
+	{"STEM_WORKER_PREFETCH", "--prefetch", "the concurrency", "tasks claimed ahead of free slots"},
+	{"STEM_WORKER_LEASE", "--lease", "30s", "visibility timeout of a claimed task; renewed while it runs"},
+	{"STEM_WORKER_HEARTBEAT", "--heartbeat", "5s", "heartbeat interval; the registry entry lives three intervals"},
+	{"STEM_WORKER_SHUTDOWN_GRACE", "--shutdown-grace", "30s", "soft shutdown: how long terminated tasks get before a hard stop"},
+	{"STEM_TASKS_FILE", "--tasks-file", "", "YAML file mapping task names to commands"},
+	{"STEM_LOG_LEVEL", "--log-level", "info", "panic, fatal, error, warn, info, debug or trace"},
+	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
+}
+
+// DefaultBrokerURL is used when no broker URL is configured.
+const DefaultBrokerURL = "redis://127.0.0.1:6379/0"
+
+// Supported URL schemes for brokers and result backends.
+var brokerSchemes = []string{"redis", "rediss", "memory"}
+
+// Reader reads typed values out of a Lookup and remembers the first error.
+type Reader struct {
+	L   Lookup
+	err error
+}
+
+// Err returns the first error met.
+func (r *Reader) Err() error { return r.err }
+
+func (r *Reader) fail(from, val, msg string) {
+	if r.err == nil {
+		r.err = &Error{Key: from, Value: val, Msg: msg}
+	}
+}
+
+// String returns key's value or def.
+func (r *Reader) String(key, def string) string {
+	if v, _, ok := r.L.Get(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// Int returns key's value as an int within [min, max], or def.
+func (r *Reader) Int(key string, def, min, max int) int {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		r.fail(from, v, "must be an integer")
+		return def
+	}
+	if n < min || n > max {
+		r.fail(from, v, fmt.Sprintf("must be between %d and %d", min, max))
+		return def
+	}
+	return n
+}
+
+// Duration returns key's value as a positive Go duration ("250ms", "5s").
+func (r *Reader) Duration(key string, def time.Duration) time.Duration {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil {
+		r.fail(from, v, "must be a Go duration such as 250ms, 5s, 2m or 1h")
+		return def
+	}
+	if d <= 0 {
+		r.fail(from, v, "must be greater than zero")
+		return def
+	}
+	return d
+}
+
+// List returns key's comma-separated value, trimmed, empty items dropped.
+func (r *Reader) List(key string, def []string) []string {
+	v, from, ok := r.L.Get(key)
+	if !ok || strings.TrimSpace(v) == "" {
+		return def
+	}
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !validName(s) {
+			r.fail(from, v, fmt.Sprintf("queue name %q may hold only letters, digits and . _ - :", s))
+			return def
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Enum returns key's value, which must be one of allowed.
+func (r *Reader) Enum(key, def string, allowed ...string) string {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	v = strings.ToLower(strings.TrimSpace(v))
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	r.fail(from, v, "must be one of "+strings.Join(allowed, ", "))
+	return def
+}
+
+// URL returns key's value (or def) after checking its scheme is one of
+// schemes. A bare path is accepted when allowPath is set.
+func (r *Reader) URL(key, def string, schemes []string) string {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	if err := CheckURL(v, schemes); err != nil {
+		r.fail(from, broker.RedactURL(v), err.Error())
+		return def
+	}
+	return v
+}
+
+// CheckURL reports whether raw parses and has one of the given schemes.
+func CheckURL(raw string, schemes []string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("not a URL: %v", unwrapURLErr(err))
+	}
+	scheme := strings.ToLower(u.Scheme)
+	for _, s := range schemes {
+		if scheme == s {
+			return nil
+		}
+	}
+	if scheme == "" {
+		return fmt.Errorf("missing scheme; supported: %s", schemeList(schemes))
+	}
+	return fmt.Errorf("unsupported scheme %q; supported: %s", scheme, schemeList(schemes))
+}
+
+func schemeList(s []string) string {
+	out := make([]string, len(s))
+	for i, x := range s {
+		out[i] = x + "://"
+	}
+	return strings.Join(out, ", ")
+}
+
+func unwrapURLErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// ValidName reports whether s is a usable queue, node or namespace name.
+func ValidName(s string) bool { return validName(s) }
+
+func validName(s string) bool {
+	if s == "" || len(s) > 200 {
+		return false
+	}
+	for _, c := range s {
+		if !(unicode.IsLetter(c) || unicode.IsDigit(c) || strings.ContainsRune("._-:", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// Config is the resolved configuration of a stem command.
+type Config struct {
+	EnvFile          string
+	BrokerURL        string
+	ResultBackendURL string
+	ResultTTL        time.Duration
+	Namespace        string
+	Node             string
+	Queues           []string
+	Concurrency      int
+	Prefetch         int
+	Lease            time.Duration
+	Heartbeat        time.Duration
+	ShutdownGrace    time.Duration
+	TasksFile        string
+	LogLevel         string
+	LogFormat        string
+}
+
+// Load resolves a Config from l. numCPU is the default concurrency.
+func Load(l Lookup, numCPU int) (Config, error) {
+	r := &Reader{L: l}
+	if numCPU < 1 {
+		numCPU = 1
+	}
+	c := Config{
+		EnvFile:       r.String("STEM_ENV_FILE", ""),
+		BrokerURL:     r.URL("STEM_BROKER_URL", DefaultBrokerURL, brokerSchemes),
+		ResultTTL:     r.Duration("STEM_RESULT_TTL", 24*time.Hour),
+		Namespace:     r.String("STEM_WORKER_NAMESPACE", "stem"),
+		Node:          r.String("STEM_WORKER_NODE", "worker"),
+		Queues:        r.List("STEM_WORKER_QUEUES", []string{"default"}),
+		Concurrency:   r.Int("STEM_WORKER_CONCURRENCY", numCPU, 1, 100000),
+		Lease:         r.Duration("STEM_WORKER_LEASE", 30*time.Second),
+		Heartbeat:     r.Duration("STEM_WORKER_HEARTBEAT", 5*time.Second),
+		ShutdownGrace: r.Duration("STEM_WORKER_SHUTDOWN_GRACE", 30*time.Second),
+		TasksFile:     r.String("STEM_TASKS_FILE", ""),
+		LogLevel:      r.Enum("STEM_LOG_LEVEL", "info", "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace"),
+		LogFormat:     r.Enum("STEM_LOG_FORMAT", "auto", "auto", "text", "json", "journal"),
+	}
+	c.ResultBackendURL = r.URL("STEM_RESULT_BACKEND_URL", c.BrokerURL, brokerSchemes)
+	c.Prefetch = r.Int("STEM_WORKER_PREFETCH", c.Concurrency, 0, 1000000)
+	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}} {
+		if !validName(kv.v) {
+			_, from, _ := l.Get(kv.key)
+			r.fail(from, kv.v, "may hold only letters, digits and . _ - : (no spaces or slashes)")
+		}
+	}
+	if c.TasksFile != "" {
+		c.TasksFile = filepath.Clean(c.TasksFile)
+	}
+	return c, r.Err()
+}
+
+// Keys returns the documented variable names, sorted.
+func Keys() []string {
+	out := make([]string, len(Vars))
+	for i, v := range Vars {
+		out[i] = v.Key
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,132 @@
+// Package engine opens the backends of a deployment from URLs: the broker,
+// the result backend and the worker registry. One engine usually serves all
+// three roles (the result backend URL defaults to the broker URL); when the
+// URLs differ, each role is opened from its own URL.
+//
+// Supported schemes: redis://, rediss:// (go-redis URL syntax: user,
+// password, DB number, options) and memory:// (in-process; engines opened
+// with the same memory URL in one process share their state, which tests
+// and single-process embedding use).
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/memory"
+	stemredis "github.com/stemhq/stem/broker/redis"
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/registry"
+	"github.com/stemhq/stem/result"
+)
+
+// Schemes lists the URL schemes Open accepts.
+var Schemes = []string{"redis", "rediss", "memory"}
+
+// Options say what to open.
+type Options struct {
+	BrokerURL string
+	// ResultURL defaults to BrokerURL.
+	ResultURL string
+	Namespace string
+	ResultTTL time.Duration
+}
+
+// Engine holds the opened roles.
+type Engine struct {
+	Broker   broker.Broker
+	Results  result.Backend
+	Registry registry.Registry
+	closers  []io.Closer
+}
+
+// Close closes everything Open opened.
+func (e *Engine) Close() error {
+	var errs []error
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		errs = append(errs, e.closers[i].Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Open opens the engine(s) named by o and checks they answer. A bad URL is
+// a *config.Error; an engine that does not answer wraps
+// broker.ErrUnavailable and names the URL with its password redacted.
+func Open(ctx context.Context, o Options) (*Engine, error) {
+	if o.ResultURL == "" {
+		o.ResultURL = o.BrokerURL
+	}
+	if o.Namespace == "" {
+		o.Namespace = "stem"
+	}
+	b, err := open(ctx, o.BrokerURL, o)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{Broker: b.broker, Results: b.results, Registry: b.registry, closers: []io.Closer{b}}
+	if o.ResultURL != o.BrokerURL {
+		r, err := open(ctx, o.ResultURL, o)
+		if err != nil {
+			_ = e.Close()
+			return nil, err
+		}
+		e.Results = r.results
+		e.closers = append(e.closers, r)
+	}
+	return e, nil
+}
+
+type opened struct {
+	broker   broker.Broker
+	results  result.Backend
+	registry registry.Registry
+	close    func() error
+}
+
+func (o *opened) Close() error { return o.close() }
+
+func open(ctx context.Context, raw string, o Options) (*opened, error) {
+	if err := config.CheckURL(raw, Schemes); err != nil {
+		return nil, &config.Error{Key: "URL", Value: broker.RedactURL(raw), Msg: err.Error()}
+	}
+	u, _ := url.Parse(raw)
+	switch strings.ToLower(u.Scheme) {
+	case "memory":
+		m := sharedMemory(raw, o)
+		return &opened{broker: m.Broker(), results: m.Results(), registry: m.Registry(), close: func() error { return nil }}, nil
+	default:
+		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
+		if err != nil {
+			return nil, err
+		}
+		return &opened{broker: r.Broker(), results: r.Results(), registry: r.Registry(), close: r.Close}, nil
+	}
+}
+
+var (
+	memMu sync.Mutex
+	mems  = map[string]*memory.Engine{}
+)
+
+// sharedMemory returns the process-wide memory engine for a URL.
+func sharedMemory(raw string, o Options) *memory.Engine {
+	key := raw + "|" + o.Namespace
+	memMu.Lock()
+	defer memMu.Unlock()
+	if m, ok := mems[key]; ok {
+		return m
+	}
+	m := memory.New(memory.Options{ResultTTL: o.ResultTTL})
+	mems[key] = m
+	return m
+}
+
+// ErrNotConfigured is returned when no URL is given.
+var ErrNotConfigured = fmt.Errorf("no broker URL configured")

@@ -1,0 +1,129 @@
+// Package logging builds the one logrus logger a stem command uses. Library
+// packages never log through package-level logrus functions; they receive a
+// logrus.FieldLogger.
+//
+// Formats: "text" (human, with timestamps), "json" (for log shippers), and
+// "journal": no timestamps (journald adds its own) and every line prefixed
+// with its sd-daemon priority ("<3>" error ... "<7>" debug), so
+// `journalctl -p warning` filters correctly. "auto" picks "journal" when
+// JOURNAL_STREAM is set (systemd connected stderr to the journal), else
+// "text".
+package logging
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Field names used across stem's log lines.
+const (
+	FieldWorker   = "worker"
+	FieldTask     = "task_id"
+	FieldTaskName = "task"
+	FieldQueue    = "queue"
+	FieldAttempt  = "attempt"
+	FieldURL      = "url"
+	FieldSignal   = "signal"
+	FieldMode     = "mode"
+	FieldDelay    = "delay"
+	FieldDuration = "duration"
+	FieldPID      = "pid"
+)
+
+// Options configure New.
+type Options struct {
+	Level  string // logrus level name; "" = info
+	Format string // auto, text, json, journal; "" = auto
+	// JournalStream is the value of $JOURNAL_STREAM ("" when not under
+	// journald); it decides "auto".
+	JournalStream string
+}
+
+// New returns a logger writing to w.
+func New(w io.Writer, o Options) (*logrus.Logger, error) {
+	l := logrus.New()
+	l.SetOutput(w)
+	lvl := o.Level
+	if lvl == "" {
+		lvl = "info"
+	}
+	level, err := logrus.ParseLevel(lvl)
+	if err != nil {
+		return nil, fmt.Errorf("log level %q: %w", lvl, err)
+	}
+	l.SetLevel(level)
+	switch ResolveFormat(o.Format, o.JournalStream) {
+	case "json":
+		l.SetFormatter(&logrus.JSONFormatter{})
+	case "journal":
+		l.SetFormatter(&JournalFormatter{})
+	default:
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
+	}
+	return l, nil
+}
+
+// ResolveFormat turns "auto" into "journal" or "text".
+func ResolveFormat(format, journalStream string) string {
+	switch format {
+	case "", "auto":
+		if journalStream != "" {
+			return "journal"
+		}
+		return "text"
+	}
+	return format
+}
+
+// Priority returns the sd-daemon priority of a logrus level.
+func Priority(l logrus.Level) int {
+	switch l {
+	case logrus.PanicLevel:
+		return 2 // crit
+	case logrus.FatalLevel:
+		return 2
+	case logrus.ErrorLevel:
+		return 3
+	case logrus.WarnLevel:
+		return 4
+	case logrus.InfoLevel:
+		return 6
+	default:
+		return 7
+	}
+}
+
+// JournalFormatter writes "<N>message key=value ..." without a timestamp.
+type JournalFormatter struct{}
+
+// Format implements logrus.Formatter.
+func (JournalFormatter) Format(e *logrus.Entry) ([]byte, error) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "<%d>%s", Priority(e.Level), strings.ReplaceAll(e.Message, "\n", " "))
+	keys := make([]string, 0, len(e.Data))
+	for k := range e.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := fmt.Sprint(e.Data[k])
+		if strings.ContainsAny(v, " \"=") || v == "" {
+			v = fmt.Sprintf("%q", v)
+		}
+		fmt.Fprintf(&b, " %s=%s", k, v)
+	}
+	b.WriteByte('\n')
+	return b.Bytes(), nil
+}
+
+// Discard returns a logger that drops everything (tests, library defaults).
+func Discard() *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
+}
