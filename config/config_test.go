@@ -1,0 +1,177 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func lookup(flags, env, file map[string]string) Lookup {
+	l := Lookup{
+		{Name: "flag", Get: func(k string) (string, bool) { v, ok := flags[k]; return v, ok }, Display: func(k string) string { return "--flag-for-" + k }},
+		MapSource("environment", env),
+	}
+	if file != nil {
+		l = append(l, MapSource("env file", file))
+	}
+	return l
+}
+
+func TestPrecedenceFlagEnvFileDefault(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name             string
+		flags, env, file map[string]string
+		wantNode         string
+		wantConcurrency  int
+	}{
+		{"default", nil, nil, nil, "worker", 4},
+		{"file", nil, nil, map[string]string{"STEM_WORKER_NODE": "f", "STEM_WORKER_CONCURRENCY": "2"}, "f", 2},
+		{"env beats file", nil, map[string]string{"STEM_WORKER_NODE": "e"}, map[string]string{"STEM_WORKER_NODE": "f"}, "e", 4},
+		{"flag beats env", map[string]string{"STEM_WORKER_NODE": "x"}, map[string]string{"STEM_WORKER_NODE": "e"}, map[string]string{"STEM_WORKER_NODE": "f"}, "x", 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(lookup(tt.flags, tt.env, tt.file), 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Node != tt.wantNode || c.Concurrency != tt.wantConcurrency {
+				t.Fatalf("node=%q concurrency=%d, want %q %d", c.Node, c.Concurrency, tt.wantNode, tt.wantConcurrency)
+			}
+		})
+	}
+}
+
+// TestEveryVariableIsRead sets each documented variable to a valid value and
+// checks that Load picks it up, so no documented variable is inert.
+func TestEveryVariableIsRead(t *testing.T) {
+	t.Parallel()
+	values := map[string]string{
+		"STEM_ENV_FILE":              "/etc/stem/stem.env",
+		"STEM_BROKER_URL":            "redis://10.0.0.1:6380/2",
+		"STEM_RESULT_BACKEND_URL":    "redis://10.0.0.2:6379/3",
+		"STEM_RESULT_TTL":            "2h",
+		"STEM_WORKER_NAMESPACE":      "prod",
+		"STEM_WORKER_NODE":           "alpha",
+		"STEM_WORKER_QUEUES":         "critical, default",
+		"STEM_WORKER_CONCURRENCY":    "7",
+		"STEM_WORKER_PREFETCH":       "3",
+		"STEM_WORKER_LEASE":          "45s",
+		"STEM_WORKER_HEARTBEAT":      "2s",
+		"STEM_WORKER_SHUTDOWN_GRACE": "9s",
+		"STEM_TASKS_FILE":            "/etc/stem/tasks.yaml",
+		"STEM_LOG_LEVEL":             "debug",
+		"STEM_LOG_FORMAT":            "json",
+	}
+	for _, v := range Vars {
+		if _, ok := values[v.Key]; !ok {
+			t.Errorf("documented variable %s has no value in this test", v.Key)
+		}
+	}
+	c, err := Load(lookup(nil, values, nil), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]any{
+		"STEM_ENV_FILE": c.EnvFile, "STEM_BROKER_URL": c.BrokerURL, "STEM_RESULT_BACKEND_URL": c.ResultBackendURL,
+		"STEM_RESULT_TTL": c.ResultTTL, "STEM_WORKER_NAMESPACE": c.Namespace, "STEM_WORKER_NODE": c.Node,
+		"STEM_WORKER_QUEUES": strings.Join(c.Queues, "|"), "STEM_WORKER_CONCURRENCY": c.Concurrency,
+		"STEM_WORKER_PREFETCH": c.Prefetch, "STEM_WORKER_LEASE": c.Lease, "STEM_WORKER_HEARTBEAT": c.Heartbeat,
+		"STEM_WORKER_SHUTDOWN_GRACE": c.ShutdownGrace, "STEM_TASKS_FILE": c.TasksFile, "STEM_LOG_LEVEL": c.LogLevel,
+		"STEM_LOG_FORMAT": c.LogFormat,
+	}
+	want := map[string]any{
+		"STEM_ENV_FILE": "/etc/stem/stem.env", "STEM_BROKER_URL": "redis://10.0.0.1:6380/2", "STEM_RESULT_BACKEND_URL": "redis://10.0.0.2:6379/3",
+		"STEM_RESULT_TTL": 2 * time.Hour, "STEM_WORKER_NAMESPACE": "prod", "STEM_WORKER_NODE": "alpha",
+		"STEM_WORKER_QUEUES": "critical|default", "STEM_WORKER_CONCURRENCY": 7, "STEM_WORKER_PREFETCH": 3,
+		"STEM_WORKER_LEASE": 45 * time.Second, "STEM_WORKER_HEARTBEAT": 2 * time.Second,
+		"STEM_WORKER_SHUTDOWN_GRACE": 9 * time.Second, "STEM_TASKS_FILE": "/etc/stem/tasks.yaml",
+		"STEM_LOG_LEVEL": "debug", "STEM_LOG_FORMAT": "json",
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: got %v, want %v", k, got[k], w)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := Load(lookup(nil, nil, nil), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.BrokerURL != DefaultBrokerURL || c.ResultBackendURL != DefaultBrokerURL || c.Prefetch != 3 || c.Namespace != "stem" || c.Queues[0] != "default" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+}
+
+func TestBadValuesNameVariableAndValue(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		key, val string
+		flag     bool
+		want     string
+	}{
+		{"STEM_WORKER_CONCURRENCY", "abc", false, `invalid STEM_WORKER_CONCURRENCY="abc": must be an integer`},
+		{"STEM_WORKER_CONCURRENCY", "0", false, `invalid STEM_WORKER_CONCURRENCY="0": must be between 1 and 100000`},
+		{"STEM_WORKER_CONCURRENCY", "abc", true, `invalid --flag-for-STEM_WORKER_CONCURRENCY="abc"`},
+		{"STEM_WORKER_LEASE", "10", false, `invalid STEM_WORKER_LEASE="10": must be a Go duration`},
+		{"STEM_WORKER_LEASE", "-1s", false, `must be greater than zero`},
+		{"STEM_BROKER_URL", "amqp://guest:hunter2@h/", false, `unsupported scheme "amqp"; supported: redis://, rediss://, memory://`},
+		{"STEM_BROKER_URL", "amqp://guest:hunter2@h/", false, `xxxxx`},
+		{"STEM_BROKER_URL", "localhost:6379", false, `unsupported scheme "localhost"`},
+		{"STEM_LOG_FORMAT", "xml", false, `must be one of auto, text, json, journal`},
+		{"STEM_WORKER_NODE", "a/b", false, `invalid STEM_WORKER_NODE="a/b"`},
+		{"STEM_WORKER_QUEUES", "a b", false, `queue name "a b"`},
+	}
+	for _, tt := range tests {
+		m := map[string]string{tt.key: tt.val}
+		var l Lookup
+		if tt.flag {
+			l = lookup(m, nil, nil)
+		} else {
+			l = lookup(nil, m, nil)
+		}
+		_, err := Load(l, 2)
+		var ce *Error
+		if !errors.As(err, &ce) {
+			t.Errorf("%s=%s: got %v, want a *config.Error", tt.key, tt.val, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s=%s: error %q does not contain %q", tt.key, tt.val, err, tt.want)
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("password leaked: %v", err)
+		}
+	}
+}
+
+func TestLoadEnvFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.env")
+	os.WriteFile(good, []byte("# comment\nSTEM_WORKER_NODE=alpha\nexport STEM_WORKER_QUEUES=\"a,b\"\n"), 0o600)
+	m, err := LoadEnvFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["STEM_WORKER_NODE"] != "alpha" || m["STEM_WORKER_QUEUES"] != "a,b" {
+		t.Fatalf("got %v", m)
+	}
+	bad := filepath.Join(dir, "bad.env")
+	os.WriteFile(bad, []byte("A=1\nB=2\nFOO-BAR=3\n"), 0o600)
+	_, err = LoadEnvFile(bad)
+	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("want an error naming %s and line 3, got %v", bad, err)
+	}
+	_, err = LoadEnvFile(filepath.Join(dir, "missing.env"))
+	if err == nil || !strings.Contains(err.Error(), "missing.env: no such file") {
+		t.Fatalf("got %v", err)
+	}
+}
