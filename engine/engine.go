@@ -100,7 +100,8 @@ func open(ctx context.Context, raw string, o Options) (*opened, error) {
 	switch strings.ToLower(u.Scheme) {
 	case "memory":
 		m := sharedMemory(raw, o)
-		return &opened{broker: m.Broker(), results: m.Results(), registry: m.Registry(), close: func() error { return nil }}, nil
+		// The shared engine outlives this handle: closing it is a no-op.
+		return &opened{broker: m, results: m, registry: m, close: func() error { return nil }}, nil
 	default:
 		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
 		if err != nil {

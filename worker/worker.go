@@ -390,6 +390,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.capCond.Broadcast()
 	w.mu.Unlock()
 	stopFetch()
+	w.slots.close() // a dispatcher waiting for a slot hands back instead
 	fetchWG.Wait()
 	close(w.queue) // the dispatcher hands back what is still queued (2.)
 	dispatchWG.Wait()
