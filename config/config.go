@@ -255,7 +255,7 @@ func (r *Reader) List(key string, def []string) []string {
 			continue
 		}
 		if !validName(s) {
-			r.fail(from, v, fmt.Sprintf("queue name %q may hold only letters, digits and . _ - :", s))
+			r.fail(from, v, fmt.Sprintf("queue name %q may hold only letters, digits, '.', '_', '-' and ':'", s))
 			return def
 		}
 		out = append(out, s)
@@ -387,7 +387,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}} {
 		if !validName(kv.v) {
 			_, from, _ := l.Get(kv.key)
-			r.fail(from, kv.v, "may hold only letters, digits and . _ - : (no spaces or slashes)")
+			r.fail(from, kv.v, "may hold only letters, digits, '.', '_', '-' and ':' (no spaces or slashes)")
 		}
 	}
 	if c.TasksFile != "" {

@@ -117,7 +117,7 @@ func Parse(path string, data []byte) (*File, error) {
 		}
 		seen[name] = k.Line
 		if !config.ValidName(name) {
-			return nil, fail(k.Line, "task name %q may hold only letters, digits and . _ - :", name)
+			return nil, fail(k.Line, "task name %q may hold only letters, digits, '.', '_', '-' and ':'", name)
 		}
 		if strings.HasPrefix(name, "stem.") {
 			return nil, fail(k.Line, "task name %q: the stem. prefix is reserved for built-in tasks", name)
@@ -144,7 +144,7 @@ func Parse(path string, data []byte) (*File, error) {
 			case "queue":
 				err = fv.Decode(&d.Queue)
 				if err == nil && !config.ValidName(d.Queue) {
-					err = fmt.Errorf("queue %q may hold only letters, digits and . _ - :", d.Queue)
+					err = fmt.Errorf("queue %q may hold only letters, digits, '.', '_', '-' and ':'", d.Queue)
 				}
 			case "timeout":
 				d.Timeout, err = decodeDuration(fv)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -142,18 +143,12 @@ func TestExecTerminateKillsGroup(t *testing.T) {
 		_, err := Exec(d, ExecOptions{KillGrace: 100 * time.Millisecond})(tc, nil)
 		done <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
 	var childPID string
-	for time.Now().Before(deadline) {
-		if b, err := os.ReadFile(pidFile); err == nil && strings.TrimSpace(string(b)) != "" {
-			childPID = strings.TrimSpace(string(b))
-			break
-		}
-		time.Sleep(5 * time.Millisecond) // polling with a deadline
-	}
-	if childPID == "" {
-		t.Fatal("the task never started its child")
-	}
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		b, err := os.ReadFile(pidFile)
+		childPID = strings.TrimSpace(string(b))
+		return err == nil && childPID != ""
+	}, "the task never started its child")
 	tc.revoked = true
 	cancel()
 	select {
@@ -164,17 +159,13 @@ func TestExecTerminateKillsGroup(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("exec task did not stop within 5s of terminate")
 	}
-	deadline = time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Eventually(t, 2*time.Second, func() bool {
 		if _, err := os.Stat("/proc/" + childPID); os.IsNotExist(err) {
-			return
+			return true
 		}
-		if b, _ := os.ReadFile("/proc/" + childPID + "/stat"); strings.Contains(string(b), ") Z ") {
-			return // a zombie waiting for init: dead
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("grandchild %s survived the group kill", childPID)
+		b, _ := os.ReadFile("/proc/" + childPID + "/stat")
+		return strings.Contains(string(b), ") Z ") // a zombie waiting for init: dead
+	}, "grandchild %s survived the group kill", childPID)
 }
 
 func TestBuiltins(t *testing.T) {

@@ -1002,3 +1002,16 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// SetConcurrency changes how many handlers may run at once, at run time.
+// Shrinking lets running tasks finish; it only holds back new starts.
+func (w *Worker) SetConcurrency(n int) error {
+	if n < 1 {
+		return fmt.Errorf("concurrency %d must be at least 1", n)
+	}
+	w.slots.setLimit(n)
+	w.mu.Lock()
+	w.capCond.Broadcast()
+	w.mu.Unlock()
+	return nil
+}

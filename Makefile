@@ -1,0 +1,42 @@
+# stem — make targets. `make` alone lists them.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/stemhq/stem/cli.Version=$(VERSION)
+BIN := bin/stem
+
+# Integration tests read these; the defaults are the local services.
+export STEM_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+export STEM_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode=disable
+
+STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(HOME)/go/bin/staticcheck)
+
+.PHONY: help build test test-race test-short lint bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build a static, stripped bin/stem
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/stem
+
+test: ## run every test with the race detector (needs Redis; see README)
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-race: test ## same as test
+
+test-short: ## unit tests only, no race detector (fast feedback)
+	$(GO) test -short -count=1 ./...
+
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if [ -x "$(STATICCHECK)" ]; then $(STATICCHECK) ./...; else echo "staticcheck missing: go install honnef.co/go/tools/cmd/staticcheck@latest"; exit 1; fi
+
+bench: build ## throughput and latency benchmarks against the local Redis; writes docs/benchmarks.md figures to stdout
+	$(GO) run ./internal/bench -redis $(STEM_TEST_REDIS_URL)
+
+demo: build ## the main job: two workers, 1,000 tasks, results (needs the local Redis)
+	./scripts/demo.sh
+
+clean: ## remove build output
+	rm -rf bin dist
