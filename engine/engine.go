@@ -107,7 +107,7 @@ func open(ctx context.Context, raw string, o Options) (*opened, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &opened{broker: r.Broker(), results: r.Results(), registry: r.Registry(), close: r.Close}, nil
+		return &opened{broker: r, results: r, registry: r, close: r.Close}, nil
 	}
 }
 

@@ -1,0 +1,282 @@
+// Command bench measures stem against a real broker: enqueue throughput in
+// batches, burn-down (pre-load N no-op tasks, then one worker drains them),
+// and steady state (producers and one worker at once) with enqueue-to-start
+// latency. It prints a Markdown report; `make bench` runs it against the
+// local Redis, and docs/benchmarks.md keeps the figures.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stemhq/stem/broker"
+	stemredis "github.com/stemhq/stem/broker/redis"
+	"github.com/stemhq/stem/worker"
+)
+
+type options struct {
+	redisURL    string
+	n           int
+	batch       int
+	producers   int
+	concurrency int
+	prefetch    int
+	lightRate   int
+	lightN      int
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis URL")
+	flag.IntVar(&o.n, "n", 200000, "tasks in the burn-down")
+	flag.IntVar(&o.batch, "batch", 500, "publish batch size")
+	flag.IntVar(&o.producers, "producers", 4, "producer goroutines")
+	flag.IntVar(&o.concurrency, "concurrency", 32, "worker concurrency")
+	flag.IntVar(&o.prefetch, "prefetch", 1024, "worker prefetch")
+	flag.IntVar(&o.lightRate, "light-rate", 500, "tasks/s in the light-load latency run")
+	flag.IntVar(&o.lightN, "light-n", 2000, "tasks in the light-load latency run")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func openEngine(ctx context.Context, url, ns string) (*stemredis.Engine, error) {
+	return stemredis.Open(ctx, url, stemredis.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
+}
+
+func run(o options) error {
+	ctx := context.Background()
+	host, _ := os.Hostname()
+	fmt.Printf("# stem benchmark\n\nmachine: %s, %d CPUs, %s %s/%s; broker %s\n\n", host, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, broker.RedactURL(o.redisURL))
+
+	// 1 + 2: enqueue in batches, then burn-down.
+	ns := fmt.Sprintf("bench%d", time.Now().UnixNano())
+	eng, err := openEngine(ctx, o.redisURL, ns)
+	if err != nil {
+		return err
+	}
+	defer cleanup(eng)
+	enqRate, err := enqueue(ctx, eng, o.n, o.batch, o.producers, "noop")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("## Enqueue\n\n%d tasks in batches of %d from %d goroutines: **%.0f tasks/s**\n\n", o.n, o.batch, o.producers, enqRate)
+
+	burn, err := burnDown(ctx, eng, o)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("## Burn-down\n\none worker (concurrency %d, prefetch %d) drains %d pre-loaded no-op tasks: **%.0f tasks/s** (%.2fs)\n\n", o.concurrency, o.prefetch, o.n, float64(o.n)/burn.Seconds(), burn.Seconds())
+
+	// 3: steady state under full load, and latency at light load.
+	ns2 := ns + "s"
+	eng2, err := openEngine(ctx, o.redisURL, ns2)
+	if err != nil {
+		return err
+	}
+	defer cleanup(eng2)
+	rate, lat, err := steady(ctx, eng2, o, 0, o.n/2)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("## Steady state, full load\n\n%d producers publishing batches of %d while one worker runs: **%.0f tasks/s** processed; enqueue-to-start p50 %s, p99 %s\n\n", o.producers, o.batch, rate, lat.p(50), lat.p(99))
+	ns3 := ns + "l"
+	eng3, err := openEngine(ctx, o.redisURL, ns3)
+	if err != nil {
+		return err
+	}
+	defer cleanup(eng3)
+	_, lat, err = steady(ctx, eng3, o, o.lightRate, o.lightN)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("## Steady state, light load\n\n%d tasks/s published one at a time: enqueue-to-start **p50 %s**, p99 %s\n\n", o.lightRate, lat.p(50), lat.p(99))
+	return nil
+}
+
+func cleanup(e *stemredis.Engine) { _ = e.Close() }
+
+func envelopes(name string, from, n int) []broker.Envelope {
+	now := time.Now()
+	out := make([]broker.Envelope, n)
+	for i := range out {
+		out[i] = broker.Envelope{ID: name + "-" + strconv.Itoa(from+i), Name: name, Queue: "default", MaxRetries: -1, CreatedAt: now}
+	}
+	return out
+}
+
+func enqueue(ctx context.Context, b broker.Broker, n, batch, producers int, name string) (float64, error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, producers)
+	start := time.Now()
+	for p := 0; p < producers; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				from := int(next.Add(int64(batch))) - batch
+				if from >= n {
+					return
+				}
+				k := min(batch, n-from)
+				if err := b.PublishBatch(ctx, envelopes(name, from, k)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return 0, err
+	default:
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func newWorker(e *stemredis.Engine, o options, h worker.HandlerFunc) (*worker.Worker, error) {
+	reg := worker.NewRegistry()
+	reg.MustRegister("noop", h, worker.TaskOptions{})
+	return worker.New(worker.Config{
+		Broker: e, Results: e, Registry: e, Handlers: reg, Node: "bench",
+		Concurrency: o.concurrency, Prefetch: o.prefetch, MaxBatch: 512, Lease: 30 * time.Second,
+		ClaimWait: 100 * time.Millisecond,
+	})
+}
+
+func burnDown(ctx context.Context, e *stemredis.Engine, o options) (time.Duration, error) {
+	var done atomic.Int64
+	all := make(chan struct{})
+	w, err := newWorker(e, o, func(worker.TaskContext, json.RawMessage) (any, error) {
+		if done.Add(1) == int64(o.n) {
+			close(all)
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Run(ctx) }()
+	<-all
+	// Count until the last ack landed: nothing pending, nothing leased.
+	w.Shutdown(worker.Warm)
+	if err := <-stopped; err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+type latencies []time.Duration
+
+func (l latencies) p(q int) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	s := append(latencies(nil), l...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*q + 99) / 100
+	if i >= len(s) {
+		i = len(s) - 1
+	}
+	if i > 0 {
+		i--
+	}
+	return s[i].Round(10 * time.Microsecond)
+}
+
+// steady runs producers and a worker together. rate 0 = as fast as
+// possible in batches; otherwise one publish at a time at that rate.
+func steady(ctx context.Context, e *stemredis.Engine, o options, rate, n int) (float64, latencies, error) {
+	var mu sync.Mutex
+	lat := make(latencies, 0, n)
+	var done atomic.Int64
+	all := make(chan struct{})
+	w, err := newWorker(e, o, func(_ worker.TaskContext, args json.RawMessage) (any, error) {
+		var ts int64
+		if len(args) >= 8 {
+			var a struct{ T int64 }
+			_ = json.Unmarshal(args, &a)
+			ts = a.T
+		}
+		d := time.Duration(time.Now().UnixNano() - ts)
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+		if done.Add(1) == int64(n) {
+			close(all)
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Run(ctx) }()
+	<-w.Ready()
+	start := time.Now()
+	mk := func(i int) broker.Envelope {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], uint64(i))
+		return broker.Envelope{ID: fmt.Sprintf("s-%d-%x", i, b), Name: "noop", Queue: "default", MaxRetries: -1,
+			CreatedAt: time.Now(), Args: json.RawMessage(`{"T":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `}`)}
+	}
+	if rate == 0 {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for p := 0; p < o.producers; p++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					from := int(next.Add(int64(o.batch))) - o.batch
+					if from >= n {
+						return
+					}
+					k := min(o.batch, n-from)
+					envs := make([]broker.Envelope, k)
+					for i := range envs {
+						envs[i] = mk(from + i)
+					}
+					if err := e.PublishBatch(ctx, envs); err != nil {
+						fmt.Fprintln(os.Stderr, "publish:", err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	} else {
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		for i := 0; i < n; i++ {
+			<-tick.C
+			if err := e.Publish(ctx, mk(i)); err != nil {
+				tick.Stop()
+				return 0, nil, err
+			}
+		}
+		tick.Stop()
+	}
+	<-all
+	elapsed := time.Since(start)
+	w.Shutdown(worker.Warm)
+	if err := <-stopped; err != nil {
+		return 0, nil, err
+	}
+	return float64(n) / elapsed.Seconds(), lat, nil
+}
