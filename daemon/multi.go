@@ -1,0 +1,337 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Node is one worker process that a Supervisor manages.
+type Node struct {
+	// Name is the node name (already validated).
+	Name string
+	// Pidfile and Logfile are expanded paths. A detached node's stdout and
+	// stderr are appended to Logfile; in the foreground, an empty Logfile
+	// leaves them alone.
+	Pidfile string
+	Logfile string
+	// Argv is the command; Argv[0] is looked up in PATH.
+	Argv []string
+	// Env is the node's full environment ("KEY=value").
+	Env []string
+	// Dir is the working directory ("" = the caller's).
+	Dir string
+}
+
+// Result reports what an action did to one node.
+type Result struct {
+	Node string
+	// State is the node's state after the action.
+	State State
+	// PID is the node's process, when known.
+	PID int
+	// Since is the process's start time, when known.
+	Since time.Time
+	// Msg is a short human report ("started", "stopped", "already running").
+	Msg string
+	// Stale, when set, explains a stale pidfile that was found (and, for
+	// start, stop and kill, removed).
+	Stale string
+	// Err is the failure, nil on success.
+	Err error
+}
+
+// Supervisor starts, stops and inspects detached nodes. Its zero value
+// works on the real system.
+type Supervisor struct {
+	Proc Proc
+	// KillWait is how long Stop and Kill wait for a process to go after
+	// SIGKILL; 0 means 5s.
+	KillWait time.Duration
+}
+
+func (s Supervisor) killWait() time.Duration {
+	if s.KillWait <= 0 {
+		return 5 * time.Second
+	}
+	return s.KillWait
+}
+
+// MakeDirs creates the directories of n's pidfile and logfile.
+func MakeDirs(n Node) error {
+	for _, f := range []struct{ what, path string }{{"pidfile", n.Pidfile}, {"logfile", n.Logfile}} {
+		if f.path == "" {
+			continue
+		}
+		dir := filepath.Dir(f.path)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("cannot create %s directory %s: %w", f.what, dir, unwrapPath(err))
+		}
+	}
+	return nil
+}
+
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// clean inspects n's pidfile ahead of a start; it removes a stale one and
+// returns the Result to report if the node runs or cannot be inspected.
+func (s Supervisor) clean(n Node) (stale string, res *Result) {
+	in := s.Proc.Inspect(n.Pidfile)
+	switch {
+	case in.State == Running:
+		return "", &Result{Node: n.Name, State: Running, PID: in.Pidfile.PID, Since: in.Process.Start,
+			Msg: "already running", Err: fmt.Errorf("%s is already running (PID %d, pidfile %s)", n.Name, in.Pidfile.PID, n.Pidfile)}
+	case in.State.Stale():
+		if err := RemoveStale(n.Pidfile); err != nil {
+			return "", &Result{Node: n.Name, State: in.State, Err: fmt.Errorf("%s: %w", n.Name, err)}
+		}
+		return in.Err.Error(), nil
+	case in.State == Unknown:
+		return "", &Result{Node: n.Name, State: Unknown, Err: fmt.Errorf("%s: %w", n.Name, in.Err)}
+	}
+	return "", nil
+}
+
+// Start launches n detached: in its own session, stdin from /dev/null,
+// stdout and stderr appended to n.Logfile, without the service manager's
+// variables (see ChildEnv). The pidfile is written by Start with the
+// child's PID and stays locked by the child, which inherits the locked
+// descriptor as fd 3 (named by STEM_WORKER_PIDFILE_FD). A node that already
+// runs is not started again: the Result's Err says so.
+func (s Supervisor) Start(n Node) Result {
+	if len(n.Argv) == 0 {
+		return Result{Node: n.Name, Err: fmt.Errorf("%s: no command to run", n.Name)}
+	}
+	stale, res := s.clean(n)
+	if res != nil {
+		return *res
+	}
+	fail := func(err error) Result {
+		return Result{Node: n.Name, State: NotRunning, Stale: stale, Err: fmt.Errorf("%s: %w", n.Name, err)}
+	}
+	if err := MakeDirs(n); err != nil {
+		return fail(err)
+	}
+	logf, err := os.OpenFile(n.Logfile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fail(fmt.Errorf("cannot open logfile %s: %w", n.Logfile, unwrapPath(err)))
+	}
+	defer logf.Close()
+	pf, err := PreparePidfile(n.Pidfile)
+	if err != nil {
+		return fail(err)
+	}
+	defer pf.Close()
+	cmd := exec.Command(n.Argv[0], n.Argv[1:]...)
+	cmd.Env = append(ChildEnv(n.Env), PidfileFDEnv+"=3")
+	cmd.Dir = n.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{pf.File()}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fail(fmt.Errorf("starting %s: %w", n.Argv[0], unwrapPath(err)))
+	}
+	pid := cmd.Process.Pid
+	// Reap the child if it exits while this process lives (tests, restart).
+	go func() { _ = cmd.Wait() }()
+	if err := pf.Commit(pid); err != nil {
+		_ = cmd.Process.Kill()
+		var ee *ExistsError
+		if errors.As(err, &ee) {
+			return Result{Node: n.Name, State: Running, PID: ee.PID, Msg: "already running",
+				Err: fmt.Errorf("%s is already running (PID %d, pidfile %s)", n.Name, ee.PID, n.Pidfile)}
+		}
+		return fail(err)
+	}
+	r := Result{Node: n.Name, State: Running, PID: pid, Msg: "started", Stale: stale}
+	if info, err := s.Proc.Process(pid); err == nil {
+		r.Since = info.Start
+	}
+	return r
+}
+
+// Status inspects n without changing anything.
+func (s Supervisor) Status(n Node) Result {
+	in := s.Proc.Inspect(n.Pidfile)
+	r := Result{Node: n.Name, State: in.State, PID: in.Pidfile.PID, Since: in.Process.Start, Msg: in.State.String()}
+	if in.State != Running && in.State != NotRunning {
+		r.Err = fmt.Errorf("%s: %w", n.Name, in.Err)
+	}
+	return r
+}
+
+// Stop stops the nodes in parallel: SIGTERM (a warm shutdown), a wait of
+// up to timeout, then SIGKILL. A node whose pidfile names another process
+// (a reused PID) is not signalled; its stale pidfile is removed. Results
+// come in the order of nodes.
+func (s Supervisor) Stop(nodes []Node, timeout time.Duration) []Result {
+	return s.each(nodes, func(n Node) Result { return s.stop(n, syscall.SIGTERM, timeout) })
+}
+
+// Kill sends SIGKILL to the nodes, with the same identity checks as Stop.
+func (s Supervisor) Kill(nodes []Node) []Result {
+	return s.each(nodes, func(n Node) Result { return s.stop(n, syscall.SIGKILL, 0) })
+}
+
+func (s Supervisor) each(nodes []Node, f func(Node) Result) []Result {
+	out := make([]Result, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = f(n)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (s Supervisor) stop(n Node, sig syscall.Signal, timeout time.Duration) Result {
+	in := s.Proc.Inspect(n.Pidfile)
+	r := Result{Node: n.Name, State: in.State, PID: in.Pidfile.PID}
+	switch {
+	case in.State == NotRunning:
+		r.Msg = "not running"
+		return r
+	case in.State.Stale():
+		r.State, r.Msg, r.Stale = NotRunning, "not running", in.Err.Error()
+		if in.State == Reused {
+			r.Msg = fmt.Sprintf("not running; PID %d belongs to another process and was not signalled", in.Pidfile.PID)
+		}
+		if err := RemoveStale(n.Pidfile); err != nil {
+			r.Err = fmt.Errorf("%s: %w", n.Name, err)
+		}
+		return r
+	case in.State == Unknown:
+		r.Err = fmt.Errorf("%s: %w", n.Name, in.Err)
+		return r
+	}
+	pid, ticks := in.Pidfile.PID, in.Process.StartTicks
+	r.Since = in.Process.Start
+	if err := s.Proc.Signal(pid, ticks, sig); err != nil {
+		if errors.Is(err, ErrNoProcess) {
+			return s.gone(n, r, "stopped (it exited meanwhile)")
+		}
+		r.Err = fmt.Errorf("%s: %w", n.Name, err)
+		return r
+	}
+	if sig != syscall.SIGKILL {
+		if s.Proc.WaitExit(pid, ticks, time.Now().Add(timeout)) {
+			return s.gone(n, r, "stopped")
+		}
+		if err := s.Proc.Signal(pid, ticks, syscall.SIGKILL); err != nil && !errors.Is(err, ErrNoProcess) {
+			r.Err = fmt.Errorf("%s: did not stop within %s, and SIGKILL failed: %w", n.Name, timeout, err)
+			return r
+		}
+		if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
+			return s.gone(n, r, fmt.Sprintf("killed (SIGKILL after %s)", timeout))
+		}
+	} else if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
+		return s.gone(n, r, "killed")
+	}
+	r.Err = fmt.Errorf("%s: PID %d still runs after SIGKILL", n.Name, pid)
+	return r
+}
+
+// gone records that n's process exited and removes its pidfile if it still
+// names that process.
+func (s Supervisor) gone(n Node, r Result, msg string) Result {
+	r.State, r.Msg = NotRunning, msg
+	if err := removeIfNames(n.Pidfile, r.PID); err != nil {
+		r.Err = fmt.Errorf("%s: %w", n.Name, err)
+	}
+	return r
+}
+
+func removeIfNames(path string, pid int) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading pidfile: %w", err)
+	}
+	if got, err := parsePID(path, data); err != nil || got != pid {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing pidfile: %w", err)
+	}
+	return nil
+}
+
+// Exec runs n in the foreground by replacing the current process with it
+// (execve), so the node keeps this process's PID: under systemd or another
+// supervisor it is the main process, receives signals directly, and its
+// exit code is the one the supervisor sees. Before the exec, Exec writes
+// the pidfile with this PID and leaves its locked descriptor open across
+// the exec, so the pidfile stays locked while the node runs; it appends
+// stdout and stderr to n.Logfile when one is set. Exec returns only on
+// failure. n.Env is used as is: the service manager's variables are kept,
+// since the node becomes the service's main process.
+func (s Supervisor) Exec(n Node) error {
+	if len(n.Argv) == 0 {
+		return fmt.Errorf("%s: no command to run", n.Name)
+	}
+	path, err := exec.LookPath(n.Argv[0])
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	if _, res := s.clean(n); res != nil {
+		return res.Err
+	}
+	if err := MakeDirs(n); err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	pf, err := CreatePidfile(n.Pidfile, os.Getpid())
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	env := append([]string(nil), n.Env...)
+	if f := pf.File(); f != nil { // nil: adopted, already inherited
+		fd := int(f.Fd())
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			pf.Remove()
+			return fmt.Errorf("%s: keeping the pidfile open across exec: %w", n.Name, err)
+		}
+		env = append(env, PidfileFDEnv+"="+strconv.Itoa(fd))
+	}
+	if n.Logfile != "" {
+		logf, err := os.OpenFile(n.Logfile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			pf.Remove()
+			return fmt.Errorf("%s: cannot open logfile %s: %w", n.Name, n.Logfile, unwrapPath(err))
+		}
+		for _, target := range []int{1, 2} {
+			if err := unix.Dup3(int(logf.Fd()), target, 0); err != nil {
+				pf.Remove()
+				return fmt.Errorf("%s: redirecting output to %s: %w", n.Name, n.Logfile, err)
+			}
+		}
+	}
+	if n.Dir != "" {
+		if err := os.Chdir(n.Dir); err != nil {
+			pf.Remove()
+			return fmt.Errorf("%s: %w", n.Name, err)
+		}
+	}
+	err = syscall.Exec(path, n.Argv, env)
+	pf.Remove()
+	return fmt.Errorf("%s: exec %s: %w", n.Name, path, err)
+}
