@@ -235,4 +235,3 @@ func TestMakeDirs(t *testing.T) {
 		t.Fatalf("MakeDirs under a file = %v", err)
 	}
 }
-
