@@ -1,0 +1,62 @@
+package redis
+
+// Every Redis key and pub/sub channel name the engine uses is built here, so
+// the layout is documented and changed in one place (docs/redis-keys.md
+// describes it in full).
+//
+// A queue's keys share the hash tag {<ns>:<queue>}, so they live in one
+// cluster slot and a per-queue script touches a single slot. Queue names
+// cannot contain braces (broker.Envelope.Validate rejects them), and the
+// namespace cannot either (Options.Validate), so a tag is never ambiguous.
+
+// keys builds key names under one namespace (the key prefix).
+type keys struct {
+	ns string
+}
+
+// queueTag is the hash tag shared by a queue's keys: "{<ns>:<queue>}".
+func (k keys) queueTag(queue string) string {
+	return "{" + k.ns + ":" + queue + "}"
+}
+
+// ready is the LIST of envelope JSON ready to be claimed, head first.
+func (k keys) ready(queue string) string { return k.queueTag(queue) + ":ready" }
+
+// delayed is the ZSET of "<tag>|<envelope JSON>" members scored by the ms
+// at which they become ready (ETA or retry time).
+func (k keys) delayed(queue string) string { return k.queueTag(queue) + ":delayed" }
+
+// leased is the ZSET of delivery tokens ("<tag>|<envelope JSON>") scored by
+// their lease deadline in ms.
+func (k keys) leased(queue string) string { return k.queueTag(queue) + ":leased" }
+
+// dead is the LIST of dead-letter entry JSON, newest first, capped.
+func (k keys) dead(queue string) string { return k.queueTag(queue) + ":dead" }
+
+// wake is the pub/sub channel on which publishes to a queue announce work,
+// so waiting claims retry at once.
+func (k keys) wake(queue string) string { return k.queueTag(queue) + ":wake" }
+
+// result is the STRING holding one task's state: "<attempt>,<rank>|<JSON>".
+func (k keys) result(taskID string) string { return k.ns + ":result:" + taskID }
+
+// workersTag is the hash tag shared by one registry namespace's keys.
+func (k keys) workersTag(namespace string) string {
+	return "{" + k.ns + ":workers:" + namespace + "}"
+}
+
+// workerIndex is the ZSET of worker ids of a registry namespace, scored by
+// the ms of their last heartbeat.
+func (k keys) workerIndex(namespace string) string { return k.workersTag(namespace) + ":index" }
+
+// worker is the STRING holding one worker's heartbeat JSON, with the
+// heartbeat's TTL.
+func (k keys) worker(namespace, id string) string {
+	return k.workersTag(namespace) + ":worker:" + id
+}
+
+// patterns returns SCAN patterns that match every key of the namespace
+// (for tests and operators cleaning up).
+func (k keys) patterns() []string {
+	return []string{"{" + k.ns + ":*", k.ns + ":*"}
+}

@@ -1,0 +1,296 @@
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/brokertest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testURLEnv selects the Redis server of the integration tests.
+const testURLEnv = "STEM_TEST_REDIS_URL"
+
+// testClient connects to the server named by STEM_TEST_REDIS_URL, or skips
+// (fails under CI) when it is unset. The client is closed at cleanup.
+func testClient(tb testing.TB) *goredis.Client {
+	tb.Helper()
+	raw := brokertest.RequireEnv(tb, testURLEnv)
+	ro, err := goredis.ParseURL(raw)
+	if err != nil {
+		tb.Fatalf("%s: %v", testURLEnv, err)
+	}
+	c := goredis.NewClient(ro)
+	tb.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		tb.Fatalf("%s=%s is set but the server does not answer: %v", testURLEnv, broker.RedactURL(raw), err)
+	}
+	return c
+}
+
+// randomNamespace returns a namespace no other test run uses.
+func randomNamespace() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "stemtest-" + hex.EncodeToString(b[:])
+}
+
+// newTestEngine returns an Engine on the test server under a fresh random
+// namespace; at cleanup it closes the Engine and deletes the namespace's
+// keys.
+func newTestEngine(tb testing.TB, client *goredis.Client, opts Options) *Engine {
+	tb.Helper()
+	if opts.Namespace == "" {
+		opts.Namespace = randomNamespace()
+	}
+	e, err := New(client, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = e.Close()
+		deleteNamespace(tb, client, e.keys)
+	})
+	return e
+}
+
+// deleteNamespace deletes every key of a namespace.
+func deleteNamespace(tb testing.TB, client *goredis.Client, k keys) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, pattern := range k.patterns() {
+		iter := client.Scan(ctx, 0, pattern, 1000).Iterator()
+		var batch []string
+		for iter.Next(ctx) {
+			batch = append(batch, iter.Val())
+		}
+		if err := iter.Err(); err != nil {
+			tb.Errorf("cleanup: scan %s: %v", pattern, err)
+			return
+		}
+		if len(batch) > 0 {
+			if err := client.Del(ctx, batch...).Err(); err != nil {
+				tb.Errorf("cleanup: delete %d keys: %v", len(batch), err)
+			}
+		}
+	}
+}
+
+func TestContract(t *testing.T) {
+	client := testClient(t)
+	brokertest.Run(t, func(t *testing.T, opts brokertest.Options) brokertest.Engine {
+		e := newTestEngine(t, client, Options{ResultTTL: opts.ResultTTL})
+		return brokertest.Engine{Broker: e, Results: e, Registry: e}
+	})
+}
+
+func TestOpen(t *testing.T) {
+	raw := brokertest.RequireEnv(t, testURLEnv)
+	ctx := t.Context()
+	ns := randomNamespace()
+	e, err := Open(ctx, raw, Options{Namespace: ns})
+	if err != nil {
+		t.Fatalf("Open(%s): %v", broker.RedactURL(raw), err)
+	}
+	t.Cleanup(func() { deleteNamespace(t, testClient(t), keys{ns: ns}) })
+	if err := e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.PendingCount(ctx, "q"); err != nil || n != 1 {
+		t.Fatalf("PendingCount = %d, %v", n, err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	// Port 1 on loopback refuses connections.
+	_, err := Open(ctx, "redis://user:s3cret@127.0.0.1:1/0", Options{})
+	if !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("Open of a closed port returned %v, want broker.ErrUnavailable", err)
+	}
+	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("error does not name the redacted URL: %v", err)
+	}
+	for _, bad := range []string{"http://127.0.0.1:6379", "redis://u:s3cret@127.0.0.1:6379/notadb", "redis://u:s3cret%zz@host/0"} {
+		_, err := Open(ctx, bad, Options{})
+		if err == nil || errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("Open(%q) = %v, want a URL error", bad, err)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Fatalf("error shows the password: %v", err)
+		}
+	}
+	for _, ns := range []string{"a b", "a{b", "a:b", "a*"} {
+		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("Open with namespace %q = %v, want an option error", ns, err)
+		}
+	}
+}
+
+// TestTwoEngines checks that two engines on one namespace (two worker
+// processes) share queues and that a publish through one wakes a claim
+// waiting in the other.
+func TestTwoEngines(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	a := newTestEngine(t, client, Options{})
+	b := newTestEngine(t, testClient(t), Options{Namespace: a.Namespace()})
+	ctx := t.Context()
+
+	done := make(chan []broker.Delivery, 1)
+	errc := make(chan error, 1)
+	go func() {
+		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
+		errc <- err
+		done <- ds
+	}()
+	// Publish only once b's subscription is confirmed, so the wake-up
+	// (not the unconfirmed-subscription poll) is what is tested.
+	deadline := time.Now().Add(10 * time.Second)
+	for !b.wake.subscribedTo(b.keys.wake("q")) {
+		if time.Now().After(deadline) {
+			t.Fatal("waiting claim never subscribed")
+		}
+		pollPause(t)
+	}
+	published := time.Now()
+	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	ds := <-done
+	if len(ds) != 1 || ds[0].Envelope.ID != "x" {
+		t.Fatalf("claim in b = %+v", ds)
+	}
+	if lag := time.Since(published); lag > 2*time.Second {
+		t.Fatalf("wake-up across engines took %v", lag)
+	}
+	// a acks b's delivery: the lease is shared state.
+	if err := a.Ack(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := client.ZCard(ctx, a.keys.leased("q")).Result(); err != nil || n != 0 {
+		t.Fatalf("leased after ack = %d, %v", n, err)
+	}
+}
+
+// TestCorruptPayload checks that a payload that is not an envelope is
+// dead-lettered by the claim that meets it instead of blocking the queue.
+func TestCorruptPayload(t *testing.T) {
+	t.Parallel()
+	client := testClient(t)
+	e := newTestEngine(t, client, Options{})
+	ctx := t.Context()
+	if err := client.RPush(ctx, e.keys.ready("q"), "not json").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Publish(ctx, broker.Envelope{ID: "ok", Name: "n", Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
+	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != "ok" {
+		t.Fatalf("Claim = %+v, %v; want only the valid task", ds, err)
+	}
+	dls, err := e.DeadLetters(ctx, "q", 10)
+	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
+		t.Fatalf("DeadLetters = %+v, %v", dls, err)
+	}
+	if n, _ := client.ZCard(ctx, e.keys.leased("q")).Result(); n != 1 {
+		t.Fatalf("leased = %d, want 1 (the valid task only)", n)
+	}
+}
+
+// TestDeadLetterCap checks that the dead-letter list is trimmed.
+func TestDeadLetterCap(t *testing.T) {
+	t.Parallel()
+	e := newTestEngine(t, testClient(t), Options{DeadLetterCap: 3})
+	ctx := t.Context()
+	for i := range 5 {
+		id := string(rune('a' + i))
+		if err := e.Publish(ctx, broker.Envelope{ID: id, Name: "n", Queue: "q"}); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+		if err != nil || len(ds) != 1 {
+			t.Fatal(ds, err)
+		}
+		if err := e.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dls, err := e.DeadLetters(ctx, "q", 10)
+	if err != nil || len(dls) != 3 || dls[0].Envelope.ID != "e" || dls[2].Envelope.ID != "c" {
+		t.Fatalf("DeadLetters = %+v, %v; want e, d, c", dls, err)
+	}
+}
+
+// TestUnavailable checks that calls against a dead server fail with
+// broker.ErrUnavailable rather than hanging or dropping anything.
+func TestUnavailable(t *testing.T) {
+	t.Parallel()
+	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
+	defer client.Close()
+	e, err := New(client, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := t.Context()
+	d := broker.Delivery{Envelope: broker.Envelope{ID: "a", Name: "n", Queue: "q"}, Token: "x|{}"}
+	calls := map[string]func() error{
+		"Publish": func() error { return e.Publish(ctx, d.Envelope) },
+		"Claim": func() error {
+			_, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+			return err
+		},
+		"Claim(Wait)": func() error {
+			_, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute, Wait: 300 * time.Millisecond})
+			return err
+		},
+		"Ack":         func() error { return e.Ack(ctx, []broker.Delivery{d}) },
+		"Nack":        func() error { return e.Nack(ctx, []broker.Nack{{Delivery: d, Action: broker.Requeue}}) },
+		"ExtendLease": func() error { return e.ExtendLease(ctx, []broker.Delivery{d}, time.Minute) },
+		"Get": func() error {
+			_, err := e.Get(ctx, "a")
+			return err
+		},
+	}
+	for name, call := range calls {
+		if err := call(); !errors.Is(err, broker.ErrUnavailable) {
+			t.Errorf("%s against a dead server returned %v, want broker.ErrUnavailable", name, err)
+		}
+	}
+}
+
+// pollPause paces a poll loop that has its own deadline.
+func pollPause(t *testing.T) {
+	timer := time.NewTimer(10 * time.Millisecond)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-t.Context().Done():
+	}
+}
