@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -27,6 +28,7 @@ type enqueueOptions struct {
 	wait       bool
 	timeout    time.Duration
 	jsonOut    bool
+	count      int
 }
 
 func newEnqueueCmd(a *App) *cobra.Command {
@@ -40,6 +42,9 @@ Arguments are a JSON value (--args '{"n": 3}') and/or key=value pairs
 (--arg n=3 --arg name=report); a value that parses as JSON is kept as JSON
 (3, true, [1,2]), anything else is a string. --arg pairs are merged into
 the --args object.
+
+--count N publishes N copies in batches (smoke and load tests); with --wait
+it prints how many ended in each state and exits 0 only if all succeeded.
 
 The queue is --queue, else the task's queue in the tasks file, else
 "default". --countdown or --eta delay the task.
@@ -67,6 +72,7 @@ revoked, 75 when --timeout passed first.`,
 	fs.BoolVar(&o.wait, "wait", false, "wait for the final state and print it")
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "how long --wait waits")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON")
+	fs.IntVar(&o.count, "count", 1, "publish this many copies (in batches); ids are printed one per line, --wait prints a summary")
 	fs.String("tasks-file", "", "tasks file (for the task's default queue)")
 	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
 	fs.Duration("result-ttl", 0, "how long task states are kept")
@@ -179,22 +185,25 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 	if queue == "" {
 		queue = "default"
 	}
+	if o.count < 1 {
+		return usageErrorf("--count %d must be at least 1", o.count)
+	}
 	now := time.Now().UTC()
-	env := broker.Envelope{
-		ID: uuid.Must(uuid.NewV7()).String(), Name: task, Queue: queue, Args: args,
-		MaxRetries: o.maxRetries, TimeLimit: o.timeLimit, CreatedAt: now,
+	proto := broker.Envelope{
+		Name: task, Queue: queue, Args: args, MaxRetries: o.maxRetries, TimeLimit: o.timeLimit, CreatedAt: now,
 	}
 	switch {
 	case o.countdown > 0:
-		env.ETA = now.Add(o.countdown)
+		proto.ETA = now.Add(o.countdown)
 	case o.eta != "":
 		t, perr := time.Parse(time.RFC3339, o.eta)
 		if perr != nil {
 			return usageErrorf("--eta %q is not an RFC 3339 time such as 2026-11-23T10:00:00Z", o.eta)
 		}
-		env.ETA = t.UTC()
+		proto.ETA = t.UTC()
 	}
-	if err := env.Validate(); err != nil {
+	proto.ID = "validate"
+	if err := proto.Validate(); err != nil {
 		return usageErrorf("%v", err)
 	}
 	ctx := cmd.Context()
@@ -203,25 +212,49 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 		return err
 	}
 	defer eng.Close()
-	if err := eng.Results.Set(ctx, []result.TaskState{{
-		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Queued, EnqueuedAt: now, UpdatedAt: now,
-	}}); err != nil {
-		return fmt.Errorf("record task state: %w", err)
-	}
-	if err := eng.Broker.Publish(ctx, env); err != nil {
-		return fmt.Errorf("publish %s: %w", task, err)
+	ids := make([]string, 0, o.count)
+	const batch = 500
+	for done := 0; done < o.count; done += batch {
+		k := min(batch, o.count-done)
+		envs := make([]broker.Envelope, k)
+		states := make([]result.TaskState, k)
+		for i := range envs {
+			env := proto
+			env.ID = uuid.Must(uuid.NewV7()).String()
+			envs[i] = env
+			states[i] = result.TaskState{ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Queued, EnqueuedAt: now, UpdatedAt: now}
+			ids = append(ids, env.ID)
+		}
+		// The queued state is written before the publish, so a worker's
+		// "started" can never be overwritten by it.
+		if err := eng.Results.Set(ctx, states); err != nil {
+			return fmt.Errorf("record task state: %w", err)
+		}
+		if err := eng.Broker.PublishBatch(ctx, envs); err != nil {
+			return fmt.Errorf("publish %s: %w", task, err)
+		}
 	}
 	out := cmd.OutOrStdout()
 	if !o.wait {
 		if o.jsonOut {
-			return writeJSON(out, enqueueResult{ID: env.ID, Task: task, Queue: queue, ETA: env.ETA})
+			if o.count == 1 {
+				return writeJSON(out, enqueueResult{ID: ids[0], Task: task, Queue: queue, ETA: proto.ETA})
+			}
+			return writeJSON(out, enqueueResults{IDs: ids, Task: task, Queue: queue, ETA: proto.ETA})
 		}
-		_, err := fmt.Fprintln(out, env.ID)
-		return err
+		for _, id := range ids {
+			if _, err := fmt.Fprintln(out, id); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	st, err := result.Wait(wctx, eng.Results, env.ID)
+	if o.count > 1 {
+		return waitMany(wctx, out, eng.Results, ids, o)
+	}
+	st, err := result.Wait(wctx, eng.Results, ids[0])
 	if err != nil && wctx.Err() == nil {
 		return err
 	}
@@ -229,7 +262,85 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 		return err
 	}
 	if !st.State.Final() {
-		return withCode(ExitPartial, fmt.Errorf("task %s not finished after %s (state %s)", env.ID, o.timeout, st.State))
+		return withCode(ExitPartial, fmt.Errorf("task %s not finished after %s (state %s)", ids[0], o.timeout, st.State))
 	}
 	return stateExit(st)
+}
+
+// enqueueResults is the --json output of enqueue --count N (N > 1).
+type enqueueResults struct {
+	IDs   []string  `json:"ids"`
+	Task  string    `json:"task"`
+	Queue string    `json:"queue"`
+	ETA   time.Time `json:"eta,omitempty"`
+}
+
+// waitSummary is the output of enqueue --count N --wait.
+type waitSummary struct {
+	Total  int                  `json:"total"`
+	States map[result.State]int `json:"states"`
+	// Unfinished lists tasks not final when the timeout passed.
+	Unfinished []string `json:"unfinished,omitempty"`
+	// Failed lists tasks that failed or were revoked (at most 20).
+	Failed []string `json:"failed,omitempty"`
+}
+
+// waitMany waits until every task is final or ctx ends, then prints a
+// summary: exit 0 all succeeded, 1 some failed, 75 some unfinished.
+func waitMany(ctx context.Context, out io.Writer, b result.Backend, ids []string, o *enqueueOptions) error {
+	final := map[string]result.State{}
+	pending := append([]string(nil), ids...)
+	delay := 10 * time.Millisecond
+	for len(pending) > 0 && ctx.Err() == nil {
+		next := pending[:0]
+		for _, id := range pending {
+			st, err := b.Get(ctx, id)
+			if err == nil && st.State.Final() {
+				final[id] = st.State
+				continue
+			}
+			if err != nil && !errors.Is(err, result.ErrNotFound) && ctx.Err() == nil {
+				return err
+			}
+			next = append(next, id)
+		}
+		pending = next
+		if len(pending) == 0 {
+			break
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		delay = min(2*delay, 250*time.Millisecond)
+	}
+	sum := waitSummary{Total: len(ids), States: map[result.State]int{}, Unfinished: pending}
+	for _, id := range ids {
+		if s, ok := final[id]; ok {
+			sum.States[s]++
+			if s != result.Succeeded && len(sum.Failed) < 20 {
+				sum.Failed = append(sum.Failed, id)
+			}
+		}
+	}
+	if o.jsonOut {
+		if err := writeJSON(out, sum); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "total: %d\n", sum.Total)
+		for _, s := range []result.State{result.Succeeded, result.Failed, result.Revoked} {
+			fmt.Fprintf(out, "%s: %d\n", s, sum.States[s])
+		}
+		fmt.Fprintf(out, "unfinished: %d\n", len(pending))
+	}
+	switch {
+	case len(pending) > 0:
+		return withCode(ExitPartial, fmt.Errorf("%d of %d tasks not finished after %s", len(pending), len(ids), o.timeout))
+	case sum.States[result.Succeeded] != len(ids):
+		return &ExitError{Code: ExitFailure}
+	}
+	return nil
 }

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
@@ -64,6 +67,8 @@ logs each attempt.`,
 	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
 	fs.Duration("result-ttl", 0, "how long task states are kept")
 	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
+	fs.String("pidfile", "", "write this pidfile (created exclusively, locked) while running; removed at exit")
+	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
 	return cmd
 }
 
@@ -113,6 +118,22 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return err
 	}
 	hostname, _ := os.Hostname()
+	daemon.ProtectInheritedPidfile(func(k string) string { v, _ := a.lookupEnv(k); return v })
+	if c.Pidfile != "" {
+		pf, err := daemon.CreatePidfile(c.Pidfile, os.Getpid())
+		var exists *daemon.ExistsError
+		switch {
+		case errors.As(err, &exists):
+			return withCode(ExitFailure, fmt.Errorf("already running: %w", err))
+		case err != nil:
+			return withCode(ExitConfig, err)
+		}
+		defer func() {
+			if err := pf.Remove(); err != nil {
+				log.WithError(err).Warn("could not remove the pidfile")
+			}
+		}()
+	}
 
 	// Signals are caught from the start, so a SIGTERM during the broker
 	// retry loop ends it cleanly.
@@ -169,13 +190,10 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return withCode(ExitConfig, err)
 	}
 	wCh <- w
-	go func() {
-		select {
-		case <-w.Ready():
-			log.WithField("tasks", len(handlers.Names())).Info("worker ready")
-		case <-ctx.Done():
-		}
-	}()
+	svc := newServiceNotifier(daemon.NewNotifier(), w, c, log)
+	svcCtx, stopSvc := context.WithCancel(context.Background())
+	defer stopSvc()
+	go svc.run(svcCtx, len(handlers.Names()))
 	// A signal that arrived before the worker existed cancelled ctx: Run
 	// then stops at once (warm).
 	return w.Run(ctx)

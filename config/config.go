@@ -172,6 +172,7 @@ var Vars = []Var{
 	{"STEM_WORKER_LEASE", "--lease", "30s", "visibility timeout of a claimed task; renewed while it runs"},
 	{"STEM_WORKER_HEARTBEAT", "--heartbeat", "5s", "heartbeat interval; the registry entry lives three intervals"},
 	{"STEM_WORKER_SHUTDOWN_GRACE", "--shutdown-grace", "30s", "soft shutdown: how long terminated tasks get before a hard stop"},
+	{"STEM_WORKER_PIDFILE", "--pidfile", "", "`worker run`: pidfile written (exclusively, locked) while the worker runs, removed at exit"},
 	{"STEM_TASKS_FILE", "--tasks-file", "", "YAML file mapping task names to commands"},
 	{"STEM_LOG_LEVEL", "--log-level", "info", "panic, fatal, error, warn, info, debug or trace"},
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
@@ -357,6 +358,7 @@ type Config struct {
 	Heartbeat        time.Duration
 	ShutdownGrace    time.Duration
 	TasksFile        string
+	Pidfile          string
 	LogLevel         string
 	LogFormat        string
 }
@@ -379,6 +381,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 		Heartbeat:     r.Duration("STEM_WORKER_HEARTBEAT", 5*time.Second),
 		ShutdownGrace: r.Duration("STEM_WORKER_SHUTDOWN_GRACE", 30*time.Second),
 		TasksFile:     r.String("STEM_TASKS_FILE", ""),
+		Pidfile:       r.String("STEM_WORKER_PIDFILE", ""),
 		LogLevel:      r.Enum("STEM_LOG_LEVEL", "info", "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace"),
 		LogFormat:     r.Enum("STEM_LOG_FORMAT", "auto", "auto", "text", "json", "journal"),
 	}

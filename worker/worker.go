@@ -238,6 +238,11 @@ type Worker struct {
 	running    sync.WaitGroup
 	started    atomic.Bool
 	ready      chan struct{}
+	stoppingCh chan struct{}
+
+	// claimSince is when the fetcher entered Claim (unix nanos), 0 while
+	// it is not inside Claim; Alive uses it.
+	claimSince atomic.Int64
 }
 
 // run is one outstanding delivery.
@@ -280,6 +285,7 @@ func New(cfg Config) (*Worker, error) {
 		outstanding: make(map[string]*run, capacity),
 		modeCh:      make(chan Mode, 4),
 		ready:       make(chan struct{}),
+		stoppingCh:  make(chan struct{}),
 	}
 	w.capCond = sync.NewCond(&w.mu)
 	w.log = cfg.Logger.WithField(logging.FieldWorker, w.id)
@@ -292,6 +298,9 @@ func (w *Worker) ID() string { return w.id }
 // Ready is closed once the worker consumes: its first claim succeeded (the
 // broker answered) and its services run.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
+
+// Stopping is closed when a shutdown begins.
+func (w *Worker) Stopping() <-chan struct{} { return w.stoppingCh }
 
 // Shutdown asks the worker to stop in mode; a later call with a stronger
 // mode escalates. It returns at once; Run returns when the worker stopped.
@@ -383,6 +392,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	case mode = <-w.modeCh:
 	}
 	w.log.WithField(logging.FieldMode, mode.String()).Info("shutdown requested")
+	close(w.stoppingCh)
 
 	// 1. Stop fetching.
 	w.mu.Lock()
@@ -509,7 +519,9 @@ func (w *Worker) fetch(ctx context.Context) {
 		if free > w.cfg.MaxBatch {
 			free = w.cfg.MaxBatch
 		}
+		w.claimSince.Store(time.Now().UnixNano())
 		ds, err := w.cfg.Broker.Claim(ctx, broker.ClaimParams{Queues: w.cfg.Queues, Max: free, Lease: w.cfg.Lease, Wait: w.cfg.ClaimWait})
+		w.claimSince.Store(0)
 		if ctx.Err() != nil {
 			// Deliveries claimed as we were cancelled are handed back.
 			if len(ds) > 0 {
@@ -1001,6 +1013,33 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// Alive reports whether the worker's main loop is making progress: its
+// central lock can be taken, and the fetcher is not stuck inside one claim
+// for longer than ClaimWait plus 30 seconds (a claim that hangs past every
+// timeout). A worker waiting for free slots is alive. It is what the
+// systemd watchdog pings depend on.
+func (w *Worker) Alive() error {
+	locked := make(chan struct{})
+	go func() {
+		w.mu.Lock()
+		w.mu.Unlock() //nolint:staticcheck // an empty critical section is the probe
+		close(locked)
+	}()
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-locked:
+	case <-t.C:
+		return errors.New("the worker's central lock is held for over 5s")
+	}
+	if since := w.claimSince.Load(); since != 0 {
+		if d := time.Since(time.Unix(0, since)); d > w.cfg.ClaimWait+30*time.Second {
+			return fmt.Errorf("a claim has been running for %s", d.Round(time.Second))
+		}
+	}
+	return nil
 }
 
 // SetConcurrency changes how many handlers may run at once, at run time.

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/sys/unix"
+
+	"github.com/stemhq/stem/internal/testutil"
+)
+
+// TestMain makes "stem" available to every testscript of this package: the
+// test binary re-executes itself as the stem command.
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		// The exit code is echoed on stderr as "[exit N]" so scripts can
+		// assert it: stderr '\[exit 64\]'.
+		"stem": func() {
+			code := Main(os.Args[1:])
+			fmt.Fprintf(os.Stderr, "[exit %d]\n", code)
+			os.Exit(code)
+		},
+	})
+}
+
+// scriptParams returns testscript parameters for the scripts in dir. Every
+// script gets its own namespace (STEM_WORKER_NAMESPACE) so scripts never
+// see each other's tasks or workers. When redis is set, STEM_BROKER_URL
+// points at STEM_TEST_REDIS_URL (skipped without it, failed under CI).
+func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
+	var redisURL string
+	if redis {
+		redisURL = testutil.EnvOrSkip(t, "STEM_TEST_REDIS_URL")
+	}
+	return testscript.Params{
+		Dir: dir,
+		Setup: func(e *testscript.Env) error {
+			ns := fmt.Sprintf("t%d", time.Now().UnixNano())
+			e.Setenv("STEM_WORKER_NAMESPACE", ns)
+			if redisURL != "" {
+				e.Setenv("STEM_BROKER_URL", redisURL)
+			}
+			e.Setenv("STEM_LOG_FORMAT", "text")
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"waitfor": cmdWaitFor,
+			"signal":  cmdSignal,
+		},
+		RequireExplicitExec: true,
+	}
+}
+
+// cmdWaitFor implements `waitfor FILE TEXT [TIMEOUT]`: wait until FILE
+// (relative to $WORK) contains TEXT. It is how scripts wait for a
+// background worker's log line instead of sleeping.
+func cmdWaitFor(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: waitfor FILE TEXT [TIMEOUT]")
+	}
+	within := 10 * time.Second
+	if len(args) > 2 {
+		d, err := time.ParseDuration(args[2])
+		ts.Check(err)
+		within = d
+	}
+	path := ts.MkAbs(args[0])
+	ok := testutil.Poll(within, func() bool {
+		b, _ := os.ReadFile(path)
+		return strings.Contains(string(b), args[1])
+	})
+	if !ok {
+		b, _ := os.ReadFile(path)
+		ts.Fatalf("%s does not contain %q after %s; it holds:\n%s", args[0], args[1], within, b)
+	}
+}
+
+// cmdSignal implements `signal PIDFILE SIG`: send SIG (TERM, INT, QUIT,
+// KILL, ...) to the process named by PIDFILE (relative to $WORK), waiting up
+// to 10s for the pidfile to appear.
+func cmdSignal(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: signal PIDFILE SIG")
+	}
+	path := ts.MkAbs(args[0])
+	var pid int
+	ok := testutil.Poll(10*time.Second, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && pid > 0
+	})
+	if !ok {
+		ts.Fatalf("no pid in %s after 10s", args[0])
+	}
+	sig := unix.SignalNum("SIG" + args[1])
+	if sig == 0 {
+		ts.Fatalf("unknown signal %s", args[1])
+	}
+	ts.Check(syscall.Kill(pid, sig))
+}
+
+// TestScripts runs the black-box CLI scripts that need no broker.
+func TestScripts(t *testing.T) {
+	testscript.Run(t, scriptParams(t, "testdata/scripts", false))
+}
+
+// TestScriptsRedis runs the black-box CLI scripts against Redis.
+func TestScriptsRedis(t *testing.T) {
+	testscript.Run(t, scriptParams(t, "testdata/redis", true))
+}
