@@ -68,13 +68,13 @@ func (n *notifier) register(ctx context.Context, channels []string) *waiter {
 		}
 	}
 	start := false
-	if n.ps == nil && len(fresh) > 0 {
-		// Subscribe dials and sends SUBSCRIBE; its error is not returned
-		// because go-redis retries on the next receive.
-		n.ps = n.client.Subscribe(ctx, fresh...)
+	if n.ps == nil {
+		// Without channels, Subscribe does no I/O: the connection is
+		// dialled by the receive loop or by the Subscribe below, outside
+		// n.mu, so a slow dial never blocks the fan-out.
+		n.ps = n.client.Subscribe(context.Background())
 		n.loopDone = make(chan struct{})
 		start = true
-		fresh = nil
 	}
 	ps := n.ps
 	n.mu.Unlock()
@@ -84,7 +84,8 @@ func (n *notifier) register(ctx context.Context, channels []string) *waiter {
 	}
 	if len(fresh) > 0 {
 		// An error leaves the channels recorded in the PubSub, which
-		// resubscribes them when it reconnects.
+		// subscribes them when it (re)connects; until Redis confirms,
+		// waiters poll (see unconfirmedPoll).
 		_ = ps.Subscribe(ctx, fresh...)
 	}
 	return w
