@@ -299,7 +299,7 @@ func waitMany(ctx context.Context, out io.Writer, b result.Backend, ids []string
 				final[id] = st.State
 				continue
 			}
-			if err != nil && !errors.Is(err, result.ErrNotFound) && ctx.Err() == nil {
+			if err != nil && !errors.Is(err, result.ErrNotFound) && !errors.Is(err, broker.ErrUnavailable) && ctx.Err() == nil {
 				return err
 			}
 			next = append(next, id)

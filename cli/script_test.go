@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,6 +54,7 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"waitfor": cmdWaitFor,
 			"signal":  cmdSignal,
+			"freeport": cmdFreePort,
 		},
 		RequireExplicitExec: true,
 	}
@@ -108,6 +111,19 @@ func cmdSignal(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(syscall.Kill(pid, sig))
 }
 
+// cmdFreePort implements `freeport VAR`: set VAR to a free loopback TCP
+// port, for a server the script starts itself.
+func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: freeport VAR")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ts.Check(err)
+	port := l.Addr().(*net.TCPAddr).Port
+	ts.Check(l.Close())
+	ts.Setenv(args[0], strconv.Itoa(port))
+}
+
 // TestScripts runs the black-box CLI scripts that need no broker.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, scriptParams(t, "testdata/scripts", false))
@@ -116,4 +132,19 @@ func TestScripts(t *testing.T) {
 // TestScriptsRedis runs the black-box CLI scripts against Redis.
 func TestScriptsRedis(t *testing.T) {
 	testscript.Run(t, scriptParams(t, "testdata/redis", true))
+}
+
+// TestScriptsFaults runs the fault scripts: each starts, kills and restarts
+// its own redis-server on a free loopback port (never the shared one).
+func TestScriptsFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault scripts start their own redis-server; skipped with -short")
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("redis-server is not installed, and fault tests may not skip under CI")
+		}
+		t.Skip("redis-server not installed")
+	}
+	testscript.Run(t, scriptParams(t, "testdata/faults", false))
 }

@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/stemhq/stem/broker"
 )
 
 // State is a task's lifecycle state.
@@ -99,7 +101,8 @@ func Newer(a, b TaskState) bool {
 }
 
 // Wait polls b until task id reaches a final state or ctx ends. It returns
-// the last state read (final or not) and ctx's error on timeout.
+// the last state read (final or not) and ctx's error on timeout. Errors
+// wrapping broker.ErrUnavailable (a backend restarting) are waited out.
 func Wait(ctx context.Context, b Backend, id string) (TaskState, error) {
 	delay := 5 * time.Millisecond
 	var last TaskState
@@ -111,7 +114,7 @@ func Wait(ctx context.Context, b Backend, id string) (TaskState, error) {
 			if st.State.Final() {
 				return st, nil
 			}
-		case !errors.Is(err, ErrNotFound):
+		case !errors.Is(err, ErrNotFound) && !errors.Is(err, broker.ErrUnavailable):
 			return last, err
 		}
 		t := time.NewTimer(delay)

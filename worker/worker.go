@@ -628,6 +628,7 @@ func (w *Worker) execute(r *run) {
 		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started,
 		Attempt: env.Attempt, Worker: w.id, EnqueuedAt: env.CreatedAt, StartedAt: r.startedAt, UpdatedAt: r.startedAt,
 	}
+	w.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldAttempt: env.Attempt}).Debug("task started")
 	f := w.runHandler(r, st)
 	// The slot is released before the delivery is settled, so the next
 	// task starts while the finisher batches this one's ack.
