@@ -52,8 +52,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitfor": cmdWaitFor,
-			"signal":  cmdSignal,
+			"waitfor":  cmdWaitFor,
+			"signal":   cmdSignal,
 			"freeport": cmdFreePort,
 		},
 		RequireExplicitExec: true,
