@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/result"
 )
 
 // Benchmarks run against STEM_TEST_REDIS_URL (skipped without it) under a
@@ -99,4 +100,25 @@ func BenchmarkClaimAck(b *testing.B) {
 			b.ReportMetric(float64(tasks)/b.Elapsed().Seconds(), "tasks/s")
 		})
 	}
+}
+
+func BenchmarkSetResults(b *testing.B) {
+	const size = 500
+	e := newTestEngine(b, testClient(b), Options{ResultTTL: time.Minute})
+	ctx := context.Background()
+	states := make([]result.TaskState, size)
+	now := time.Now()
+	for i := range states {
+		states[i] = result.TaskState{
+			ID: fmt.Sprintf("0191c6e2-7a3b-7c1d-9e4f-%012d", i), Name: "mail.send", Queue: "bench",
+			State: result.Succeeded, Result: json.RawMessage(`{"ok":true}`), Worker: "alpha@host",
+			StartedAt: now, FinishedAt: now, UpdatedAt: now,
+		}
+	}
+	for b.Loop() {
+		if err := e.Set(ctx, states); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "states/s")
 }
