@@ -388,9 +388,9 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.ResultBackendURL = r.URL("STEM_RESULT_BACKEND_URL", c.BrokerURL, brokerSchemes)
 	c.Prefetch = r.Int("STEM_WORKER_PREFETCH", c.Concurrency, 0, 1000000)
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}} {
-		if !validName(kv.v) {
+		if !validName(kv.v) || strings.Contains(kv.v, ":") {
 			_, from, _ := l.Get(kv.key)
-			r.fail(from, kv.v, "may hold only letters, digits, '.', '_', '-' and ':' (no spaces or slashes)")
+			r.fail(from, kv.v, "may hold only letters, digits, '.', '_' and '-' (no spaces, slashes or colons)")
 		}
 	}
 	if c.TasksFile != "" {

@@ -128,6 +128,7 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 		{"STEM_BROKER_URL", "localhost:6379", false, `unsupported scheme "localhost"`},
 		{"STEM_LOG_FORMAT", "xml", false, `must be one of auto, text, json, journal`},
 		{"STEM_WORKER_NODE", "a/b", false, `invalid STEM_WORKER_NODE="a/b"`},
+		{"STEM_WORKER_NAMESPACE", "a:b", false, `no spaces, slashes or colons`},
 		{"STEM_WORKER_QUEUES", "a b", false, `queue name "a b"`},
 	}
 	for _, tt := range tests {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -47,21 +48,6 @@ func (o ExecOptions) withDefaults() ExecOptions {
 	return o
 }
 
-// ChildEnviron returns env without the variables that belong to the
-// worker's own supervisor (NOTIFY_SOCKET, WATCHDOG_PID, WATCHDOG_USEC).
-func ChildEnviron(env []string) []string {
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		switch k {
-		case "NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID":
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
-
 // Exec returns the handler that runs d's command. The command gets the
 // task's arguments as JSON on stdin and in STEM_TASK_ARGS, plus STEM_TASK_ID,
 // STEM_TASK_NAME, STEM_TASK_ATTEMPT and d.Env. Exit 0 succeeds with stdout as
@@ -77,7 +63,7 @@ func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 		}
 		cmd := exec.Command(d.Command[0], d.Command[1:]...)
 		cmd.Dir = d.Dir
-		env := ChildEnviron(o.Environ)
+		env := daemon.ChildEnv(o.Environ)
 		for k, v := range d.Env {
 			env = append(env, k+"="+v)
 		}

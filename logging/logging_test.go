@@ -1,0 +1,47 @@
+package logging
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestJournalFormat(t *testing.T) {
+	var b bytes.Buffer
+	l, err := New(&b, Options{Format: "auto", JournalStream: "8:1234", Level: "debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.WithError(errors.New("boom now")).WithField(FieldTask, "t1").Error("task failed")
+	l.Warn("careful")
+	l.Info("hello\nworld")
+	l.Debug("details")
+	want := "<3>task failed error=\"boom now\" task_id=t1\n<4>careful\n<6>hello world\n<7>details\n"
+	if b.String() != want {
+		t.Fatalf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
+
+func TestFormats(t *testing.T) {
+	var b bytes.Buffer
+	l, _ := New(&b, Options{Format: "json"})
+	l.WithField(FieldQueue, "q").Info("x")
+	var m map[string]any
+	if err := json.Unmarshal(b.Bytes(), &m); err != nil || m["queue"] != "q" || m["msg"] != "x" {
+		t.Fatalf("json line %q: %v", b.String(), err)
+	}
+	b.Reset()
+	l, _ = New(&b, Options{Format: "auto"})
+	l.Info("y")
+	if !strings.Contains(b.String(), "time=") || strings.HasPrefix(b.String(), "<") {
+		t.Fatalf("text line %q", b.String())
+	}
+	if _, err := New(&b, Options{Level: "loud"}); err == nil {
+		t.Fatal("bad level accepted")
+	}
+	if got := ResolveFormat("auto", ""); got != "text" {
+		t.Fatal(got)
+	}
+}
