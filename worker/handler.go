@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -83,14 +84,18 @@ type Handler struct {
 }
 
 // Registry maps task names to handlers. It is safe for concurrent use.
+// Lookups are lock-free (a copy-on-write map): every task does one.
 type Registry struct {
-	mu       sync.RWMutex
-	handlers map[string]Handler
+	mu       sync.Mutex // serialises writers
+	handlers atomic.Pointer[map[string]Handler]
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{handlers: map[string]Handler{}}
+	r := &Registry{}
+	m := map[string]Handler{}
+	r.handlers.Store(&m)
+	return r
 }
 
 // Register adds a handler. It fails on an empty or duplicate name, or a nil
@@ -107,10 +112,16 @@ func (r *Registry) Register(name string, fn HandlerFunc, opts TaskOptions) error
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, dup := r.handlers[name]; dup {
+	old := *r.handlers.Load()
+	if _, dup := old[name]; dup {
 		return fmt.Errorf("register %s: a handler with this name already exists", name)
 	}
-	r.handlers[name] = Handler{Name: name, Options: opts.WithDefaults(), Run: fn}
+	m := make(map[string]Handler, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[name] = Handler{Name: name, Options: opts.WithDefaults(), Run: fn}
+	r.handlers.Store(&m)
 	return nil
 }
 
@@ -123,18 +134,15 @@ func (r *Registry) MustRegister(name string, fn HandlerFunc, opts TaskOptions) {
 
 // Lookup returns the handler registered under name.
 func (r *Registry) Lookup(name string) (Handler, bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	h, ok := r.handlers[name]
+	h, ok := (*r.handlers.Load())[name]
 	return h, ok
 }
 
 // Names returns the registered names, sorted.
 func (r *Registry) Names() []string {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	out := make([]string, 0, len(r.handlers))
-	for n := range r.handlers {
+	m := *r.handlers.Load()
+	out := make([]string, 0, len(m))
+	for n := range m {
 		out = append(out, n)
 	}
 	sort.Strings(out)

@@ -216,9 +216,10 @@ type Counters struct {
 
 // Worker runs tasks. Create it with New, start it with Run.
 type Worker struct {
-	cfg Config
-	log logrus.FieldLogger
-	id  string
+	cfg   Config
+	log   logrus.FieldLogger
+	id    string
+	debug bool // debug lines are wanted (checked once: the hot path skips building them)
 
 	slots *slots
 	queue chan *run   // claimed, waiting for a slot
@@ -289,6 +290,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w.capCond = sync.NewCond(&w.mu)
 	w.log = cfg.Logger.WithField(logging.FieldWorker, w.id)
+	if l, ok := cfg.Logger.(interface{ IsLevelEnabled(logrus.Level) bool }); ok {
+		w.debug = l.IsLevelEnabled(logrus.DebugLevel)
+	}
 	return w, nil
 }
 
@@ -628,7 +632,9 @@ func (w *Worker) execute(r *run) {
 		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started,
 		Attempt: env.Attempt, Worker: w.id, EnqueuedAt: env.CreatedAt, StartedAt: r.startedAt, UpdatedAt: r.startedAt,
 	}
-	w.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldAttempt: env.Attempt}).Debug("task started")
+	if w.debug {
+		w.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldAttempt: env.Attempt}).Debug("task started")
+	}
 	f := w.runHandler(r, st)
 	// The slot is released before the delivery is settled, so the next
 	// task starts while the finisher batches this one's ack.
@@ -677,7 +683,10 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 		st.Progress, st.ProgressData = p, data
 	}
 	w.counters.processed.Add(1)
-	logf := w.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldAttempt: env.Attempt})
+	// Built only when a line is written: the success path logs at debug.
+	logf := func() logrus.FieldLogger {
+		return w.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldAttempt: env.Attempt})
+	}
 
 	if cause := context.Cause(r.ctx); cause != nil && r.ctx.Err() != nil {
 		// Cancelled by the worker (shutdown) or a terminate revoke.
@@ -687,7 +696,7 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 			f.hasState = false
 			f.action = broker.Requeue
 			w.counters.processed.Add(-1)
-			logf.Warn("task interrupted by shutdown; handed back without counting an attempt")
+			logf().Warn("task interrupted by shutdown; handed back without counting an attempt")
 			return f
 		}
 		var re *revokedError
@@ -696,7 +705,7 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 			st.Reason, st.RevokedBy = re.reason, re.by
 			f.state = st
 			w.counters.revoked.Add(1)
-			logf.Info("task terminated by revoke")
+			logf().Info("task terminated by revoke")
 			return f
 		}
 	}
@@ -707,7 +716,9 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 			st.Result = raw
 			f.state = st
 			w.counters.succeeded.Add(1)
-			logf.WithField(logging.FieldDuration, finished.Sub(r.startedAt).String()).Debug("task succeeded")
+			if w.debug {
+				logf().WithField(logging.FieldDuration, finished.Sub(r.startedAt).String()).Debug("task succeeded")
+			}
 			return f
 		}
 		err = merr
@@ -733,7 +744,7 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 		f.retryEnv = next
 		f.delay = delay
 		w.counters.retried.Add(1)
-		logf.WithError(err).WithField(logging.FieldDelay, delay.String()).Warn("task failed; will retry")
+		logf().WithError(err).WithField(logging.FieldDelay, delay.String()).Warn("task failed; will retry")
 		return f
 	}
 	st.State = result.Failed
@@ -741,7 +752,7 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 	f.action = broker.DeadLetter
 	f.reason = st.Error
 	w.counters.failed.Add(1)
-	logf.WithError(err).Error("task failed")
+	logf().WithError(err).Error("task failed")
 	return f
 }
 

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync"
@@ -33,6 +34,7 @@ type options struct {
 	prefetch    int
 	lightRate   int
 	lightN      int
+	cpuprofile  string
 }
 
 func main() {
@@ -45,7 +47,9 @@ func main() {
 	flag.IntVar(&o.prefetch, "prefetch", 1024, "worker prefetch")
 	flag.IntVar(&o.lightRate, "light-rate", 500, "tasks/s in the light-load latency run")
 	flag.IntVar(&o.lightN, "light-n", 2000, "tasks in the light-load latency run")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the burn-down here")
 	flag.Parse()
+	o.cpuprofile = *cpuprofile
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -169,6 +173,17 @@ func burnDown(ctx context.Context, e *stemredis.Engine, o options) (time.Duratio
 	})
 	if err != nil {
 		return 0, err
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 0, err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	start := time.Now()
 	stopped := make(chan error, 1)
