@@ -165,12 +165,14 @@ func (s Supervisor) Start(n Node) Result {
 	return r
 }
 
-// Status inspects n without changing anything.
+// Status inspects n without changing anything. For every state but
+// Running and NotRunning, Err explains it (naming the pidfile and PID, not
+// the node).
 func (s Supervisor) Status(n Node) Result {
 	in := s.Proc.Inspect(n.Pidfile)
 	r := Result{Node: n.Name, State: in.State, PID: in.Pidfile.PID, Since: in.Process.Start, Msg: in.State.String()}
 	if in.State != Running && in.State != NotRunning {
-		r.Err = fmt.Errorf("%s: %w", n.Name, in.Err)
+		r.Err = in.Err
 	}
 	return r
 }

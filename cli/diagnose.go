@@ -1,0 +1,122 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/diagnose"
+	"github.com/stemhq/stem/engine"
+)
+
+type diagnoseOptions struct {
+	pidfile string
+	logfile string
+	node    string
+	jsonOut bool
+	connect bool
+}
+
+func newDiagnoseCmd(a *App) *cobra.Command {
+	o := &diagnoseOptions{}
+	cmd := &cobra.Command{
+		Use:   "diagnose",
+		Short: "Check a node's local setup: directories, pidfile, env file, command, broker URL",
+		Long: `Run local checks and print one line per check, [OK], [WARN] or [ERR]:
+
+  pid-directory, log-directory   exist and are writable (or can be created)
+  pidfile, process               the pidfile parses; its process is the node,
+                                 or the pidfile is stale, or the PID was reused
+  logfile                        is writable
+  env-file                       parses (errors give the line)
+  env-file-permissions           readable by others while holding a secret
+  worker-command                 STEM_WORKER_COMMAND parses and is executable
+  broker-url                     STEM_BROKER_URL is well-formed
+  broker-connection              with --connect only: the broker answers
+
+The pidfile and logfile may be templates (%n is --node). Variables are read
+from the environment first, then the env file. No network call is made
+without --connect.
+
+Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
+"level" (info, warning, error), "message"}], "errors", "warnings"}.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env := &daemonEnv{lookup: config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}}
+			envFile, _ := env.get("STEM_ENV_FILE")
+			node, _ := env.get("STEM_WORKER_NODE")
+			v := templateVars(node, 0, time.Now())
+			in := diagnose.Input{
+				EnvFile:          envFile,
+				LoadEnvFile:      config.LoadEnvFile,
+				Getenv:           a.lookupEnv,
+				DefaultCommand:   defaultCommandText(),
+				DefaultBrokerURL: config.DefaultBrokerURL,
+				CheckBrokerURL:   func(raw string) error { return config.CheckURL(raw, engine.Schemes) },
+				RedactURL:        broker.RedactURL,
+			}
+			var err error
+			if pidfile, _ := env.get("STEM_WORKER_PIDFILE"); pidfile != "" {
+				if in.Pidfile, err = expandFlag("pidfile", pidfile, v); err != nil {
+					return err
+				}
+			}
+			if o.logfile != "" {
+				if in.Logfile, err = expandFlag("logfile", o.logfile, v); err != nil {
+					return err
+				}
+			}
+			if o.connect {
+				in.Connect = func(ctx context.Context, raw string) error {
+					c, err := config.Load(config.Lookup{config.MapSource("diagnose", map[string]string{"STEM_BROKER_URL": raw})}, 1)
+					if err != nil {
+						return err
+					}
+					eng, err := openEngine(ctx, c)
+					if err != nil {
+						return err
+					}
+					return eng.Close()
+				}
+			}
+			rep := diagnose.Run(cmd.Context(), in)
+			out := cmd.OutOrStdout()
+			if o.jsonOut {
+				if err := writeJSON(out, rep); err != nil {
+					return err
+				}
+			} else {
+				for _, c := range rep.Checks {
+					fmt.Fprintf(out, "%-6s %s: %s\n", c.Level.Tag(), c.Name, oneLine(c.Message))
+				}
+			}
+			if rep.Errors > 0 {
+				return &ExitError{Code: ExitFailure}
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.pidfile, "pidfile", "", "the node's pidfile (a template: %n is --node)")
+	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
+	fs.StringVar(&o.logfile, "logfile", "", "the node's logfile (a template)")
+	fs.StringVar(&o.node, "node", "", "node name, for %n")
+	bindEnv(fs, "node", "STEM_WORKER_NODE")
+	fs.BoolVar(&o.jsonOut, "json", false, "print the checks as JSON")
+	fs.BoolVar(&o.connect, "connect", false, "also connect to the broker")
+	return cmd
+}
+
+// defaultCommandText is what multi runs without STEM_WORKER_COMMAND.
+func defaultCommandText() string {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "stem"
+	}
+	return exe + " worker run"
+}
