@@ -127,4 +127,3 @@ func checkNodeName(name string) error {
 	}
 	return nil
 }
-
