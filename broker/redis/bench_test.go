@@ -122,3 +122,21 @@ func BenchmarkSetResults(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "states/s")
 }
+
+func BenchmarkPublishOne(b *testing.B) {
+	e := newTestEngine(b, testClient(b), Options{})
+	ctx := context.Background()
+	env := benchEnvelopes("bench", 1)[0]
+	var n atomic.Int64
+	b.SetParallelism(4) // 4 x GOMAXPROCS producers
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := e.Publish(ctx, env); err != nil {
+				b.Error(err)
+				return
+			}
+			n.Add(1)
+		}
+	})
+	b.ReportMetric(float64(n.Load())/b.Elapsed().Seconds(), "tasks/s")
+}

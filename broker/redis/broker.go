@@ -33,9 +33,9 @@ type queueBatch struct {
 	delayed []goredis.Z
 }
 
-// PublishBatch enqueues envelopes in one MULTI/EXEC round trip: per queue,
-// an RPUSH of the ready ones, a ZADD of the delayed ones and one PUBLISH on
-// the queue's wake channel. An invalid envelope rejects the whole batch
+// PublishBatch enqueues envelopes in one round trip: per queue, an RPUSH of
+// the ready ones, a ZADD of the delayed ones and one PUBLISH on the queue's
+// wake channel, wrapped in MULTI/EXEC when there is more than one write. An invalid envelope rejects the whole batch
 // before anything is sent.
 func (e *Engine) PublishBatch(ctx context.Context, envs []broker.Envelope) error {
 	if err := e.checkOpen(); err != nil {
@@ -72,7 +72,19 @@ func (e *Engine) PublishBatch(ctx context.Context, envs []broker.Envelope) error
 		}
 		qb.ready = append(qb.ready, payload)
 	}
-	pipe := e.client.TxPipeline()
+	// MULTI/EXEC makes a batch that spans several commands all-or-nothing;
+	// a batch that is a single RPUSH or ZADD is atomic by itself, and
+	// skips the two extra commands.
+	writes := 0
+	for _, qb := range batches {
+		writes += (len(qb.ready)+publishChunk-1)/publishChunk + (len(qb.delayed)+publishChunk-1)/publishChunk
+	}
+	var pipe goredis.Pipeliner
+	if writes == 1 {
+		pipe = e.client.Pipeline()
+	} else {
+		pipe = e.client.TxPipeline()
+	}
 	for _, qb := range batches {
 		for i := 0; i < len(qb.ready); i += publishChunk {
 			pipe.RPush(ctx, e.keys.ready(qb.queue), qb.ready[i:min(i+publishChunk, len(qb.ready))]...)
