@@ -54,9 +54,3 @@ func (k keys) workerIndex(namespace string) string { return k.workersTag(namespa
 func (k keys) worker(namespace, id string) string {
 	return k.workersTag(namespace) + ":worker:" + id
 }
-
-// patterns returns SCAN patterns that match every key of the namespace
-// (for tests and operators cleaning up).
-func (k keys) patterns() []string {
-	return []string{"{" + k.ns + ":*", k.ns + ":*"}
-}

@@ -5,7 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,8 +19,66 @@ import (
 	"github.com/stemhq/stem/broker/brokertest"
 )
 
+// runID is shared by every namespace of this test run, so one sweep at the
+// end deletes all their keys (a SCAN per test would walk the whole shared
+// keyspace each time).
+var runID = func() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}()
+
+var namespaceSeq atomic.Int64
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if raw := os.Getenv(testURLEnv); raw != "" {
+		if err := sweepRun(raw); err != nil {
+			fmt.Fprintf(os.Stderr, "cleanup of test keys: %v\n", err)
+			code = 1
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// sweepRun deletes every key of this run's namespaces.
+func sweepRun(raw string) error {
+	ro, err := goredis.ParseURL(raw)
+	if err != nil {
+		return err
+	}
+	c := goredis.NewClient(ro)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	iter := c.Scan(ctx, 0, "*stemtest-"+runID+"-*", 10000).Iterator()
+	var batch []string
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		err := c.Unlink(ctx, batch...).Err()
+		batch = batch[:0]
+		return err
+	}
+	for iter.Next(ctx) {
+		batch = append(batch, iter.Val())
+		if len(batch) == 1000 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return err
+	}
+	return flush()
 }
 
 // testURLEnv selects the Redis server of the integration tests.
@@ -42,16 +103,13 @@ func testClient(tb testing.TB) *goredis.Client {
 	return c
 }
 
-// randomNamespace returns a namespace no other test run uses.
+// randomNamespace returns a namespace no other test or test run uses.
 func randomNamespace() string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return "stemtest-" + hex.EncodeToString(b[:])
+	return fmt.Sprintf("stemtest-%s-%d", runID, namespaceSeq.Add(1))
 }
 
-// newTestEngine returns an Engine on the test server under a fresh random
-// namespace; at cleanup it closes the Engine and deletes the namespace's
-// keys.
+// newTestEngine returns an Engine on the test server under a fresh
+// namespace, closed at cleanup. TestMain deletes the run's keys at the end.
 func newTestEngine(tb testing.TB, client *goredis.Client, opts Options) *Engine {
 	tb.Helper()
 	if opts.Namespace == "" {
@@ -61,33 +119,8 @@ func newTestEngine(tb testing.TB, client *goredis.Client, opts Options) *Engine 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() {
-		_ = e.Close()
-		deleteNamespace(tb, client, e.keys)
-	})
+	tb.Cleanup(func() { _ = e.Close() })
 	return e
-}
-
-// deleteNamespace deletes every key of a namespace.
-func deleteNamespace(tb testing.TB, client *goredis.Client, k keys) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, pattern := range k.patterns() {
-		iter := client.Scan(ctx, 0, pattern, 1000).Iterator()
-		var batch []string
-		for iter.Next(ctx) {
-			batch = append(batch, iter.Val())
-		}
-		if err := iter.Err(); err != nil {
-			tb.Errorf("cleanup: scan %s: %v", pattern, err)
-			return
-		}
-		if len(batch) > 0 {
-			if err := client.Del(ctx, batch...).Err(); err != nil {
-				tb.Errorf("cleanup: delete %d keys: %v", len(batch), err)
-			}
-		}
-	}
 }
 
 func TestContract(t *testing.T) {
@@ -106,7 +139,6 @@ func TestOpen(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open(%s): %v", broker.RedactURL(raw), err)
 	}
-	t.Cleanup(func() { deleteNamespace(t, testClient(t), keys{ns: ns}) })
 	if err := e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"}); err != nil {
 		t.Fatal(err)
 	}
