@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -105,6 +106,7 @@ func (t *taskContext) Progress(p float64, data any) error {
 	t.mu.Lock()
 	t.progress, t.data = p, raw
 	t.mu.Unlock()
+	t.run.progress.Store(math.Float64bits(p))
 	env := t.run.d.Envelope
 	now := t.w.cfg.Now()
 	st := result.TaskState{

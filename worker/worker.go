@@ -58,6 +58,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
@@ -137,6 +139,15 @@ type Config struct {
 	Now func() time.Time
 	// Version is reported in the registry.
 	Version string
+
+	// Control plane (all optional; see control.go). Namespace is also the
+	// control namespace.
+	Control    control.Transport
+	Pauses     control.PauseStore
+	Revokes    revoke.Store
+	RevokeSync time.Duration // re-read Revokes and Pauses this often (default 30s)
+	SigningKey []byte        // refuse control requests not signed with it
+	Broadcasts []string      // broadcast channels subscribed (reported in stats)
 }
 
 // WithDefaults fills unset fields.
@@ -185,6 +196,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Handlers == nil {
 		c.Handlers = NewRegistry()
+	}
+	if c.RevokeSync <= 0 {
+		c.RevokeSync = 30 * time.Second
 	}
 	return c
 }
@@ -241,6 +255,10 @@ type Worker struct {
 	ready      chan struct{}
 	stoppingCh chan struct{}
 
+	rmu     sync.Mutex
+	revokes map[string]revoke.Entry // by task id
+	paused  atomic.Pointer[map[string]bool]
+
 	// claimSince is when the fetcher entered Claim (unix nanos), 0 while
 	// it is not inside Claim; Alive uses it.
 	claimSince atomic.Int64
@@ -255,6 +273,8 @@ type run struct {
 	state     atomic.Int32
 	startedAt time.Time
 	lastBeat  atomic.Int64 // unix nanos of the last checkpoint
+	// progress is the last TaskContext.Progress value (math.Float64bits).
+	progress atomic.Uint64
 	// leaseUntil is the current lease deadline (unix nanos); d stays
 	// immutable so it can be read without the lock.
 	leaseUntil atomic.Int64
@@ -287,7 +307,9 @@ func New(cfg Config) (*Worker, error) {
 		modeCh:      make(chan Mode, 4),
 		ready:       make(chan struct{}),
 		stoppingCh:  make(chan struct{}),
+		revokes:     map[string]revoke.Entry{},
 	}
+	w.paused.Store(&map[string]bool{})
 	w.capCond = sync.NewCond(&w.mu)
 	w.log = cfg.Logger.WithField(logging.FieldWorker, w.id)
 	if l, ok := cfg.Logger.(interface{ IsLevelEnabled(logrus.Level) bool }); ok {
@@ -376,6 +398,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopBg()
 	defer stopFetch()
 
+	// Revokes and pauses are loaded, and control requests subscribed,
+	// before the first claim: a revoke issued while no worker ran is
+	// honoured from the first task on.
+	w.syncControlState(ctx)
+	var ctlSub control.Subscription
+	if w.cfg.Control != nil {
+		var err error
+		if ctlSub, err = w.cfg.Control.SubscribeWorker(ctx, w.cfg.Namespace, w.id); err != nil {
+			return fmt.Errorf("subscribe to control requests: %w", err)
+		}
+	}
+
 	var fetchWG, dispatchWG, finishWG, bgWG sync.WaitGroup
 	fetchWG.Add(1)
 	go func() { defer fetchWG.Done(); w.fetch(fetchCtx) }()
@@ -383,9 +417,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer dispatchWG.Done(); w.dispatch() }()
 	finishWG.Add(1)
 	go func() { defer finishWG.Done(); w.finisher() }()
-	bgWG.Add(2)
+	bgWG.Add(3)
 	go func() { defer bgWG.Done(); w.renewLeases(bgCtx) }()
 	go func() { defer bgWG.Done(); w.heartbeat(bgCtx) }()
+	go func() { defer bgWG.Done(); w.resyncControlState(bgCtx) }()
+	var ctlWG sync.WaitGroup
+	if ctlSub != nil {
+		ctlWG.Add(1)
+		go func() { defer ctlWG.Done(); w.serveControl(ctlSub) }()
+	}
 
 	// Wait for a shutdown request.
 	var mode Mode
@@ -416,9 +456,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(w.done)
 	finishWG.Wait()
 
-	// 5. Background services.
+	// 5. Background services (control answers until here, so operators
+	// can ping and inspect a draining worker).
 	stopBg()
 	bgWG.Wait()
+	if ctlSub != nil {
+		_ = ctlSub.Close()
+		ctlWG.Wait()
+	}
 	if w.cfg.Registry != nil {
 		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := w.cfg.Registry.Remove(rctx, w.cfg.Namespace, w.id); err != nil {
@@ -523,8 +568,17 @@ func (w *Worker) fetch(ctx context.Context) {
 		if free > w.cfg.MaxBatch {
 			free = w.cfg.MaxBatch
 		}
+		queues := w.activeQueues()
+		if len(queues) == 0 {
+			// Every queue is paused: claim nothing, look again soon.
+			readyOnce.Do(func() { close(w.ready) })
+			if !sleepCtx(ctx, min(w.cfg.ClaimWait, 250*time.Millisecond)) {
+				return
+			}
+			continue
+		}
 		w.claimSince.Store(time.Now().UnixNano())
-		ds, err := w.cfg.Broker.Claim(ctx, broker.ClaimParams{Queues: w.cfg.Queues, Max: free, Lease: w.cfg.Lease, Wait: w.cfg.ClaimWait})
+		ds, err := w.cfg.Broker.Claim(ctx, broker.ClaimParams{Queues: queues, Max: free, Lease: w.cfg.Lease, Wait: w.cfg.ClaimWait})
 		w.claimSince.Store(0)
 		if ctx.Err() != nil {
 			// Deliveries claimed as we were cancelled are handed back.
@@ -582,6 +636,10 @@ func (w *Worker) requeueNow(ds []broker.Delivery) {
 // the queue is closed (shutdown), it hands back what was never started.
 func (w *Worker) dispatch() {
 	for r := range w.queue {
+		if e, ok := w.revokedEntry(r.d.Envelope.ID); ok {
+			w.settleRevoked(r, e)
+			continue
+		}
 		if w.currentMode() != 0 || !w.slots.acquire() {
 			w.handBack(r)
 			continue
@@ -732,6 +790,14 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 	maxRetries := h.Options.MaxRetries
 	if env.MaxRetries >= 0 {
 		maxRetries = env.MaxRetries
+	}
+	if e, revoked := w.revokedEntry(env.ID); revoked {
+		st.State = result.Revoked
+		st.Reason, st.RevokedBy = e.Reason, e.RequestedBy
+		f.state = st
+		w.counters.revoked.Add(1)
+		logf().WithError(err).Info("task failed after it was revoked; not retried")
+		return f
 	}
 	if env.Attempt < maxRetries && !errors.Is(err, ErrNoRetry) {
 		delay := Backoff(env.Attempt, h.Options.RetryBackoff, h.Options.RetryBackoffMax)

@@ -1,0 +1,74 @@
+// Package revoke is the durable revoke store seam. A revoke says "task X of
+// namespace N must never run (again)", optionally "and terminate it if it
+// is running". The CLI writes a revoke through a Store before it publishes
+// the control message, so a revoke is never visible without its durable
+// record; workers load the store at start, apply control messages as they
+// arrive, and re-sync from the store periodically, so a revoke whose
+// broadcast a worker missed still takes effect.
+//
+// Semantics every Store implements (one contract suite, revoketest, checks
+// them all):
+//
+//   - Records are keyed by (Namespace, TaskID); namespaces never collide.
+//   - Upsert stores an entry only if its Version is strictly higher than
+//     the stored one, and returns the entries as stored afterwards (the
+//     caller's where it won, the existing one where it lost).
+//   - List returns a namespace's entries sorted by Version (then TaskID).
+//   - Prune deletes a namespace's entries whose ExpiresAt is set and not
+//     after now, and returns how many it deleted.
+package revoke
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Entry is one revoke record.
+type Entry struct {
+	Namespace string `json:"namespace"`
+	TaskID    string `json:"taskId"`
+	// Version orders revokes of one task; a strictly higher one wins. The
+	// CLI uses the issue time in nanoseconds.
+	Version  int64     `json:"version"`
+	IssuedAt time.Time `json:"issuedAt"`
+	// Terminate asks workers to stop the task if it is running.
+	Terminate   bool   `json:"terminate"`
+	Reason      string `json:"reason,omitempty"`
+	RequestedBy string `json:"requestedBy,omitempty"`
+	// ExpiresAt, when set, is when the record may be pruned.
+	ExpiresAt time.Time `json:"expiresAt,omitempty"`
+}
+
+// Expired reports whether e has an expiry at or before now.
+func (e Entry) Expired(now time.Time) bool {
+	return !e.ExpiresAt.IsZero() && !e.ExpiresAt.After(now)
+}
+
+// Validate reports an entry that cannot be stored.
+func (e Entry) Validate() error {
+	switch {
+	case e.Namespace == "":
+		return errors.New("revoke entry: empty namespace")
+	case e.TaskID == "":
+		return errors.New("revoke entry: empty task id")
+	case e.Version <= 0:
+		return fmt.Errorf("revoke entry %s: version %d must be positive", e.TaskID, e.Version)
+	}
+	return nil
+}
+
+// Store is a durable revoke store. Implementations are safe for concurrent
+// use, and (where the medium allows) across processes.
+type Store interface {
+	// Upsert stores entries whose Version is strictly higher than the
+	// stored one and returns, for each input in order, the entry as stored.
+	Upsert(ctx context.Context, entries []Entry) ([]Entry, error)
+	// List returns a namespace's entries sorted by Version, then TaskID.
+	List(ctx context.Context, namespace string) ([]Entry, error)
+	// Prune deletes a namespace's entries expired at now.
+	Prune(ctx context.Context, namespace string, now time.Time) (int, error)
+	// Close releases resources.
+	Close() error
+}
