@@ -50,10 +50,19 @@ func (a *App) daemonEnv(cmd *cobra.Command) (*daemonEnv, error) {
 	return e, nil
 }
 
-// get returns the winning value of key (flag, environment, env file).
+// get returns the winning value of key (flag, environment, env file). An
+// empty value counts as unset, so an empty variable in the environment
+// does not hide the env file's value.
 func (e *daemonEnv) get(key string) (string, bool) {
-	v, _, ok := e.lookup.Get(key)
-	return v, ok
+	for _, s := range e.lookup {
+		if s.Get == nil {
+			continue
+		}
+		if v, ok := s.Get(key); ok && v != "" {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 // stringFlagOrEnv returns the value of flag name when given, else key from
@@ -69,13 +78,17 @@ func (e *daemonEnv) stringFlagOrEnv(cmd *cobra.Command, name, key string) string
 
 // childEnviron builds a child's environment: the process environment,
 // then the env file's variables that the process environment does not set
-// (the process environment wins), then set, which overrides both.
+// (the process environment wins; an empty variable counts as unset), then
+// set, which overrides both.
 func childEnviron(base []string, file map[string]string, set map[string]string) []string {
 	out := make([]string, 0, len(base)+len(file)+len(set))
 	have := map[string]bool{}
 	for _, kv := range base {
-		k, _, _ := strings.Cut(kv, "=")
+		k, v, _ := strings.Cut(kv, "=")
 		if _, override := set[k]; override {
+			continue
+		}
+		if fv, inFile := file[k]; v == "" && inFile && fv != "" {
 			continue
 		}
 		have[k] = true

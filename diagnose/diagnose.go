@@ -103,7 +103,7 @@ type Input struct {
 	// should name the file and line.
 	LoadEnvFile func(path string) (map[string]string, error)
 	// Getenv looks up the process environment. Variables are looked up
-	// there first, then in the env file.
+	// there first, then in the env file; an empty value counts as unset.
 	Getenv func(key string) (string, bool)
 	// DefaultCommand describes the command multi runs without
 	// STEM_WORKER_COMMAND, for the message.
@@ -140,7 +140,7 @@ func Run(ctx context.Context, in Input) Report {
 	env := checkEnvFile(&r, in)
 	get := func(key string) (string, bool) {
 		if in.Getenv != nil {
-			if v, ok := in.Getenv(key); ok {
+			if v, ok := in.Getenv(key); ok && v != "" {
 				return v, true
 			}
 		}
