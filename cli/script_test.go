@@ -49,6 +49,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 				e.Setenv("STEM_BROKER_URL", redisURL)
 			}
 			e.Setenv("STEM_LOG_FORMAT", "text")
+			// Scripts share the test Redis: their task states expire soon.
+			e.Setenv("STEM_RESULT_TTL", "10m")
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){

@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/stemhq/stem/broker"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	"github.com/stemhq/stem/worker"
@@ -71,7 +73,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer cleanup(eng)
+	defer cleanup(eng, o.redisURL)
 	enqRate, err := enqueue(ctx, eng, o.n, o.batch, o.producers, "noop")
 	if err != nil {
 		return err
@@ -90,7 +92,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer cleanup(eng2)
+	defer cleanup(eng2, o.redisURL)
 	rate, lat, err := steady(ctx, eng2, o, 0, o.n/2)
 	if err != nil {
 		return err
@@ -101,7 +103,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer cleanup(eng3)
+	defer cleanup(eng3, o.redisURL)
 	_, lat, err = steady(ctx, eng3, o, o.lightRate, o.lightN)
 	if err != nil {
 		return err
@@ -110,7 +112,32 @@ func run(o options) error {
 	return nil
 }
 
-func cleanup(e *stemredis.Engine) { _ = e.Close() }
+// cleanup deletes every key of the engine's namespace (the benchmark must
+// leave the shared Redis as it found it) and closes the engine.
+func cleanup(e *stemredis.Engine, url string) {
+	defer e.Close()
+	opts, err := goredis.ParseURL(url)
+	if err != nil {
+		return
+	}
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	ctx := context.Background()
+	for _, pattern := range []string{e.Namespace() + ":*", "{" + e.Namespace() + ":*"} {
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		var batch []string
+		for iter.Next(ctx) {
+			batch = append(batch, iter.Val())
+			if len(batch) == 1000 {
+				c.Unlink(ctx, batch...)
+				batch = batch[:0]
+			}
+		}
+		if len(batch) > 0 {
+			c.Unlink(ctx, batch...)
+		}
+	}
+}
 
 func envelopes(name string, from, n int) []broker.Envelope {
 	now := time.Now()
