@@ -1,20 +1,29 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/healthcheck"
 )
 
+// codeBrokerUnavailable is the healthcheck error code of a --readiness
+// check that could not reach the broker (exit 69).
+const codeBrokerUnavailable = "broker-unavailable"
+
 type healthcheckOptions struct {
-	pidfile string
-	node    string
-	logfile string
-	jsonOut bool
-	quiet   bool
+	pidfile   string
+	node      string
+	logfile   string
+	jsonOut   bool
+	quiet     bool
+	readiness bool
 }
 
 func newHealthcheckCmd(a *App) *cobra.Command {
@@ -29,9 +38,13 @@ systemd's ExecStartPost=, a container liveness probe or a script.
 
 The pidfile and logfile may be templates (%n is --node, %h the host name).
 
+--readiness also asks the broker's worker registry for a fresh heartbeat
+from the pidfile's process on this host (a record whose TTL, three heartbeat
+intervals, has not run out, in state "running"). That one needs the broker.
+
 Exit codes (the same with --json and --quiet): 0 healthy; 3 no pidfile (not
 running); 1 unhealthy: invalid-pid, process-not-running, pid-reused,
-pidfile-unreadable.
+pidfile-unreadable, not-ready; 69 broker-unavailable (--readiness only).
 
 --json prints {"status", "node", "pid", "pidfile", "logfile", "timestamp"
 (process start, RFC 3339), "uptimeSeconds", "error" (code), "message"};
@@ -58,7 +71,21 @@ see docs/daemon.md.`,
 				}
 			}
 			var p healthcheck.Probe
+			var readyErr error
+			if o.readiness {
+				check, err := a.readinessCheck(cmd)
+				if err != nil {
+					return err
+				}
+				p.Readiness = func(ctx context.Context, r healthcheck.Result) error {
+					readyErr = check(ctx, r)
+					return readyErr
+				}
+			}
 			r := p.Check(cmd.Context(), healthcheck.Target{Node: node, Pidfile: pidfile, Logfile: logfile})
+			if errors.Is(readyErr, broker.ErrUnavailable) {
+				r.Error = codeBrokerUnavailable
+			}
 			return o.report(cmd, r)
 		},
 	}
@@ -70,7 +97,44 @@ see docs/daemon.md.`,
 	fs.StringVar(&o.logfile, "logfile", "", "the node's logfile, reported")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the result as JSON")
 	fs.BoolVar(&o.quiet, "quiet", false, "print nothing; the exit code says it all")
+	fs.BoolVar(&o.readiness, "readiness", false, "also require a fresh heartbeat in the broker's worker registry (needs the broker)")
+	addBrokerFlags(fs)
 	return cmd
+}
+
+// readinessCheck resolves the broker configuration and returns the
+// readiness check of --readiness: the registry must hold a live record of
+// the pidfile's process on this host.
+func (a *App) readinessCheck(cmd *cobra.Command) (func(context.Context, healthcheck.Result) error, error) {
+	c, _, err := a.config(cmd)
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	return func(ctx context.Context, r healthcheck.Result) error {
+		eng, err := openEngine(ctx, c)
+		if err != nil {
+			return err
+		}
+		defer eng.Close()
+		if eng.Registry == nil {
+			return errors.New("the broker has no worker registry")
+		}
+		list, err := eng.Registry.List(ctx, c.Namespace)
+		if err != nil {
+			return fmt.Errorf("reading the worker registry: %w", err)
+		}
+		for _, w := range list {
+			if w.PID != r.PID || (w.Host != "" && w.Host != host) {
+				continue
+			}
+			if w.State != "running" {
+				return fmt.Errorf("worker %s (PID %d) is %s", w.ID, w.PID, w.State)
+			}
+			return nil
+		}
+		return fmt.Errorf("no fresh heartbeat from PID %d on %s in namespace %q", r.PID, host, c.Namespace)
+	}, nil
 }
 
 // healthcheckCode maps a result to its exit code.
@@ -80,6 +144,8 @@ func healthcheckCode(r healthcheck.Result) int {
 		return ExitOK
 	case r.Error == healthcheck.CodePidfileMissing:
 		return ExitNotRunning
+	case r.Error == codeBrokerUnavailable:
+		return ExitUnavailable
 	}
 	return ExitFailure
 }
