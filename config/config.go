@@ -174,6 +174,11 @@ var Vars = []Var{
 	{"STEM_WORKER_SHUTDOWN_GRACE", "--shutdown-grace", "30s", "soft shutdown: how long terminated tasks get before a hard stop"},
 	{"STEM_WORKER_PIDFILE", "--pidfile", "", "`worker run`: pidfile written (exclusively, locked) while the worker runs, removed at exit"},
 	{"STEM_TASKS_FILE", "--tasks-file", "", "YAML file mapping task names to commands"},
+	{"STEM_CONTROL_NAMESPACE", "--namespace", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
+	{"STEM_CONTROL_TIMEOUT", "--timeout", "5s", "how long control commands wait for replies (they return as soon as every live worker answered)"},
+	{"STEM_CONTROL_SIGNING_KEY", "", "", "when set, control requests are HMAC-signed and workers refuse unsigned or mis-signed ones"},
+	{"STEM_REVOKE_STORE_URL", "--revoke-store-url", "the result backend URL", "durable revoke store: `file:///path` or a bare path, `redis://`, `rediss://`, `postgres://`, `postgresql://`, `memory://`"},
+	{"STEM_REVOKE_SYNC_INTERVAL", "--revoke-sync", "30s", "how often workers re-read revokes and paused queues from their stores"},
 	{"STEM_LOG_LEVEL", "--log-level", "info", "panic, fatal, error, warn, info, debug or trace"},
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
 }
@@ -359,6 +364,11 @@ type Config struct {
 	ShutdownGrace    time.Duration
 	TasksFile        string
 	Pidfile          string
+	ControlNamespace string
+	ControlTimeout   time.Duration
+	SigningKey       string
+	RevokeStoreURL   string
+	RevokeSync       time.Duration
 	LogLevel         string
 	LogFormat        string
 }
@@ -387,7 +397,12 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	}
 	c.ResultBackendURL = r.URL("STEM_RESULT_BACKEND_URL", c.BrokerURL, brokerSchemes)
 	c.Prefetch = r.Int("STEM_WORKER_PREFETCH", c.Concurrency, 0, 1000000)
-	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}} {
+	c.ControlNamespace = r.String("STEM_CONTROL_NAMESPACE", c.Namespace)
+	c.ControlTimeout = r.Duration("STEM_CONTROL_TIMEOUT", 5*time.Second)
+	c.SigningKey = r.String("STEM_CONTROL_SIGNING_KEY", "")
+	c.RevokeStoreURL = r.String("STEM_REVOKE_STORE_URL", c.ResultBackendURL)
+	c.RevokeSync = r.Duration("STEM_REVOKE_SYNC_INTERVAL", 30*time.Second)
+	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}, {"STEM_CONTROL_NAMESPACE", c.ControlNamespace}} {
 		if !validName(kv.v) || strings.Contains(kv.v, ":") {
 			_, from, _ := l.Get(kv.key)
 			r.fail(from, kv.v, "may hold only letters, digits, '.', '_' and '-' (no spaces, slashes or colons)")

@@ -65,6 +65,11 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_SHUTDOWN_GRACE": "9s",
 		"STEM_TASKS_FILE":            "/etc/stem/tasks.yaml",
 		"STEM_WORKER_PIDFILE":        "/run/stem/alpha.pid",
+		"STEM_CONTROL_NAMESPACE":     "ctl",
+		"STEM_CONTROL_TIMEOUT":       "750ms",
+		"STEM_CONTROL_SIGNING_KEY":   "k3y",
+		"STEM_REVOKE_STORE_URL":      "/var/lib/stem/revokes.jsonl",
+		"STEM_REVOKE_SYNC_INTERVAL":  "10s",
 		"STEM_LOG_LEVEL":             "debug",
 		"STEM_LOG_FORMAT":            "json",
 	}
@@ -82,7 +87,9 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_RESULT_TTL": c.ResultTTL, "STEM_WORKER_NAMESPACE": c.Namespace, "STEM_WORKER_NODE": c.Node,
 		"STEM_WORKER_QUEUES": strings.Join(c.Queues, "|"), "STEM_WORKER_CONCURRENCY": c.Concurrency,
 		"STEM_WORKER_PREFETCH": c.Prefetch, "STEM_WORKER_LEASE": c.Lease, "STEM_WORKER_HEARTBEAT": c.Heartbeat,
-		"STEM_WORKER_SHUTDOWN_GRACE": c.ShutdownGrace, "STEM_TASKS_FILE": c.TasksFile, "STEM_WORKER_PIDFILE": c.Pidfile, "STEM_LOG_LEVEL": c.LogLevel,
+		"STEM_WORKER_SHUTDOWN_GRACE": c.ShutdownGrace, "STEM_TASKS_FILE": c.TasksFile, "STEM_WORKER_PIDFILE": c.Pidfile, "STEM_CONTROL_NAMESPACE": c.ControlNamespace,
+		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey, "STEM_REVOKE_STORE_URL": c.RevokeStoreURL,
+		"STEM_REVOKE_SYNC_INTERVAL": c.RevokeSync, "STEM_LOG_LEVEL": c.LogLevel,
 		"STEM_LOG_FORMAT": c.LogFormat,
 	}
 	want := map[string]any{
@@ -90,8 +97,10 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_RESULT_TTL": 2 * time.Hour, "STEM_WORKER_NAMESPACE": "prod", "STEM_WORKER_NODE": "alpha",
 		"STEM_WORKER_QUEUES": "critical|default", "STEM_WORKER_CONCURRENCY": 7, "STEM_WORKER_PREFETCH": 3,
 		"STEM_WORKER_LEASE": 45 * time.Second, "STEM_WORKER_HEARTBEAT": 2 * time.Second,
-		"STEM_WORKER_SHUTDOWN_GRACE": 9 * time.Second, "STEM_TASKS_FILE": "/etc/stem/tasks.yaml", "STEM_WORKER_PIDFILE": "/run/stem/alpha.pid",
-		"STEM_LOG_LEVEL": "debug", "STEM_LOG_FORMAT": "json",
+		"STEM_WORKER_SHUTDOWN_GRACE": 9 * time.Second, "STEM_TASKS_FILE": "/etc/stem/tasks.yaml", "STEM_WORKER_PIDFILE": "/run/stem/alpha.pid", "STEM_CONTROL_NAMESPACE": "ctl",
+		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REVOKE_STORE_URL": "/var/lib/stem/revokes.jsonl",
+		"STEM_REVOKE_SYNC_INTERVAL": 10 * time.Second,
+		"STEM_LOG_LEVEL":            "debug", "STEM_LOG_FORMAT": "json",
 	}
 	for k, w := range want {
 		if got[k] != w {

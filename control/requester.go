@@ -39,6 +39,8 @@ type Result struct {
 	Unknown []string
 	// Elapsed is how long the request took.
 	Elapsed time.Duration
+	// RTT is, per worker, the time from publishing to receiving its reply.
+	RTT map[string]time.Duration
 }
 
 // Errors returns the replies that carry an error.
@@ -138,6 +140,7 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 	defer sub.Close()
 
 	expectedIDs := map[string]bool{}
+	published := time.Now()
 	if len(targets) == 0 {
 		n, err := q.Transport.Broadcast(ctx, q.Namespace, msg)
 		if err != nil {
@@ -171,6 +174,7 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	got := map[string]bool{}
+	res.RTT = map[string]time.Duration{}
 	for len(res.Replies) < res.Expected {
 		select {
 		case <-ctx.Done():
@@ -186,6 +190,7 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 				continue
 			}
 			got[rep.Worker] = true
+			res.RTT[rep.Worker] = time.Since(published)
 			res.Replies = append(res.Replies, rep)
 		}
 	}

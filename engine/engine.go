@@ -23,6 +23,7 @@ import (
 	"github.com/stemhq/stem/broker/memory"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
 )
@@ -39,11 +40,14 @@ type Options struct {
 	ResultTTL time.Duration
 }
 
-// Engine holds the opened roles.
+// Engine holds the opened roles. Control and Pauses are nil when the
+// broker's engine has no control transport.
 type Engine struct {
 	Broker   broker.Broker
 	Results  result.Backend
 	Registry registry.Registry
+	Control  control.Transport
+	Pauses   control.PauseStore
 	closers  []io.Closer
 }
 
@@ -71,6 +75,14 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{Broker: b.broker, Results: b.results, Registry: b.registry, closers: []io.Closer{b}}
+	// Optional capabilities are asked for: an engine that carries control
+	// messages and pause state says so by implementing the interfaces.
+	if t, ok := b.control.(control.Transport); ok {
+		e.Control = t
+	}
+	if p, ok := b.control.(control.PauseStore); ok {
+		e.Pauses = p
+	}
 	if o.ResultURL != o.BrokerURL {
 		r, err := open(ctx, o.ResultURL, o)
 		if err != nil {
@@ -87,6 +99,7 @@ type opened struct {
 	broker   broker.Broker
 	results  result.Backend
 	registry registry.Registry
+	control  any // asked for control.Transport and control.PauseStore
 	close    func() error
 }
 
@@ -99,34 +112,40 @@ func open(ctx context.Context, raw string, o Options) (*opened, error) {
 	u, _ := url.Parse(raw)
 	switch strings.ToLower(u.Scheme) {
 	case "memory":
-		m := sharedMemory(raw, o)
+		m, ctl := sharedMemory(raw, o)
 		// The shared engine outlives this handle: closing it is a no-op.
-		return &opened{broker: m, results: m, registry: m, close: func() error { return nil }}, nil
+		return &opened{broker: m, results: m, registry: m, control: ctl, close: func() error { return nil }}, nil
 	default:
 		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
 		if err != nil {
 			return nil, err
 		}
-		return &opened{broker: r, results: r, registry: r, close: r.Close}, nil
+		return &opened{broker: r, results: r, registry: r, control: r, close: r.Close}, nil
 	}
+}
+
+type memEngine struct {
+	eng *memory.Engine
+	ctl *control.Memory
 }
 
 var (
 	memMu sync.Mutex
-	mems  = map[string]*memory.Engine{}
+	mems  = map[string]memEngine{}
 )
 
-// sharedMemory returns the process-wide memory engine for a URL.
-func sharedMemory(raw string, o Options) *memory.Engine {
+// sharedMemory returns the process-wide memory engine and control
+// transport for a URL.
+func sharedMemory(raw string, o Options) (*memory.Engine, *control.Memory) {
 	key := raw + "|" + o.Namespace
 	memMu.Lock()
 	defer memMu.Unlock()
 	if m, ok := mems[key]; ok {
-		return m
+		return m.eng, m.ctl
 	}
-	m := memory.New(memory.Options{ResultTTL: o.ResultTTL})
+	m := memEngine{eng: memory.New(memory.Options{ResultTTL: o.ResultTTL}), ctl: control.NewMemory()}
 	mems[key] = m
-	return m
+	return m.eng, m.ctl
 }
 
 // ErrNotConfigured is returned when no URL is given.

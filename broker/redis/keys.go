@@ -54,3 +54,23 @@ func (k keys) workerIndex(namespace string) string { return k.workersTag(namespa
 func (k keys) worker(namespace, id string) string {
 	return k.workersTag(namespace) + ":worker:" + id
 }
+
+// Control plane: pub/sub channels (not keys: a control request leaves
+// nothing behind) and one SET per control namespace of paused queues.
+
+// ctlBroadcast is the channel every worker of a control namespace
+// subscribes to.
+func (k keys) ctlBroadcast(namespace string) string { return k.ns + ":ctl:" + namespace + ":all" }
+
+// ctlWorker is the channel of one worker.
+func (k keys) ctlWorker(namespace, id string) string {
+	return k.ns + ":ctl:" + namespace + ":w:" + id
+}
+
+// ctlReply is the reply channel of one request.
+func (k keys) ctlReply(namespace, replyTo string) string {
+	return k.ns + ":ctl:" + namespace + ":r:" + replyTo
+}
+
+// paused is the SET of paused queue names of a control namespace.
+func (k keys) paused(namespace string) string { return k.ns + ":paused:" + namespace }
