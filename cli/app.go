@@ -67,6 +67,23 @@ func newApp(opts []Option) *App {
 	return a
 }
 
+// getenv returns a process environment variable ("" when unset).
+func (a *App) getenv(k string) string {
+	v, _ := a.lookupEnv(k)
+	return v
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // envAnnotation marks a flag with the variable it overrides.
 const envAnnotation = "stem_env"
 

@@ -174,7 +174,9 @@ func (o *multiOptions) plan(a *App, cmd *cobra.Command, names []string) ([]daemo
 		vars := map[string]string{
 			"STEM_WORKER_NODE":    n.Name,
 			"STEM_WORKER_PIDFILE": n.Pidfile,
-			"STEM_WORKER_LOGFILE": n.Logfile,
+		}
+		if n.Logfile != "" {
+			vars["STEM_WORKER_LOGFILE"] = n.Logfile
 		}
 		for k, v := range set {
 			vars[k] = v

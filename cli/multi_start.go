@@ -26,18 +26,16 @@ logfile only when --logfile is given; otherwise it stays on stdout/stderr
 			if o.noDetach && len(args) != 1 {
 				return usageErrorf("--no-detach runs exactly one node, got %d", len(args))
 			}
+			if o.noDetach && !cmd.Flags().Changed("logfile") {
+				o.logfile = "" // output stays on stdout/stderr
+			}
 			nodes, err := o.plan(a, cmd, args)
 			if err != nil {
 				return err
 			}
 			var s daemon.Supervisor
 			if o.noDetach {
-				n := nodes[0]
-				if !cmd.Flags().Changed("logfile") && !cmd.InheritedFlags().Changed("logfile") {
-					n.Logfile = ""
-					n.Env = withoutVar(n.Env, "STEM_WORKER_LOGFILE")
-				}
-				return withCode(ExitFailure, s.Exec(n))
+				return withCode(ExitFailure, s.Exec(nodes[0]))
 			}
 			results := make([]daemon.Result, len(nodes))
 			for i, n := range nodes {
@@ -49,16 +47,4 @@ logfile only when --logfile is given; otherwise it stays on stdout/stderr
 	addMultiStartFlags(cmd, o)
 	cmd.Flags().BoolVar(&o.noDetach, "no-detach", false, "run one node in the foreground (exec), for systemd or another supervisor")
 	return cmd
-}
-
-// withoutVar drops key from env.
-func withoutVar(env []string, key string) []string {
-	out := env[:0:0]
-	for _, kv := range env {
-		if len(kv) > len(key) && kv[:len(key)+1] == key+"=" {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
 }

@@ -57,6 +57,7 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			"waitfor":  cmdWaitFor,
 			"signal":   cmdSignal,
 			"freeport": cmdFreePort,
+			"waitworkers": cmdWaitWorkers,
 		},
 		RequireExplicitExec: true,
 	}
@@ -124,6 +125,31 @@ func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
 	port := l.Addr().(*net.TCPAddr).Port
 	ts.Check(l.Close())
 	ts.Setenv(args[0], strconv.Itoa(port))
+}
+
+// cmdWaitWorkers implements `waitworkers N`: wait until `stem worker
+// status --json` lists N workers.
+func cmdWaitWorkers(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitworkers N")
+	}
+	want := args[0]
+	ok := testutil.Poll(15*time.Second, func() bool {
+		err := ts.Exec("stem", "worker", "status", "--json")
+		if err != nil {
+			return false
+		}
+		return strings.Count(ts.ReadFile("stdout"), `"id": `) == mustAtoi(ts, want)
+	})
+	if !ok {
+		ts.Fatalf("%s workers never registered", want)
+	}
+}
+
+func mustAtoi(ts *testscript.TestScript, s string) int {
+	n, err := strconv.Atoi(s)
+	ts.Check(err)
+	return n
 }
 
 // TestScripts runs the black-box CLI scripts that need no broker.

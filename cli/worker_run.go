@@ -67,6 +67,12 @@ logs each attempt.`,
 	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
 	fs.Duration("result-ttl", 0, "how long task states are kept")
 	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
+	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
+	bindEnv(fs, "revoke-store-url", "STEM_REVOKE_STORE_URL")
+	fs.Duration("revoke-sync", 0, "how often to re-read revokes and paused queues")
+	bindEnv(fs, "revoke-sync", "STEM_REVOKE_SYNC_INTERVAL")
+	fs.String("control-namespace", "", "control namespace (default: the worker namespace)")
+	bindEnv(fs, "control-namespace", "STEM_CONTROL_NAMESPACE")
 	fs.String("pidfile", "", "write this pidfile (created exclusively, locked) while running; removed at exit")
 	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
 	return cmd
@@ -182,9 +188,11 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 
 	w, err := worker.New(worker.Config{
 		Broker: eng.Broker, Results: eng.Results, Registry: eng.Registry, Handlers: handlers,
-		Node: c.Node, Hostname: hostname, Namespace: c.Namespace, Queues: c.Queues,
+		Node: c.Node, Hostname: hostname, Namespace: c.ControlNamespace, Queues: c.Queues,
 		Concurrency: c.Concurrency, Prefetch: c.Prefetch, Lease: c.Lease, Heartbeat: c.Heartbeat,
 		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version,
+		Control: eng.Control, Pauses: eng.Pauses, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
+		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
 	})
 	if err != nil {
 		return withCode(ExitConfig, err)
