@@ -54,9 +54,9 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"waitfor":  cmdWaitFor,
-			"signal":   cmdSignal,
-			"freeport": cmdFreePort,
+			"waitfor":     cmdWaitFor,
+			"signal":      cmdSignal,
+			"freeport":    cmdFreePort,
 			"waitworkers": cmdWaitWorkers,
 		},
 		RequireExplicitExec: true,

@@ -99,4 +99,3 @@ func durableExit(typ string, res control.Result) error {
 	}
 	return controlExit(typ, res)
 }
-
