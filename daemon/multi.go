@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -291,7 +292,11 @@ func (s Supervisor) Exec(n Node) error {
 	if len(n.Argv) == 0 {
 		return fmt.Errorf("%s: no command to run", n.Name)
 	}
-	path, err := exec.LookPath(n.Argv[0])
+	argv0 := n.Argv[0]
+	if n.Dir != "" && strings.Contains(argv0, "/") && !filepath.IsAbs(argv0) {
+		argv0 = filepath.Join(n.Dir, argv0) // as os/exec does for Start
+	}
+	path, err := exec.LookPath(argv0)
 	if err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
