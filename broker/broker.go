@@ -47,9 +47,9 @@ type Envelope struct {
 	// "use the handler's option".
 	MaxRetries int `json:"maxRetries"`
 	// ETA, when non-zero and in the future, delays the task until then.
-	ETA time.Time `json:"eta,omitempty"`
+	ETA time.Time `json:"eta,omitzero"`
 	// TimeLimit overrides the handler's time limit when > 0.
-	TimeLimit time.Duration `json:"timeLimit,omitempty"`
+	TimeLimit time.Duration `json:"timeLimit,omitzero"`
 	// CreatedAt is when the producer published the task.
 	CreatedAt time.Time `json:"createdAt"`
 	// Headers carries free-form metadata (trace ids, requester).
@@ -75,6 +75,8 @@ func (e Envelope) Validate() error {
 }
 
 // Delivery is a claimed envelope together with the lease that protects it.
+// Callers pass deliveries back (Ack, Nack, ExtendLease) unchanged:
+// implementations find the lease by Envelope.Queue and Token.
 type Delivery struct {
 	Envelope Envelope
 	// Token identifies this particular delivery (this claim of this attempt)
@@ -149,14 +151,17 @@ type Broker interface {
 	// was already lost (redelivered elsewhere) is skipped, so no duplicate
 	// is created.
 	Nack(ctx context.Context, ns []Nack) error
-	// ExtendLease moves the lease of each delivery to now+d in place. It
-	// returns a *LeaseLostError naming the tasks whose lease was already
-	// lost; the others were extended.
+	// ExtendLease moves the lease of each delivery to now+d in place. A
+	// lease past its deadline that no claim has taken yet is still
+	// extended. It returns a *LeaseLostError naming the tasks whose lease
+	// was already lost; the others were extended.
 	ExtendLease(ctx context.Context, ds []Delivery, d time.Duration) error
 	// PendingCount returns how many tasks of the queue are ready to be
-	// claimed now (not delayed, not leased). It is cheap (O(1) or O(log n)).
+	// claimed now: ready ones plus delayed ones already due, not leased.
+	// It is cheap (O(1) or O(log n)).
 	PendingCount(ctx context.Context, queue string) (int64, error)
-	// DeadLetters lists up to limit dead letters of a queue, newest first.
+	// DeadLetters lists up to limit dead letters of a queue, newest first
+	// (nothing when limit <= 0).
 	DeadLetters(ctx context.Context, queue string, limit int) ([]DeadLetterEntry, error)
 	// Close releases the broker's resources.
 	Close() error
@@ -166,7 +171,8 @@ type Broker interface {
 // the redacted URL and the cause.
 var ErrUnavailable = errors.New("broker unavailable")
 
-// ErrClosed is returned by methods called after Close.
+// ErrClosed is returned by methods called after Close, for every role of
+// an engine (broker, result backend, registry).
 var ErrClosed = errors.New("broker closed")
 
 // LeaseLostError names the tasks whose lease was lost before an extension.
