@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
 	"github.com/stemhq/stem/broker"
@@ -53,3 +54,17 @@ func openEngineRetrying(ctx context.Context, c config.Config, log logrus.FieldLo
 		}
 	}
 }
+
+// redisLog routes go-redis's own messages (dial failures, pool and pub/sub
+// reconnects) into the command's logger at debug level, instead of
+// go-redis printing them to stderr in its own format; stem logs every
+// failure that matters itself, with context.
+type redisLog struct{ log logrus.FieldLogger }
+
+func (r redisLog) Printf(_ context.Context, format string, v ...any) {
+	r.log.WithField("component", "go-redis").Debugf(format, v...)
+}
+
+// routeRedisLogs installs redisLog. go-redis's logger is process-global, so
+// only the CLI (never a library package) sets it.
+func routeRedisLogs(log logrus.FieldLogger) { goredis.SetLogger(redisLog{log: log}) }

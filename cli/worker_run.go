@@ -119,6 +119,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
+	routeRedisLogs(log)
 	handlers, err := a.buildHandlers(c)
 	if err != nil {
 		return err
