@@ -43,7 +43,10 @@ type controlSession struct {
 	req *control.Requester
 }
 
-func (s *controlSession) Close() { _ = s.eng.Close() }
+func (s *controlSession) Close() {
+	_ = s.req.Close()
+	_ = s.eng.Close()
+}
 
 // openControl resolves config and opens the engine for a control command.
 // Without STEM_WORKER_NAMESPACE, the key namespace follows the control

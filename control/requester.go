@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -14,6 +15,10 @@ import (
 )
 
 // Requester sends control requests and gathers replies (the CLI side).
+// It keeps one reply subscription open from its first request until Close,
+// so a program that sends many requests pays for subscribing once; Do calls
+// are serialised. Replies are matched to their request by id, so a late
+// reply to an earlier request is ignored.
 type Requester struct {
 	Transport Transport
 	// Registry lists live workers: it names who did not answer and
@@ -23,6 +28,23 @@ type Requester struct {
 	// SigningKey, when set, signs every request (HMAC-SHA256).
 	SigningKey []byte
 	Now        func() time.Time
+
+	mu      sync.Mutex
+	sub     Subscription
+	replyTo string
+}
+
+// Close releases the reply subscription. Closing twice, or a Requester
+// that never sent, is safe.
+func (q *Requester) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.sub == nil {
+		return nil
+	}
+	err := q.sub.Close()
+	q.sub = nil
+	return err
 }
 
 // Result is what a request gathered.
@@ -116,7 +138,19 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 			return res, fmt.Errorf("list live workers: %w", err)
 		}
 	}
-	req := Request{V: Version, Type: typ, ID: res.RequestID, ReplyTo: res.RequestID, Namespace: q.Namespace, SentAt: now().UTC()}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.sub == nil {
+		// Listen before publishing: the subscription is live on return.
+		q.replyTo = uuid.NewString()
+		sub, err := q.Transport.ListenReplies(ctx, q.Namespace, q.replyTo)
+		if err != nil {
+			return res, fmt.Errorf("listen for replies: %w", err)
+		}
+		q.sub = sub
+	}
+	sub := q.sub
+	req := Request{V: Version, Type: typ, ID: res.RequestID, ReplyTo: q.replyTo, Namespace: q.Namespace, SentAt: now().UTC()}
 	if args != nil {
 		b, err := json.Marshal(args)
 		if err != nil {
@@ -133,12 +167,6 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 	if err != nil {
 		return res, err
 	}
-	sub, err := q.Transport.ListenReplies(ctx, q.Namespace, req.ReplyTo)
-	if err != nil {
-		return res, fmt.Errorf("listen for replies: %w", err)
-	}
-	defer sub.Close()
-
 	expectedIDs := map[string]bool{}
 	published := time.Now()
 	if len(targets) == 0 {
@@ -183,6 +211,7 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 			goto done
 		case b, ok := <-sub.C():
 			if !ok {
+				q.sub = nil // the transport closed it; the next Do subscribes again
 				goto done
 			}
 			var rep Reply

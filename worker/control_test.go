@@ -97,7 +97,9 @@ func (f *ctlFixture) worker(node string, mod func(*worker.Config)) *worker.Worke
 }
 
 func (f *ctlFixture) requester() *control.Requester {
-	return &control.Requester{Transport: f.bus, Registry: f.eng, Namespace: f.ns, SigningKey: f.sigKey}
+	r := &control.Requester{Transport: f.bus, Registry: f.eng, Namespace: f.ns, SigningKey: f.sigKey}
+	f.t.Cleanup(func() { r.Close() })
+	return r
 }
 
 func (f *ctlFixture) waitRegistered(n int) {

@@ -23,6 +23,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/control"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	"github.com/stemhq/stem/worker"
 )
@@ -109,7 +110,66 @@ func run(o options) error {
 		return err
 	}
 	fmt.Printf("## Steady state, light load\n\n%d tasks/s published one at a time: enqueue-to-start **p50 %s**, p99 %s\n\n", o.lightRate, lat.p(50), lat.p(99))
+
+	fmt.Printf("## Control round trip (ping, broadcast, until every worker answered)\n\n| workers | p50 | p99 |\n|---|---|---|\n")
+	for _, n := range []int{1, 10} {
+		lat, err := controlRoundTrip(ctx, o, ns+fmt.Sprintf("c%d", n), n, 300)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| %d | %s | %s |\n", n, lat.p(50), lat.p(99))
+	}
+	fmt.Println()
 	return nil
+}
+
+// controlRoundTrip starts n workers (in this process, each with its own
+// Redis connections) and times `rounds` broadcast pings.
+func controlRoundTrip(ctx context.Context, o options, ns string, n, rounds int) (latencies, error) {
+	var engines []*stemredis.Engine
+	defer func() {
+		for _, e := range engines {
+			cleanup(e, o.redisURL)
+		}
+	}()
+	var workers []*worker.Worker
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		e, err := openEngine(ctx, o.redisURL, ns)
+		if err != nil {
+			return nil, err
+		}
+		engines = append(engines, e)
+		w, err := worker.New(worker.Config{Broker: e, Results: e, Registry: e, Control: e, Node: fmt.Sprintf("w%d", i),
+			Namespace: ns, Concurrency: 1, Heartbeat: time.Second})
+		if err != nil {
+			return nil, err
+		}
+		workers = append(workers, w)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w.Run(ctx) }()
+		<-w.Ready()
+	}
+	defer func() {
+		for _, w := range workers {
+			w.Shutdown(worker.Warm)
+		}
+		wg.Wait()
+	}()
+	req := &control.Requester{Transport: engines[0], Namespace: ns}
+	defer req.Close()
+	lat := make(latencies, 0, rounds)
+	for i := 0; i < rounds; i++ {
+		res, err := req.Do(ctx, control.TypePing, nil, nil, 5*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if len(res.Replies) != n {
+			return nil, fmt.Errorf("ping: %d of %d workers replied", len(res.Replies), n)
+		}
+		lat = append(lat, res.Elapsed)
+	}
+	return lat, nil
 }
 
 // cleanup deletes every key of the engine's namespace (the benchmark must

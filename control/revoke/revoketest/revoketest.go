@@ -1,0 +1,504 @@
+// Package revoketest is the contract suite every revoke.Store runs: upsert
+// if strictly newer (returning the entries as stored), namespaces kept
+// apart, List order, per-namespace Prune, validation, concurrent upserts,
+// Close, and the round trip of every field.
+//
+// An implementation runs it from its own _test.go:
+//
+//	func TestContract(t *testing.T) {
+//		revoketest.Run(t, func(t *testing.T) revoke.Store {
+//			s := revoke.NewMemory()
+//			t.Cleanup(func() { _ = s.Close() })
+//			return s
+//		})
+//	}
+//
+// Every test asks for a fresh, empty store (for a networked store, a fresh
+// key prefix or table), so tests run in parallel. Tests never sleep to
+// synchronise. Goroutine leaks are checked by the implementation's
+// TestMain (goleak), because parallel tests share one process.
+package revoketest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stemhq/stem/control/revoke"
+)
+
+// NewStore builds a fresh, empty store for one test. It must register its
+// own cleanup (t.Cleanup) that closes the store and removes any data it
+// left behind; Close must be safe to call more than once, since the Closed
+// test closes the store itself.
+type NewStore func(t *testing.T) revoke.Store
+
+// Run runs the whole contract suite against stores built by newStore.
+func Run(t *testing.T, newStore NewStore) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s revoke.Store)
+	}{
+		{"UpsertNew", testUpsertNew},
+		{"UpsertHigherVersionWins", testUpsertHigherWins},
+		{"UpsertLowerVersionLoses", testUpsertLowerLoses},
+		{"UpsertEqualVersionLoses", testUpsertEqualLoses},
+		{"UpsertMixedBatch", testUpsertMixedBatch},
+		{"UpsertSameTaskTwiceInBatch", testUpsertDuplicates},
+		{"UpsertEmpty", testUpsertEmpty},
+		{"UpsertLargeVersions", testLargeVersions},
+		{"NamespacesIsolated", testNamespacesIsolated},
+		{"ListSorted", testListSorted},
+		{"ListUnknownNamespace", testListUnknown},
+		{"Prune", testPrune},
+		{"PruneNeverExpiring", testPruneNeverExpiring},
+		{"PruneThenUpsert", testPruneThenUpsert},
+		{"Validation", testValidation},
+		{"ConcurrentSameTask", testConcurrentSameTask},
+		{"ConcurrentDistinctTasks", testConcurrentDistinct},
+		{"RoundTrip", testRoundTrip},
+		{"RoundTripZeroTimes", testRoundTripZeroTimes},
+		{"CanceledContext", testCanceledContext},
+		{"Closed", testClosed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t, newStore(t))
+		})
+	}
+}
+
+// ctxFor returns a context bounded well above any single test's needs, so
+// a hung store fails its test instead of the whole run.
+func ctxFor(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// base is the time the entries are issued at, with millisecond precision
+// (every store keeps at least that).
+var base = time.Date(2025, 11, 23, 10, 30, 15, 123_000_000, time.UTC)
+
+// entry builds a valid entry.
+func entry(ns, task string, version int64) revoke.Entry {
+	return revoke.Entry{
+		Namespace:   ns,
+		TaskID:      task,
+		Version:     version,
+		IssuedAt:    base.Add(time.Duration(version) * time.Millisecond),
+		Reason:      fmt.Sprintf("reason v%d", version),
+		RequestedBy: "tester",
+	}
+}
+
+func upsert(t *testing.T, s revoke.Store, entries ...revoke.Entry) []revoke.Entry {
+	t.Helper()
+	got, err := s.Upsert(ctxFor(t), entries)
+	if err != nil {
+		t.Fatalf("Upsert: %v", err)
+	}
+	if len(got) != len(entries) {
+		t.Fatalf("Upsert returned %d entries for %d inputs", len(got), len(entries))
+	}
+	return got
+}
+
+func list(t *testing.T, s revoke.Store, ns string) []revoke.Entry {
+	t.Helper()
+	got, err := s.List(ctxFor(t), ns)
+	if err != nil {
+		t.Fatalf("List(%q): %v", ns, err)
+	}
+	return got
+}
+
+// Same reports how a differs from b, or "" when they are equal: every
+// field compared, times with Equal.
+func Same(a, b revoke.Entry) string {
+	var diffs []string
+	add := func(field string, x, y any) { diffs = append(diffs, fmt.Sprintf("%s %v != %v", field, x, y)) }
+	if a.Namespace != b.Namespace {
+		add("Namespace", a.Namespace, b.Namespace)
+	}
+	if a.TaskID != b.TaskID {
+		add("TaskID", a.TaskID, b.TaskID)
+	}
+	if a.Version != b.Version {
+		add("Version", a.Version, b.Version)
+	}
+	if !a.IssuedAt.Equal(b.IssuedAt) {
+		add("IssuedAt", a.IssuedAt, b.IssuedAt)
+	}
+	if a.Terminate != b.Terminate {
+		add("Terminate", a.Terminate, b.Terminate)
+	}
+	if a.Reason != b.Reason {
+		add("Reason", a.Reason, b.Reason)
+	}
+	if a.RequestedBy != b.RequestedBy {
+		add("RequestedBy", a.RequestedBy, b.RequestedBy)
+	}
+	if !a.ExpiresAt.Equal(b.ExpiresAt) {
+		add("ExpiresAt", a.ExpiresAt, b.ExpiresAt)
+	}
+	if len(diffs) == 0 {
+		return ""
+	}
+	return fmt.Sprint(diffs)
+}
+
+// expect fails the test unless got equals want, entry by entry.
+func expect(t *testing.T, what string, got, want []revoke.Entry) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: got %d entries %v, want %d %v", what, len(got), ids(got), len(want), ids(want))
+	}
+	for i := range got {
+		if d := Same(got[i], want[i]); d != "" {
+			t.Errorf("%s: entry %d (%s/%s): %s", what, i, want[i].Namespace, want[i].TaskID, d)
+		}
+	}
+}
+
+func ids(es []revoke.Entry) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = fmt.Sprintf("%s/%s@%d", e.Namespace, e.TaskID, e.Version)
+	}
+	return out
+}
+
+func testUpsertNew(t *testing.T, s revoke.Store) {
+	in := []revoke.Entry{entry("ns", "c", 3), entry("ns", "a", 1), entry("ns", "b", 2)}
+	expect(t, "Upsert result", upsert(t, s, in...), in)
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{in[1], in[2], in[0]})
+}
+
+func testUpsertHigherWins(t *testing.T, s revoke.Store) {
+	upsert(t, s, entry("ns", "t", 5))
+	newer := entry("ns", "t", 6)
+	newer.Terminate = true
+	expect(t, "Upsert result", upsert(t, s, newer), []revoke.Entry{newer})
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{newer})
+}
+
+func testUpsertLowerLoses(t *testing.T, s revoke.Store) {
+	stored := entry("ns", "t", 5)
+	upsert(t, s, stored)
+	older := entry("ns", "t", 4)
+	older.Reason = "older"
+	// The result is the stored entry, not the input (defect 12 of the
+	// original returned the inputs).
+	expect(t, "Upsert result", upsert(t, s, older), []revoke.Entry{stored})
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{stored})
+}
+
+func testUpsertEqualLoses(t *testing.T, s revoke.Store) {
+	stored := entry("ns", "t", 5)
+	upsert(t, s, stored)
+	same := stored
+	same.Reason = "same version, other reason"
+	same.Terminate = true
+	expect(t, "Upsert result", upsert(t, s, same), []revoke.Entry{stored})
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{stored})
+}
+
+func testUpsertMixedBatch(t *testing.T, s revoke.Store) {
+	a5, b5 := entry("ns", "a", 5), entry("ns", "b", 5)
+	upsert(t, s, a5, b5)
+	a7, b3, c1 := entry("ns", "a", 7), entry("ns", "b", 3), entry("ns", "c", 1)
+	expect(t, "Upsert result", upsert(t, s, a7, b3, c1), []revoke.Entry{a7, b5, c1})
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{c1, b5, a7})
+}
+
+func testUpsertDuplicates(t *testing.T, s revoke.Store) {
+	// Each result is the entry stored once the whole call is applied.
+	v3, v5, v4 := entry("ns", "t", 3), entry("ns", "t", 5), entry("ns", "t", 4)
+	expect(t, "Upsert result", upsert(t, s, v3, v5, v4), []revoke.Entry{v5, v5, v5})
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{v5})
+}
+
+func testUpsertEmpty(t *testing.T, s revoke.Store) {
+	got, err := s.Upsert(ctxFor(t), nil)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("Upsert(nil) = %v, %v; want no entries, no error", got, err)
+	}
+	expect(t, "List", list(t, s, "ns"), nil)
+}
+
+func testLargeVersions(t *testing.T, s revoke.Store) {
+	// Versions are nanosecond timestamps: neighbours differ only in digits
+	// a float64 cannot hold, so a store comparing them as doubles fails.
+	const v = int64(1763893815123456789)
+	upsert(t, s, entry("ns", "t", v), entry("ns", "max", math.MaxInt64-1))
+	next := entry("ns", "t", v+1)
+	expect(t, "Upsert v+1", upsert(t, s, next), []revoke.Entry{next})
+	expect(t, "Upsert v (now stale)", upsert(t, s, entry("ns", "t", v)), []revoke.Entry{next})
+	maxed := entry("ns", "max", math.MaxInt64)
+	expect(t, "Upsert MaxInt64", upsert(t, s, maxed), []revoke.Entry{maxed})
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{next, maxed})
+}
+
+func testNamespacesIsolated(t *testing.T, s revoke.Store) {
+	one := entry("ns1", "task", 10)
+	two := entry("ns2", "task", 3) // lower, but a different record
+	two.Reason = "ns2's own"
+	expect(t, "Upsert ns1", upsert(t, s, one), []revoke.Entry{one})
+	expect(t, "Upsert ns2", upsert(t, s, two), []revoke.Entry{two})
+	expect(t, "List ns1", list(t, s, "ns1"), []revoke.Entry{one})
+	expect(t, "List ns2", list(t, s, "ns2"), []revoke.Entry{two})
+	// A namespace that is a prefix of another is still another namespace.
+	expect(t, "List ns", list(t, s, "ns"), nil)
+
+	past := base.Add(-time.Hour)
+	one.ExpiresAt = past
+	one.Version = 11
+	upsert(t, s, one)
+	if n, err := s.Prune(ctxFor(t), "ns2", base); err != nil || n != 0 {
+		t.Fatalf("Prune(ns2) = %d, %v; want 0 (the expired entry is in ns1)", n, err)
+	}
+	expect(t, "List ns1 after pruning ns2", list(t, s, "ns1"), []revoke.Entry{one})
+}
+
+func testListSorted(t *testing.T, s revoke.Store) {
+	// Ties on version break by task id in byte order, whatever the
+	// backend's collation ("B" < "a" < "a-b" < "ab" < "b").
+	var in []revoke.Entry
+	for _, id := range []string{"b", "ab", "a-b", "B", "a"} {
+		in = append(in, entry("ns", id, 7))
+	}
+	in = append(in, entry("ns", "z", 1), entry("ns", "y", 100), entry("ns", "x", 8))
+	rand.Shuffle(len(in), func(i, j int) { in[i], in[j] = in[j], in[i] })
+	upsert(t, s, in...)
+	var got []string
+	for _, e := range list(t, s, "ns") {
+		got = append(got, fmt.Sprintf("%d/%s", e.Version, e.TaskID))
+	}
+	want := []string{"1/z", "7/B", "7/a", "7/a-b", "7/ab", "7/b", "8/x", "100/y"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("List order = %v, want %v", got, want)
+	}
+}
+
+func testListUnknown(t *testing.T, s revoke.Store) {
+	upsert(t, s, entry("ns", "t", 1))
+	got, err := s.List(ctxFor(t), "nobody")
+	if err != nil || len(got) != 0 {
+		t.Fatalf("List(unknown namespace) = %v, %v; want no entries, no error", got, err)
+	}
+}
+
+func testPrune(t *testing.T, s revoke.Store) {
+	now := base.Add(time.Hour)
+	expired := entry("ns", "expired", 1)
+	expired.ExpiresAt = now.Add(-time.Minute)
+	atNow := entry("ns", "at-now", 2)
+	atNow.ExpiresAt = now // expired: ExpiresAt is not after now
+	future := entry("ns", "future", 3)
+	future.ExpiresAt = now.Add(time.Millisecond)
+	forever := entry("ns", "forever", 4)
+	other := entry("other", "expired", 1)
+	other.ExpiresAt = now.Add(-time.Minute)
+	upsert(t, s, expired, atNow, future, forever, other)
+
+	n, err := s.Prune(ctxFor(t), "ns", now)
+	if err != nil || n != 2 {
+		t.Fatalf("Prune = %d, %v; want 2", n, err)
+	}
+	expect(t, "List ns", list(t, s, "ns"), []revoke.Entry{future, forever})
+	expect(t, "List other (not pruned)", list(t, s, "other"), []revoke.Entry{other})
+	if n, err := s.Prune(ctxFor(t), "ns", now); err != nil || n != 0 {
+		t.Fatalf("second Prune = %d, %v; want 0", n, err)
+	}
+	if n, err := s.Prune(ctxFor(t), "nobody", now); err != nil || n != 0 {
+		t.Fatalf("Prune(unknown namespace) = %d, %v; want 0", n, err)
+	}
+	if n, err := s.Prune(ctxFor(t), "ns", now.Add(time.Millisecond)); err != nil || n != 1 {
+		t.Fatalf("Prune a millisecond later = %d, %v; want 1", n, err)
+	}
+	expect(t, "List ns at the end", list(t, s, "ns"), []revoke.Entry{forever})
+}
+
+func testPruneNeverExpiring(t *testing.T, s revoke.Store) {
+	forever := entry("ns", "forever", 1)
+	upsert(t, s, forever)
+	far := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	if n, err := s.Prune(ctxFor(t), "ns", far); err != nil || n != 0 {
+		t.Fatalf("Prune(year 9999) = %d, %v; want 0", n, err)
+	}
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{forever})
+}
+
+func testPruneThenUpsert(t *testing.T, s revoke.Store) {
+	// A pruned record is gone: any version may be stored again, and a
+	// newer version that drops the expiry is never pruned.
+	old := entry("ns", "t", 5)
+	old.ExpiresAt = base
+	upsert(t, s, old)
+	if n, err := s.Prune(ctxFor(t), "ns", base); err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want 1", n, err)
+	}
+	again := entry("ns", "t", 2)
+	expect(t, "Upsert after prune", upsert(t, s, again), []revoke.Entry{again})
+
+	expiring := entry("ns", "u", 1)
+	expiring.ExpiresAt = base
+	upsert(t, s, expiring)
+	kept := entry("ns", "u", 2) // no expiry any more
+	upsert(t, s, kept)
+	if n, err := s.Prune(ctxFor(t), "ns", base.Add(time.Hour)); err != nil || n != 0 {
+		t.Fatalf("Prune after the expiry was dropped = %d, %v; want 0", n, err)
+	}
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{again, kept})
+}
+
+func testValidation(t *testing.T, s revoke.Store) {
+	ctx := ctxFor(t)
+	good := entry("ns", "good", 1)
+	bad := map[string]revoke.Entry{
+		"empty namespace":  entry("", "t", 1),
+		"empty task id":    entry("ns", "", 1),
+		"zero version":     entry("ns", "t", 0),
+		"negative version": entry("ns", "t", -3),
+	}
+	for name, e := range bad {
+		// The bad entry comes second: nothing of the call may be stored.
+		if got, err := s.Upsert(ctx, []revoke.Entry{good, e}); err == nil {
+			t.Errorf("Upsert(%s) = %v, nil; want an error", name, got)
+		}
+	}
+	expect(t, "List after rejected upserts", list(t, s, "ns"), nil)
+	if _, err := s.List(ctx, ""); err == nil {
+		t.Error(`List("") succeeded; want an error`)
+	}
+	if _, err := s.Prune(ctx, "", base); err == nil {
+		t.Error(`Prune("") succeeded; want an error`)
+	}
+}
+
+func testConcurrentSameTask(t *testing.T, s revoke.Store) {
+	const writers, each = 8, 12
+	versions := make([]int64, writers*each)
+	for i := range versions {
+		versions[i] = int64(i + 1)
+	}
+	rand.Shuffle(len(versions), func(i, j int) { versions[i], versions[j] = versions[j], versions[i] })
+	ctx := ctxFor(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for _, v := range versions[w*each : (w+1)*each] {
+				got, err := s.Upsert(ctx, []revoke.Entry{entry("ns", "t", v)})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(got) != 1 || got[0].Version < v {
+					errs <- fmt.Errorf("upsert of version %d returned %v: the stored entry can never be older than the input", v, ids(got))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{entry("ns", "t", writers*each)})
+}
+
+func testConcurrentDistinct(t *testing.T, s revoke.Store) {
+	const writers, each = 6, 15
+	ctx := ctxFor(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				if _, err := s.Upsert(ctx, []revoke.Entry{entry("ns", fmt.Sprintf("w%d-%02d", w, i), int64(i+1))}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := list(t, s, "ns"); len(got) != writers*each {
+		t.Fatalf("List after concurrent upserts of %d distinct tasks holds %d", writers*each, len(got))
+	}
+}
+
+func testRoundTrip(t *testing.T, s revoke.Store) {
+	zone := time.FixedZone("UTC+5:30", 5*3600+1800)
+	e := revoke.Entry{
+		Namespace:   "ns.prod-1",
+		TaskID:      "01JDF-task/with:odd chars ünïcødé",
+		Version:     1763893815123456789,
+		IssuedAt:    time.Date(2025, 11, 23, 16, 0, 15, 987_000_000, zone),
+		Terminate:   true,
+		Reason:      "runaway \"export\" job\nline two, tab\there, emoji 🛑",
+		RequestedBy: "ops@example.com",
+		ExpiresAt:   time.Date(2026, 1, 2, 3, 4, 5, 6_000_000, time.UTC),
+	}
+	expect(t, "Upsert result", upsert(t, s, e), []revoke.Entry{e})
+	expect(t, "List", list(t, s, e.Namespace), []revoke.Entry{e})
+}
+
+func testRoundTripZeroTimes(t *testing.T, s revoke.Store) {
+	e := revoke.Entry{Namespace: "ns", TaskID: "bare", Version: 1}
+	expect(t, "Upsert result", upsert(t, s, e), []revoke.Entry{e})
+	got := list(t, s, "ns")
+	expect(t, "List", got, []revoke.Entry{e})
+	if len(got) == 1 && (!got[0].IssuedAt.IsZero() || !got[0].ExpiresAt.IsZero()) {
+		t.Fatalf("zero times came back as IssuedAt=%v ExpiresAt=%v; want zero times", got[0].IssuedAt, got[0].ExpiresAt)
+	}
+}
+
+func testCanceledContext(t *testing.T, s revoke.Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := s.Upsert(ctx, []revoke.Entry{entry("ns", "t", 1)}); err == nil {
+		t.Error("Upsert with a canceled context succeeded")
+	}
+	if _, err := s.List(ctx, "ns"); err == nil {
+		t.Error("List with a canceled context succeeded")
+	}
+	if _, err := s.Prune(ctx, "ns", base); err == nil {
+		t.Error("Prune with a canceled context succeeded")
+	}
+	expect(t, "List", list(t, s, "ns"), nil)
+}
+
+func testClosed(t *testing.T, s revoke.Store) {
+	upsert(t, s, entry("ns", "t", 1))
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	ctx := ctxFor(t)
+	if _, err := s.Upsert(ctx, []revoke.Entry{entry("ns", "t", 2)}); !errors.Is(err, revoke.ErrClosed) {
+		t.Errorf("Upsert after Close: %v, want revoke.ErrClosed", err)
+	}
+	if _, err := s.List(ctx, "ns"); !errors.Is(err, revoke.ErrClosed) {
+		t.Errorf("List after Close: %v, want revoke.ErrClosed", err)
+	}
+	if _, err := s.Prune(ctx, "ns", base); !errors.Is(err, revoke.ErrClosed) {
+		t.Errorf("Prune after Close: %v, want revoke.ErrClosed", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}

@@ -1,0 +1,93 @@
+package revoke
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+
+	"github.com/stemhq/stem/broker"
+)
+
+// ErrClosed is returned by every Store method called after Close.
+var ErrClosed = errors.New("revoke store closed")
+
+// key identifies one revoke record.
+type key struct {
+	namespace, taskID string
+}
+
+func keyOf(e Entry) key { return key{e.Namespace, e.TaskID} }
+
+// sortEntries sorts entries the way List returns them: by Version, then by
+// TaskID (byte order).
+func sortEntries(entries []Entry) {
+	slices.SortFunc(entries, func(a, b Entry) int {
+		if c := cmp.Compare(a.Version, b.Version); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.TaskID, b.TaskID)
+	})
+}
+
+// validateAll checks every entry before a store changes anything, so a bad
+// entry rejects the whole call. The error names the entry's position.
+func validateAll(entries []Entry) error {
+	for i, e := range entries {
+		if err := e.Validate(); err != nil {
+			return fmt.Errorf("upsert entry %d of %d: %w", i+1, len(entries), err)
+		}
+	}
+	return nil
+}
+
+// checkNamespace rejects the empty namespace given to List or Prune.
+func checkNamespace(op, namespace string) error {
+	if namespace == "" {
+		return fmt.Errorf("revoke %s: empty namespace", op)
+	}
+	return nil
+}
+
+// checkCall is what every Store method does first: refuse after Close,
+// refuse a context that is already done.
+func checkCall(ctx context.Context, closed bool) error {
+	if closed {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// resultsFor returns, for the inputs in order, the final entry of each key in
+// latest, which must hold every input's key.
+func resultsFor(entries []Entry, latest map[key]Entry) []Entry {
+	out := make([]Entry, len(entries))
+	for i, e := range entries {
+		out[i] = latest[keyOf(e)]
+	}
+	return out
+}
+
+// encodeEntry returns the JSON of e, as the file and Redis stores keep it.
+// It fails only for a time outside the years 0 to 9999, and then names
+// the task.
+func encodeEntry(e Entry) ([]byte, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("revoke entry %s/%s: %w", e.Namespace, e.TaskID, err)
+	}
+	return b, nil
+}
+
+// redactURL hides the password of rawURL for errors. A URL that does not
+// parse is not shown at all, since it might hold a password that
+// broker.RedactURL cannot find.
+func redactURL(rawURL string) string {
+	if _, err := url.Parse(rawURL); err != nil {
+		return "(unparsable URL, not shown)"
+	}
+	return broker.RedactURL(rawURL)
+}
