@@ -240,7 +240,10 @@ func (s *FileStore) update(ctx context.Context, fn func(recs map[key]Entry) bool
 		return fmt.Errorf("revoke file %s: %w", s.path, ctx.Err())
 	}
 	defer func() { <-s.sem }()
-	unlock := func() {}
+	unlock, err := lockFile(ctx, s.lockPath)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	f, mode, err := s.load()
 	if err != nil {
