@@ -111,3 +111,20 @@ func TestJSONSchema(t *testing.T) {
 		t.Fatalf("unhealthy JSON:\n got %s\nwant %s", sick, want)
 	}
 }
+
+// BenchmarkCheck measures the probe itself (pidfile, lock, /proc), without
+// process start-up.
+func BenchmarkCheck(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "n.pid")
+	pf, err := daemon.CreatePidfile(path, os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pf.Remove()
+	var p Probe
+	for b.Loop() {
+		if r := p.Check(context.Background(), Target{Pidfile: path}); !r.Healthy() {
+			b.Fatal(r.Message)
+		}
+	}
+}
