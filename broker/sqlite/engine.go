@@ -396,13 +396,13 @@ func checkPath(path string) error {
 
 // dsn is the modernc.org/sqlite data source name of path: a file: URI
 // (so a path may hold '?' or '#') with the pragmas every connection runs
-// when it opens. Write connections begin their transactions with BEGIN
+// when it opens. WAL mode is not among them: it is a property of the file,
+// set once by probe. Write connections begin their transactions with BEGIN
 // IMMEDIATE, so a transaction takes the write lock before it reads and
 // never fails half-way on a lock upgrade; read connections are query_only.
 func dsn(path string, o Options, write bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout("+strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10)+")")
-	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous("+strings.ToUpper(o.Synchronous)+")")
 	// Bound the WAL file left after a checkpoint.
 	q.Add("_pragma", "journal_size_limit(67108864)")

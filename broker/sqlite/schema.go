@@ -67,11 +67,31 @@ func mustLoadMigrations(fsys fs.FS, dir string) []migration {
 	return out
 }
 
-// probe checks, on a plain connection that changes nothing, that path is a
-// new file, an empty SQLite database or a stem database, before Open's
-// connections switch it to WAL mode: another program's database is refused
-// untouched.
+// probe checks, on a plain connection, that path is a new file, an empty
+// SQLite database or a stem database, and only then switches it to WAL
+// mode (a persistent property of the file): another program's database is
+// refused untouched. While other processes open the same new file, SQLite
+// may report the file busy without waiting (switching to WAL takes an
+// exclusive lock); probe retries then, for up to the busy timeout.
 func probe(ctx context.Context, path string, o Options) error {
+	deadline := time.Now().Add(o.BusyTimeout)
+	for {
+		err := probeOnce(ctx, path, o)
+		code := sqliteCode(err)
+		if (code != sqlite3.SQLITE_BUSY && code != sqlite3.SQLITE_LOCKED) || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("sqlite engine: open database %s: %w", path, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func probeOnce(ctx context.Context, path string, o Options) error {
 	q := "file:" + escapePath(path) + "?_pragma=busy_timeout(" + strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10) + ")"
 	db, err := sql.Open("sqlite", q)
 	if err != nil {
@@ -83,7 +103,17 @@ func probe(ctx context.Context, path string, o Options) error {
 	if err != nil {
 		return identifyError(path, err)
 	}
-	return checkIdentity(path, appID, tables)
+	if err := checkIdentity(path, appID, tables); err != nil {
+		return err
+	}
+	var mode string
+	if err := db.QueryRowContext(ctx, `PRAGMA journal_mode = WAL`).Scan(&mode); err != nil {
+		return identifyError(path, err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		return fmt.Errorf("sqlite engine: database %s: cannot switch to WAL mode (journal mode stays %q)", path, mode)
+	}
+	return nil
 }
 
 // queryer is what identify needs of a *sql.DB or *sql.Tx.
@@ -92,13 +122,11 @@ type queryer interface {
 }
 
 // identify reads the file's application id and how many tables it has
-// (SQLite's own excluded).
+// (SQLite's own excluded), in one statement, so from one snapshot.
 func identify(ctx context.Context, q queryer) (appID int64, tables int, err error) {
-	if err := q.QueryRowContext(ctx, `PRAGMA application_id`).Scan(&appID); err != nil {
-		return 0, 0, err
-	}
-	err = q.QueryRowContext(ctx,
-		`SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'`).Scan(&tables)
+	err = q.QueryRowContext(ctx, `SELECT
+    (SELECT application_id FROM pragma_application_id),
+    (SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\')`).Scan(&appID, &tables)
 	return appID, tables, err
 }
 
