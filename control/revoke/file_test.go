@@ -170,7 +170,7 @@ func TestFileLastLineWithoutNewlineIsKept(t *testing.T) {
 func TestFileCorruptLineKeepsTheRest(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "revokes")
 	bad := `{"namespace":"ns","taskId":"broken","version":` // a damaged line, mid-file
-	invalid := `{"namespace":"ns","taskId":"","version":3}`    // valid JSON, invalid entry
+	invalid := `{"namespace":"ns","taskId":"","version":3}` // valid JSON, invalid entry
 	content := strings.Join([]string{
 		line("ns", "a", 1, "before"),
 		bad,

@@ -93,7 +93,7 @@ func entry(ns, task string, version int64) revoke.Entry {
 		Namespace:   ns,
 		TaskID:      task,
 		Version:     version,
-		IssuedAt:    base.Add(time.Duration(version) * time.Millisecond),
+		IssuedAt:    base.Add(time.Duration(version%1_000_000) * time.Millisecond),
 		Reason:      fmt.Sprintf("reason v%d", version),
 		RequestedBy: "tester",
 	}
