@@ -6,7 +6,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,10 +55,9 @@ func TestContract(t *testing.T) {
 // under its own namespace: namespaces must not see each other's rows.
 func TestContractSharedFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "shared.db")
-	n := 0
+	var n atomic.Int64
 	brokertest.Run(t, func(t *testing.T, opts brokertest.Options) brokertest.Engine {
-		n++
-		e := openTestEngine(t, path, Options{ResultTTL: opts.ResultTTL, Namespace: "ns" + time.Now().Format("150405.000000000") + "-" + string(rune('a'+n%26))})
+		e := openTestEngine(t, path, Options{ResultTTL: opts.ResultTTL, Namespace: "ns-" + strconv.FormatInt(n.Add(1), 10)})
 		return brokertest.Engine{Broker: e, Results: e, Registry: e}
 	})
 }
