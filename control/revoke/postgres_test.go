@@ -55,7 +55,9 @@ func TestPostgresContract(t *testing.T) {
 func TestPostgresMigrationIdempotentAndConcurrent(t *testing.T) {
 	pool := postgresPool(t)
 	table := uniqueName("stemtest_revokes_")
-	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize()) })
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
+	})
 	ctx := context.Background()
 	// Several processes starting at once all run the migration.
 	var wg sync.WaitGroup

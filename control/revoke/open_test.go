@@ -1,0 +1,157 @@
+package revoke_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/control/revoke"
+	"github.com/stemhq/stem/internal/testutil"
+)
+
+func TestResolveURL(t *testing.T) {
+	const (
+		rv = "file:///var/lib/stem/revokes"
+		rb = "postgres://db/stem"
+		br = "redis://broker:6379/0"
+	)
+	tests := []struct {
+		name     string
+		env      map[string]string
+		url, key string
+	}{
+		{"all set: the revoke store URL wins", map[string]string{"STEM_REVOKE_STORE_URL": rv, "STEM_RESULT_BACKEND_URL": rb, "STEM_BROKER_URL": br}, rv, "STEM_REVOKE_STORE_URL"},
+		{"no revoke store URL: the result backend", map[string]string{"STEM_RESULT_BACKEND_URL": rb, "STEM_BROKER_URL": br}, rb, "STEM_RESULT_BACKEND_URL"},
+		{"only the broker", map[string]string{"STEM_BROKER_URL": br}, br, "STEM_BROKER_URL"},
+		{"revoke store and broker", map[string]string{"STEM_REVOKE_STORE_URL": rv, "STEM_BROKER_URL": br}, rv, "STEM_REVOKE_STORE_URL"},
+		{"nothing: the default broker URL", map[string]string{}, config.DefaultBrokerURL, ""},
+		{"blank counts as unset", map[string]string{"STEM_REVOKE_STORE_URL": "  ", "STEM_RESULT_BACKEND_URL": "", "STEM_BROKER_URL": br}, br, "STEM_BROKER_URL"},
+		{"surrounding blanks trimmed", map[string]string{"STEM_REVOKE_STORE_URL": " " + rv + "\n"}, rv, "STEM_REVOKE_STORE_URL"},
+		{"other variables ignored", map[string]string{"STEM_REVOKE_URL": rv}, config.DefaultBrokerURL, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			url, key := revoke.ResolveURL(func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok })
+			if url != tc.url || key != tc.key {
+				t.Fatalf("ResolveURL = %q, %q; want %q, %q", url, key, tc.url, tc.key)
+			}
+		})
+	}
+	if url, key := revoke.ResolveURL(nil); url != config.DefaultBrokerURL || key != "" {
+		t.Fatalf("ResolveURL(nil) = %q, %q", url, key)
+	}
+}
+
+func TestOpenFileForms(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	tests := []struct{ raw, want string }{
+		{"revokes.ndjson", filepath.Join(dir, "revokes.ndjson")},
+		{"./a:b", filepath.Join(dir, "a:b")},
+		{filepath.Join(dir, "abs"), filepath.Join(dir, "abs")},
+		{"file://" + filepath.Join(dir, "url"), filepath.Join(dir, "url")},
+		{"FILE://localhost" + filepath.Join(dir, "host"), filepath.Join(dir, "host")},
+	}
+	for _, tc := range tests {
+		s, err := revoke.Open(context.Background(), tc.raw, revoke.Options{})
+		if err != nil {
+			t.Errorf("Open(%q): %v", tc.raw, err)
+			continue
+		}
+		fs, ok := s.(*revoke.FileStore)
+		if !ok || fs.Path() != tc.want {
+			t.Errorf("Open(%q) = %T at %v; want a file store at %s", tc.raw, s, fs, tc.want)
+		}
+		_ = s.Close()
+	}
+}
+
+func TestOpenMemory(t *testing.T) {
+	s, err := revoke.Open(context.Background(), "memory://", revoke.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, ok := s.(*revoke.Memory); !ok {
+		t.Fatalf("Open(memory://) = %T", s)
+	}
+}
+
+func TestOpenBadURLs(t *testing.T) {
+	tests := []struct{ raw, wantMsg string }{
+		{"", "empty"},
+		{"   ", "empty"},
+		{"mysql://root:s3cret@db/stem", `unsupported scheme "mysql"; supported: memory://, file://, redis://, rediss://, postgres://, postgresql:// or a bare file path`},
+		{"sqlite:///var/lib/stem/revokes.db", `unsupported scheme "sqlite"`},
+		{"file://otherhost/var/revokes", `host "otherhost"`},
+		{"file:relative", "absolute path"},
+		{"file:///x?mode=ro", "query"},
+		{"redis://u:s3cret@127.0.0.1:6379/notadb", "invalid"},
+		{"postgres://u:s3cret@127.0.0.1/db?sslmode=bogus", "sslmode"},
+	}
+	for _, tc := range tests {
+		_, err := revoke.Open(context.Background(), tc.raw, revoke.Options{URLKey: "STEM_REVOKE_STORE_URL"})
+		var ce *config.Error
+		if !errors.As(err, &ce) {
+			t.Errorf("Open(%q) = %v; want a *config.Error", tc.raw, err)
+			continue
+		}
+		msg := err.Error()
+		if ce.Key != "STEM_REVOKE_STORE_URL" || !strings.Contains(msg, tc.wantMsg) || strings.Contains(msg, "s3cret") {
+			t.Errorf("Open(%q) error %q: want key STEM_REVOKE_STORE_URL, %q, and no password", tc.raw, msg, tc.wantMsg)
+		}
+	}
+}
+
+func TestOpenMissingDirectory(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope", "revokes")
+	_, err := revoke.Open(context.Background(), missing, revoke.Options{})
+	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("Open(%s) = %v; want a not-exist error naming the path", missing, err)
+	}
+}
+
+func TestOpenRedis(t *testing.T) {
+	raw := testutil.EnvOrSkip(t, "STEM_TEST_REDIS_URL")
+	prefix := uniqueName("stemtest-revoke-")
+	s, err := revoke.Open(context.Background(), raw, revoke.Options{RedisKeyPrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.(*revoke.RedisStore); !ok {
+		t.Fatalf("Open(%s) = %T", raw, s)
+	}
+	if _, err := s.Upsert(context.Background(), []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deleteKeys(t, redisClient(t), prefix+":*")
+}
+
+func TestOpenPostgres(t *testing.T) {
+	raw := testutil.EnvOrSkip(t, "STEM_TEST_POSTGRES_URL")
+	table := uniqueName("stemtest_revokes_")
+	pool := postgresPool(t)
+	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize()) })
+	_, rest, _ := strings.Cut(raw, "://")
+	for _, scheme := range []string{"postgres://", "postgresql://"} {
+		s, err := revoke.Open(context.Background(), scheme+rest, revoke.Options{PostgresTable: table})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := s.(*revoke.PostgresStore); !ok {
+			t.Fatalf("Open(%s) = %T", raw, s)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
