@@ -38,9 +38,10 @@ func addControlFlags(cmd *cobra.Command, o *controlOptions) {
 // controlSession is what a control command needs: config, engine,
 // requester.
 type controlSession struct {
-	cfg config.Config
-	eng *engine.Engine
-	req *control.Requester
+	cfg    config.Config
+	lookup config.Lookup
+	eng    *engine.Engine
+	req    *control.Requester
 }
 
 func (s *controlSession) Close() {
@@ -68,7 +69,7 @@ func (a *App) openControl(cmd *cobra.Command) (*controlSession, error) {
 		eng.Close()
 		return nil, withCode(ExitConfig, fmt.Errorf("broker %s has no control transport", broker.RedactURL(c.BrokerURL)))
 	}
-	return &controlSession{cfg: c, eng: eng, req: &control.Requester{
+	return &controlSession{cfg: c, lookup: l, eng: eng, req: &control.Requester{
 		Transport: eng.Control, Registry: eng.Registry, Namespace: c.ControlNamespace, SigningKey: []byte(c.SigningKey),
 	}}, nil
 }

@@ -58,6 +58,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			"signal":      cmdSignal,
 			"freeport":    cmdFreePort,
 			"waitworkers": cmdWaitWorkers,
+			"capture":     cmdCapture,
+			"waitrunning": cmdWaitRunning,
 		},
 		RequireExplicitExec: true,
 	}
@@ -150,6 +152,29 @@ func mustAtoi(ts *testscript.TestScript, s string) int {
 	n, err := strconv.Atoi(s)
 	ts.Check(err)
 	return n
+}
+
+// cmdCapture implements `capture VAR`: set VAR to the previous command's
+// stdout, trimmed (a task id printed by enqueue, say).
+func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: capture VAR")
+	}
+	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile("stdout")))
+}
+
+// cmdWaitRunning implements `waitrunning ID`: wait until task ID is in
+// state started.
+func cmdWaitRunning(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waitrunning ID")
+	}
+	ok := testutil.Poll(15*time.Second, func() bool {
+		return ts.Exec("stem", "task", "status", args[0], "--json") == nil && strings.Contains(ts.ReadFile("stdout"), `"state": "started"`)
+	})
+	if !ok {
+		ts.Fatalf("task %s never started", args[0])
+	}
 }
 
 // TestScripts runs the black-box CLI scripts that need no broker.

