@@ -345,11 +345,11 @@ func runAsNobody(t *testing.T, mode, path string) string {
 }
 
 // rowCount returns how many rows table has.
-func rowCount(t *testing.T, db *sql.DB, table string) int {
-	t.Helper()
+func rowCount(tb testing.TB, db *sql.DB, table string) int {
+	tb.Helper()
 	var n int
-	if err := db.QueryRowContext(t.Context(), `SELECT count(*) FROM `+table).Scan(&n); err != nil {
-		t.Fatal(err)
+	if err := db.QueryRowContext(tb.Context(), `SELECT count(*) FROM `+table).Scan(&n); err != nil {
+		tb.Fatal(err)
 	}
 	return n
 }
