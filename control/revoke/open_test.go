@@ -140,7 +140,9 @@ func TestOpenPostgres(t *testing.T) {
 	raw := testutil.EnvOrSkip(t, "STEM_TEST_POSTGRES_URL")
 	table := uniqueName("stemtest_revokes_")
 	pool := postgresPool(t)
-	t.Cleanup(func() { _, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize()) })
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
+	})
 	_, rest, _ := strings.Cut(raw, "://")
 	for _, scheme := range []string{"postgres://", "postgresql://"} {
 		s, err := revoke.Open(context.Background(), scheme+rest, revoke.Options{PostgresTable: table})

@@ -142,3 +142,11 @@ func TestPostgresUnavailable(t *testing.T) {
 		t.Fatalf("bad sslmode: %v; want a *config.Error without the password", err)
 	}
 }
+
+func TestPostgresRefusesNUL(t *testing.T) {
+	s := newPostgresStore(t, postgresPool(t))
+	_, err := s.Upsert(context.Background(), []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1, Reason: "a\x00b"}})
+	if err == nil || errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "stemtest_revokes_") {
+		t.Fatalf("Upsert with a NUL byte: %v; want a server error naming the table", err)
+	}
+}
