@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -73,6 +74,8 @@ logs each attempt.`,
 	bindEnv(fs, "revoke-sync", "STEM_REVOKE_SYNC_INTERVAL")
 	fs.String("control-namespace", "", "control namespace (default: the worker namespace)")
 	bindEnv(fs, "control-namespace", "STEM_CONTROL_NAMESPACE")
+	fs.String("signals", "", "signal to shutdown-mode mapping, e.g. "+DefaultSignals)
+	bindEnv(fs, "signals", "STEM_WORKER_SIGNALS")
 	fs.String("pidfile", "", "write this pidfile (created exclusively, locked) while running; removed at exit")
 	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
 	return cmd
@@ -103,11 +106,41 @@ func (a *App) buildHandlers(c config.Config) (*worker.Registry, error) {
 	return reg, nil
 }
 
-// signalModes is the default signal → shutdown mode mapping.
-var signalModes = map[os.Signal]worker.Mode{
-	syscall.SIGTERM: worker.Warm,
-	syscall.SIGINT:  worker.Soft,
-	syscall.SIGQUIT: worker.Hard,
+// DefaultSignals is the default signal → shutdown mode mapping.
+const DefaultSignals = "TERM=warm,INT=soft,QUIT=hard"
+
+// parseSignals parses a mapping such as "TERM=warm,INT=soft,QUIT=hard".
+// Signals: TERM, INT, QUIT, HUP, USR1, USR2 (with or without SIG).
+func parseSignals(spec string) (map[os.Signal]worker.Mode, error) {
+	names := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
+		"HUP": syscall.SIGHUP, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2}
+	out := map[os.Signal]worker.Mode{}
+	for _, part := range strings.Split(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, mode, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: want SIGNAL=mode", part)
+		}
+		sig, known := names[strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(name)), "SIG")]
+		if !known {
+			return nil, fmt.Errorf("%q: unknown signal %q (TERM, INT, QUIT, HUP, USR1 or USR2)", part, name)
+		}
+		m, err := worker.ParseMode(strings.TrimSpace(mode))
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", part, err)
+		}
+		if _, dup := out[sig]; dup {
+			return nil, fmt.Errorf("%q: signal %s mapped twice", part, name)
+		}
+		out[sig] = m
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no signal mapped")
+	}
+	return out, nil
 }
 
 func (a *App) runWorker(cmd *cobra.Command) error {
@@ -142,10 +175,17 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		}()
 	}
 
+	signalModes, err := parseSignals(c.Signals)
+	if err != nil {
+		_, from, _ := l.Get("STEM_WORKER_SIGNALS")
+		return &config.Error{Key: from, Value: c.Signals, Msg: err.Error()}
+	}
 	// Signals are caught from the start, so a SIGTERM during the broker
 	// retry loop ends it cleanly.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT)
+	for sig := range signalModes {
+		signal.Notify(sigs, sig)
+	}
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
@@ -176,7 +216,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	}()
 
 	log.WithFields(logrus.Fields{
-		logging.FieldURL: broker.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": "TERM=warm INT=soft QUIT=hard (a second signal escalates)",
+		logging.FieldURL: broker.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": c.Signals + " (a second signal escalates)",
 	}).Info("stem worker starting")
 	eng, err := openEngineRetrying(ctx, c, log)
 	if err != nil {

@@ -172,6 +172,7 @@ var Vars = []Var{
 	{"STEM_WORKER_LEASE", "--lease", "30s", "visibility timeout of a claimed task; renewed while it runs"},
 	{"STEM_WORKER_HEARTBEAT", "--heartbeat", "5s", "heartbeat interval; the registry entry lives three intervals"},
 	{"STEM_WORKER_SHUTDOWN_GRACE", "--shutdown-grace", "30s", "soft shutdown: how long terminated tasks get before a hard stop"},
+	{"STEM_WORKER_SIGNALS", "--signals", "TERM=warm,INT=soft,QUIT=hard", "signal to shutdown-mode mapping of `worker run` (TERM, INT, QUIT, HUP, USR1, USR2 = warm, soft, hard)"},
 	{"STEM_WORKER_PIDFILE", "--pidfile", "", "`worker run`: pidfile written (exclusively, locked) while the worker runs, removed at exit"},
 	{"STEM_TASKS_FILE", "--tasks-file", "", "YAML file mapping task names to commands"},
 	{"STEM_CONTROL_NAMESPACE", "--namespace", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
@@ -364,6 +365,7 @@ type Config struct {
 	ShutdownGrace    time.Duration
 	TasksFile        string
 	Pidfile          string
+	Signals          string
 	ControlNamespace string
 	ControlTimeout   time.Duration
 	SigningKey       string
@@ -391,6 +393,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 		ShutdownGrace: r.Duration("STEM_WORKER_SHUTDOWN_GRACE", 30*time.Second),
 		TasksFile:     r.String("STEM_TASKS_FILE", ""),
 		Pidfile:       r.String("STEM_WORKER_PIDFILE", ""),
+		Signals:       r.String("STEM_WORKER_SIGNALS", "TERM=warm,INT=soft,QUIT=hard"),
 		LogLevel:      r.Enum("STEM_LOG_LEVEL", "info", "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace"),
 		LogFormat:     r.Enum("STEM_LOG_FORMAT", "auto", "auto", "text", "json", "journal"),
 	}

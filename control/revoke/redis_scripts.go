@@ -26,7 +26,8 @@ import goredis "github.com/redis/go-redis/v9"
 //	expiry score (microseconds since the epoch, or "" for none)
 //
 // Returns an array with, for each entry in input order, the value stored
-// in the HASH for its task id after the call.
+// in the HASH for its task id after the call. A stored value whose prefix
+// is not a canonical version is damaged and always replaced.
 var redisUpsertScript = goredis.NewScript(`
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -38,8 +39,12 @@ for i = 1, #ARGV, 4 do
   local win = true
   if cur then
     local bar = string.find(cur, '|', 1, true)
-    -- a stored value without a version prefix is damaged: replace it
-    if bar then win = newer(version, string.sub(cur, 1, bar - 1)) end
+    local stored = bar and string.sub(cur, 1, bar - 1)
+    -- a stored value without a canonical version prefix is damaged:
+    -- replace it
+    if stored and string.match(stored, '^[1-9][0-9]*$') then
+      win = newer(version, stored)
+    end
   end
   if win then
     redis.call('HSET', KEYS[1], task, value)

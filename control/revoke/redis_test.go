@@ -117,12 +117,17 @@ func TestRedisDamagedValueSkipped(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].TaskID != "good" {
 		t.Fatalf("List = %v, %v; want the good entry only", got, err)
 	}
-	if len(warned) != 2 || !strings.Contains(warned[0].Error()+warned[1].Error(), hash) {
+	if len(warned) != 2 || !strings.Contains(warned[0].Error(), hash) || !strings.Contains(warned[1].Error(), hash) {
 		t.Fatalf("warnings = %v; want two naming %s", warned, hash)
 	}
-	// An upsert repairs a damaged field.
-	if _, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "junk", Version: 1}}); err != nil {
-		t.Fatal(err)
+	// An upsert of any version repairs a field without a version prefix
+	// or with a damaged one.
+	c.HSet(ctx, hash, "badprefix", `99999999999999999999x|{}`)
+	for _, task := range []string{"junk", "badprefix"} {
+		got, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: task, Version: 1}})
+		if err != nil || len(got) != 1 || got[0].TaskID != task || got[0].Version != 1 {
+			t.Fatalf("Upsert over the damaged field %s = %v, %v; want it replaced", task, got, err)
+		}
 	}
 }
 
