@@ -123,7 +123,7 @@ or prefetched), runtime, start and last checkpoint, progress. With
 				var d worker.InspectData
 				_ = json.Unmarshal(r.Data, &d)
 				if len(d.Tasks) == 0 {
-					fmt.Fprintf(tw, "%s\t-\t(idle)\n", r.Worker)
+					fmt.Fprintf(tw, "%s\t-\t(idle)\t\t\t\t\t\t\n", r.Worker)
 				}
 				for _, t := range d.Tasks {
 					runtime, last := "-", "-"
