@@ -22,7 +22,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Entry is one revoke record.
@@ -32,13 +34,13 @@ type Entry struct {
 	// Version orders revokes of one task; a strictly higher one wins. The
 	// CLI uses the issue time in nanoseconds.
 	Version  int64     `json:"version"`
-	IssuedAt time.Time `json:"issuedAt"`
+	IssuedAt time.Time `json:"issuedAt,omitzero"`
 	// Terminate asks workers to stop the task if it is running.
 	Terminate   bool   `json:"terminate"`
 	Reason      string `json:"reason,omitempty"`
 	RequestedBy string `json:"requestedBy,omitempty"`
 	// ExpiresAt, when set, is when the record may be pruned.
-	ExpiresAt time.Time `json:"expiresAt,omitempty"`
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 }
 
 // Expired reports whether e has an expiry at or before now.
@@ -56,6 +58,22 @@ func (e Entry) Validate() error {
 	case e.Version <= 0:
 		return fmt.Errorf("revoke entry %s: version %d must be positive", e.TaskID, e.Version)
 	}
+	// Every store must hold what the others hold: no NUL bytes (Postgres
+	// refuses them), valid UTF-8 (JSON stores would rewrite it), and years
+	// JSON can encode.
+	for _, f := range []struct{ name, v string }{{"namespace", e.Namespace}, {"task id", e.TaskID}, {"reason", e.Reason}, {"requester", e.RequestedBy}} {
+		if strings.ContainsRune(f.v, 0) || !utf8.ValidString(f.v) {
+			return fmt.Errorf("revoke entry %q: %s holds a NUL byte or invalid UTF-8", e.TaskID, f.name)
+		}
+	}
+	for _, t := range []struct {
+		name string
+		v    time.Time
+	}{{"issuedAt", e.IssuedAt}, {"expiresAt", e.ExpiresAt}} {
+		if !t.v.IsZero() && (t.v.Year() < 1 || t.v.Year() > 9999) {
+			return fmt.Errorf("revoke entry %q: %s %s is outside years 1-9999", e.TaskID, t.name, t.v)
+		}
+	}
 	return nil
 }
 
@@ -63,7 +81,9 @@ func (e Entry) Validate() error {
 // use, and (where the medium allows) across processes.
 type Store interface {
 	// Upsert stores entries whose Version is strictly higher than the
-	// stored one and returns, for each input in order, the entry as stored.
+	// stored one and returns, for each input in order, the entry as stored
+	// once the whole call has applied (so duplicates of one task in a call
+	// all return the highest).
 	Upsert(ctx context.Context, entries []Entry) ([]Entry, error)
 	// List returns a namespace's entries sorted by Version, then TaskID.
 	List(ctx context.Context, namespace string) ([]Entry, error)
