@@ -289,11 +289,21 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 		}
 	}
 	var (
-		retry              struct{ ids, delays []int64; tokens, queues []string; payloads [][]byte }
-		requeue            struct{ ids []int64; tokens []string }
-		dead               struct{ ids []int64; tokens, reasons, queues []string }
-		woken              []string
-		addQueue           = func(qs *[]string, q string) {
+		retry struct {
+			ids, delays    []int64
+			tokens, queues []string
+			payloads       [][]byte
+		}
+		requeue struct {
+			ids    []int64
+			tokens []string
+		}
+		dead struct {
+			ids                     []int64
+			tokens, reasons, queues []string
+		}
+		woken    []string
+		addQueue = func(qs *[]string, q string) {
 			if !slices.Contains(*qs, q) {
 				*qs = append(*qs, q)
 			}

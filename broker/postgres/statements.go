@@ -181,9 +181,9 @@ ON CONFLICT (namespace, id) DO UPDATE SET info = excluded.info, expires_at = exc
 // statements are the engine's SQL with its schema filled in.
 type statements struct {
 	publish, notify, reclaim, claim, nextDue, ack, retry, requeue string
-	deadLetter, trimDead, extend, pending, deadLetters                string
-	setResults, getResult, sweepResults, sweepWorkers                 string
-	heartbeat, removeWorker, listWorkers                              string
+	deadLetter, trimDead, extend, pending, deadLetters            string
+	setResults, getResult, sweepResults, sweepWorkers             string
+	heartbeat, removeWorker, listWorkers                          string
 }
 
 func newStatements(quotedSchema string) statements {
