@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/result"
 )
 
 func TestMain(m *testing.M) {
@@ -86,4 +89,313 @@ func TestContract(t *testing.T) {
 		e := openTestEngine(t, raw, Options{ResultTTL: opts.ResultTTL, MaxConns: 4})
 		return brokertest.Engine{Broker: e, Results: e, Registry: e}
 	})
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	// Port 1 on loopback refuses connections.
+	for _, raw := range []string{
+		"postgres://user:s3cret@127.0.0.1:1/db?sslmode=disable&connect_timeout=2",
+		"host=127.0.0.1 port=1 user=u password=s3cret dbname=db sslmode=disable connect_timeout=2",
+	} {
+		_, err := Open(ctx, raw, Options{})
+		if !errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("Open of a closed port returned %v, want broker.ErrUnavailable", err)
+		}
+		if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1") {
+			t.Fatalf("error shows the password or hides the host: %v", err)
+		}
+	}
+	for _, bad := range []string{
+		"postgres://u:s3cret@127.0.0.1:notaport/db",
+		"postgres://u:s3cret@127.0.0.1/db?sslmode=bogus",
+		"redis://u:s3cret@127.0.0.1/0",
+	} {
+		_, err := Open(ctx, bad, Options{})
+		if err == nil || errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("Open(%q) = %v, want a URL error", bad, err)
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Fatalf("error shows the password: %v", err)
+		}
+	}
+	for _, o := range []Options{
+		{Namespace: `a"b`}, {Namespace: "a b"}, {Namespace: strings.Repeat("n", 59)},
+		{Schema: "pg_catalog"}, {DeadLetterCap: -1}, {ResultTTL: time.Microsecond},
+	} {
+		if _, err := Open(ctx, "postgres://127.0.0.1:1/db", o); err == nil || errors.Is(err, broker.ErrUnavailable) {
+			t.Fatalf("Open with %+v = %v, want an option error", o, err)
+		}
+	}
+}
+
+// TestNotStemSchema opens an engine on a schema holding another program's
+// tables: refused, naming the schema, and left untouched.
+func TestNotStemSchema(t *testing.T) {
+	t.Parallel()
+	raw := testURL(t)
+	ns := randomNamespace()
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	t.Cleanup(func() { dropSchema(t, raw, ns) })
+	q := pgx.Identifier{ns}.Sanitize()
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+q+`; CREATE TABLE `+q+`.invoices (id int PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(ctx, raw, Options{Namespace: ns})
+	if !errors.Is(err, ErrNotStemSchema) || !strings.Contains(err.Error(), ns) {
+		t.Fatalf("Open on a foreign schema = %v; want ErrNotStemSchema naming %s", err, ns)
+	}
+	var tables int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = $1`, ns).Scan(&tables); err != nil || tables != 1 {
+		t.Fatalf("the foreign schema now has %d tables (%v)", tables, err)
+	}
+}
+
+func TestSchemaTooNew(t *testing.T) {
+	t.Parallel()
+	raw := testURL(t)
+	e := openTestEngine(t, raw, Options{})
+	if _, err := e.pool.Exec(t.Context(), `INSERT INTO `+pgx.Identifier{e.Schema()}.Sanitize()+`.schema_version (version, description) VALUES ($1, 'from the future')`, SchemaVersion+98); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(t.Context(), raw, Options{Namespace: e.Namespace()})
+	if !errors.Is(err, ErrSchemaTooNew) {
+		t.Fatalf("Open of a newer schema = %v; want ErrSchemaTooNew", err)
+	}
+	for _, want := range []string{e.Schema(), "version 99", "up to 1"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q does not name %q", err, want)
+		}
+	}
+}
+
+// TestConcurrentOpen opens one new schema from several engines at once
+// (workers starting together): each migration is applied once.
+func TestConcurrentOpen(t *testing.T) {
+	t.Parallel()
+	raw := testURL(t)
+	ns := randomNamespace()
+	t.Cleanup(func() { dropSchema(t, raw, ns) })
+	errs := make(chan error, 6)
+	for range 6 {
+		go func() {
+			e, err := Open(t.Context(), raw, Options{Namespace: ns, MaxConns: 1})
+			if err == nil {
+				err = e.Publish(t.Context(), broker.Envelope{ID: "x", Name: "n", Queue: "q"})
+				_ = e.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 6 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent Open: %v", err)
+		}
+	}
+	e := openTestEngine(t, raw, Options{Namespace: ns})
+	var rows int
+	if err := e.pool.QueryRow(t.Context(), `SELECT count(*) FROM `+pgx.Identifier{ns}.Sanitize()+`.schema_version`).Scan(&rows); err != nil || rows != SchemaVersion {
+		t.Fatalf("schema_version has %d rows (%v), want %d", rows, err, SchemaVersion)
+	}
+	if n, err := e.PendingCount(t.Context(), "q"); err != nil || n != 6 {
+		t.Fatalf("PendingCount = %d, %v; want 6", n, err)
+	}
+}
+
+// TestBatchIsOneTransaction checks what Publish, Claim and Nack rely on:
+// the statements of one pgx batch commit or roll back together.
+func TestBatchIsOneTransaction(t *testing.T) {
+	t.Parallel()
+	e := newTestEngine(t, Options{})
+	ctx := t.Context()
+	b := &pgx.Batch{}
+	b.Queue(e.q.publish, []string{"q"}, []string{"a"}, [][]byte{[]byte(`{}`)}, []int64{0})
+	b.Queue(`SELECT 1 / 0`)
+	if err := e.pool.SendBatch(ctx, b).Close(); err == nil {
+		t.Fatal("a batch with a failing statement succeeded")
+	}
+	if n, err := e.PendingCount(ctx, "q"); err != nil || n != 0 {
+		t.Fatalf("PendingCount after a failed batch = %d, %v; want 0 (rolled back)", n, err)
+	}
+}
+
+// TestTwoEngines checks that two engines on one namespace (two worker
+// processes) share queues, and that a publish through one wakes a claim
+// waiting in the other through LISTEN/NOTIFY.
+func TestTwoEngines(t *testing.T) {
+	t.Parallel()
+	raw := testURL(t)
+	a := openTestEngine(t, raw, Options{})
+	b := openTestEngine(t, raw, Options{Namespace: a.Namespace()})
+	ctx := t.Context()
+	got := waitingClaim(t, b, "q")
+	testutil.Eventually(t, 10*time.Second, b.listen.listening, "the waiting claim's engine never listened")
+	published := time.Now()
+	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	c := <-got
+	if c.err != nil || len(c.ds) != 1 || c.ds[0].Envelope.ID != "x" {
+		t.Fatalf("claim in b = %+v, %v", c.ds, c.err)
+	}
+	lag := c.at.Sub(published)
+	t.Logf("wake-up across engines: %v", lag)
+	if lag > time.Second {
+		t.Fatalf("wake-up across engines took %v", lag)
+	}
+	// a acks b's delivery: the lease is shared state.
+	if err := a.Ack(ctx, c.ds); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ExtendLease(ctx, c.ds, time.Minute); err == nil {
+		t.Fatal("the lease survived an ack through the other engine")
+	}
+}
+
+// TestListenerReconnect kills the engine's listening connection on the
+// server: it must listen again, and a publish must then wake a waiting
+// claim through a notification (the claim's Wait is long and the queue
+// has no due time, so only a notification can wake it in time).
+func TestListenerReconnect(t *testing.T) {
+	t.Parallel()
+	raw := testURL(t)
+	app := "stemtest-" + randomNamespace()[9:]
+	sep := "?"
+	if strings.Contains(raw, "?") {
+		sep = "&"
+	}
+	e := openTestEngine(t, raw+sep+"application_name="+app, Options{})
+	ctx := t.Context()
+	first := waitingClaim(t, e, "q")
+	testutil.Eventually(t, 10*time.Second, e.listen.listening, "never listened")
+	if e.listen.sessionCount() != 1 {
+		t.Fatalf("sessions = %d, want 1", e.listen.sessionCount())
+	}
+	var killed int
+	err := e.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) AS k`, app+"-listener").Scan(&killed)
+	if err != nil || killed != 1 {
+		t.Fatalf("terminated %d listening backends (%v), want 1", killed, err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return e.listen.sessionCount() >= 2 && e.listen.listening() }, "the listener did not reconnect")
+	// The first claim may have been woken by the reconnection; it returns
+	// nothing and is done with.
+	_ = first
+	second := waitingClaim(t, e, "q2")
+	pause(t, 50*time.Millisecond)
+	if err := e.Publish(ctx, broker.Envelope{ID: "after", Name: "n", Queue: "q2"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-second:
+		if c.err != nil || len(c.ds) != 1 {
+			t.Fatalf("claim after the reconnection = %+v, %v", c.ds, c.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a publish after the reconnection did not wake the waiting claim")
+	}
+}
+
+// claimResult is what waitingClaim reports.
+type claimResult struct {
+	ds  []broker.Delivery
+	err error
+	at  time.Time
+}
+
+// waitingClaim starts a claim on queue with a 20 s Wait and returns where
+// its result will arrive.
+func waitingClaim(t *testing.T, e *Engine, queue string) <-chan claimResult {
+	out := make(chan claimResult, 1)
+	go func() {
+		ds, err := e.Claim(t.Context(), broker.ClaimParams{Queues: []string{queue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
+		out <- claimResult{ds, err, time.Now()}
+	}()
+	return out
+}
+
+// TestCorruptPayload checks that a payload that is not an envelope is
+// dead-lettered by the claim that meets it instead of blocking the queue.
+func TestCorruptPayload(t *testing.T) {
+	t.Parallel()
+	e := newTestEngine(t, Options{})
+	ctx := t.Context()
+	if _, err := e.pool.Exec(ctx, e.q.publish, []string{"q"}, []string{"bad"}, [][]byte{[]byte("not json")}, []int64{0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Publish(ctx, broker.Envelope{ID: "ok", Name: "n", Queue: "q"}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
+	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != "ok" {
+		t.Fatalf("Claim = %+v, %v; want only the valid task", ds, err)
+	}
+	dls, err := e.DeadLetters(ctx, "q", 10)
+	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
+		t.Fatalf("DeadLetters = %+v, %v", dls, err)
+	}
+}
+
+// TestDeadLetterCap checks that the dead letters of a queue are trimmed.
+func TestDeadLetterCap(t *testing.T) {
+	t.Parallel()
+	e := newTestEngine(t, Options{DeadLetterCap: 3})
+	ctx := t.Context()
+	for i := range 5 {
+		id := string(rune('a' + i))
+		if err := e.Publish(ctx, broker.Envelope{ID: id, Name: "n", Queue: "q"}); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+		if err != nil || len(ds) != 1 {
+			t.Fatal(ds, err)
+		}
+		if err := e.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dls, err := e.DeadLetters(ctx, "q", 10)
+	if err != nil || len(dls) != 3 || dls[0].Envelope.ID != "e" || dls[2].Envelope.ID != "c" {
+		t.Fatalf("DeadLetters = %+v, %v; want e, d, c", dls, err)
+	}
+}
+
+// TestResultSweep checks that expired results are deleted, not only
+// hidden, by the periodic sweep that runs with Set.
+func TestResultSweep(t *testing.T) {
+	t.Parallel()
+	e := newTestEngine(t, Options{ResultTTL: time.Millisecond})
+	ctx := t.Context()
+	if err := e.Set(ctx, []result.TaskState{{ID: "old", State: result.Succeeded}}); err != nil {
+		t.Fatal(err)
+	}
+	q := pgx.Identifier{e.Schema()}.Sanitize()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		_, err := e.Get(ctx, "old")
+		return errors.Is(err, result.ErrNotFound)
+	}, "the result did not expire")
+	e.lastSweep.Store(0)
+	if err := e.Set(ctx, []result.TaskState{{ID: "new", State: result.Queued}}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM `+q+`.results WHERE task_id = 'old'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("expired result rows = %d, %v; want 0", n, err)
+	}
+}
+
+// pause waits d on a timer. It only shapes a scenario; no assertion
+// depends on it.
+func pause(t *testing.T, d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-t.Context().Done():
+	}
 }
