@@ -64,6 +64,8 @@ type StatsData struct {
 	Autoscale         bool             `json:"autoscale"`
 	Prefetch          int              `json:"prefetch"`
 	QueueDepth        map[string]int64 `json:"queueDepth"`
+	// ChildRecycles counts isolation children replaced, by reason.
+	ChildRecycles map[string]int64 `json:"childRecycles"`
 	Counters          Counters         `json:"counters"`
 	StartedAt         time.Time        `json:"startedAt"`
 	UptimeSeconds     float64          `json:"uptimeSeconds"`
@@ -80,6 +82,12 @@ type RevokeData struct {
 	Revoked []string `json:"revoked"`
 	// Terminated are the running tasks the worker cancelled.
 	Terminated []string `json:"terminated,omitempty"`
+}
+
+// AutoscaleArgs are the arguments of an autoscale request: new bounds.
+type AutoscaleArgs struct {
+	Min int `json:"min"`
+	Max int `json:"max"`
 }
 
 // ShutdownArgs are the arguments of a shutdown request.
@@ -173,6 +181,18 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 		}
 		w.log.WithField(logging.FieldMode, m.String()).Info("shutdown requested over the control plane")
 		return PingData{State: "draining", UptimeSeconds: w.uptime()}, func() { w.Shutdown(m) }, nil
+	case control.TypeAutoscale:
+		var a AutoscaleArgs
+		if err := decodeArgs(req, &a); err != nil {
+			return nil, nil, err
+		}
+		if !w.scaler.config().Enabled {
+			return nil, nil, fmt.Errorf("autoscaling is off on this worker (start it with --autoscale)")
+		}
+		if err := w.scaler.setBounds(a.Min, a.Max); err != nil {
+			return nil, nil, err
+		}
+		return w.controlStats(), nil, nil
 	case control.TypePause, control.TypeResume:
 		var a QueuesArgs
 		if err := decodeArgs(req, &a); err != nil {
@@ -247,12 +267,14 @@ func (w *Worker) controlStats() StatsData {
 		}
 	}
 	broadcasts := append([]string{}, w.cfg.Broadcasts...)
+	minC, maxC := w.bounds()
 	return StatsData{
 		Worker: w.id, Node: w.cfg.Node, Host: w.cfg.Hostname, PID: os.Getpid(), Version: w.cfg.Version,
 		Queues: w.cfg.Queues, Paused: w.PausedQueues(), Broadcasts: broadcasts,
 		InFlight: st.InFlight, Prefetched: st.Outstanding - st.InFlight,
-		ActiveConcurrency: st.ActiveConcurrency, MinConcurrency: st.ActiveConcurrency, MaxConcurrency: st.ActiveConcurrency,
-		Autoscale: false, Prefetch: st.Prefetch, QueueDepth: depth, Counters: st.Counters,
+		ActiveConcurrency: st.ActiveConcurrency, MinConcurrency: minC, MaxConcurrency: maxC,
+		Autoscale: w.scaler.config().Enabled, Prefetch: st.Prefetch, QueueDepth: depth, Counters: st.Counters,
+		ChildRecycles: w.pool.Recycles(),
 		StartedAt: st.StartedAt, UptimeSeconds: w.uptime(),
 	}
 }

@@ -60,6 +60,13 @@ type TaskOptions struct {
 	RetryBackoff time.Duration
 	// RetryBackoffMax caps the backoff (default 10m).
 	RetryBackoffMax time.Duration
+	// Isolated runs the handler in a child process (the worker re-executes
+	// its own binary): a terminate is forwarded to the child, whose
+	// checkpoints then fail, and a child that does not stop within the
+	// grace period is killed with its process group. The handler must be
+	// registered in the child too: register it before cli.Main (or call
+	// ServeChildIfRequested).
+	Isolated bool
 }
 
 // WithDefaults fills unset fields.

@@ -48,6 +48,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
@@ -148,6 +149,13 @@ type Config struct {
 	RevokeSync time.Duration // re-read Revokes and Pauses this often (default 30s)
 	SigningKey []byte        // refuse control requests not signed with it
 	Broadcasts []string      // broadcast channels subscribed (reported in stats)
+
+	// Isolation configures the child processes of isolated handlers.
+	Isolation IsolationConfig
+	// Autoscale, when Enabled, moves the concurrency between its bounds.
+	Autoscale AutoscaleConfig
+	// Metrics, when set, receives the worker's metrics.
+	Metrics *Metrics
 }
 
 // WithDefaults fills unset fields.
@@ -200,6 +208,8 @@ func (c Config) WithDefaults() Config {
 	if c.RevokeSync <= 0 {
 		c.RevokeSync = 30 * time.Second
 	}
+	c.Isolation = c.Isolation.WithDefaults()
+	c.Autoscale = c.Autoscale.WithDefaults(c.Concurrency)
 	return c
 }
 
@@ -212,6 +222,12 @@ func (c Config) Validate() error {
 		return errors.New("worker: no result backend")
 	case c.Lease < 100*time.Millisecond:
 		return fmt.Errorf("worker: lease %s is too short (minimum 100ms)", c.Lease)
+	}
+	if err := c.Isolation.Validate(); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	if err := c.Autoscale.Validate(); err != nil {
+		return fmt.Errorf("worker: %w", err)
 	}
 	return nil
 }
@@ -235,8 +251,11 @@ type Worker struct {
 	id    string
 	debug bool // debug lines are wanted (checked once: the hot path skips building them)
 
-	slots *slots
-	queue chan *run   // claimed, waiting for a slot
+	slots   *slots
+	pool    *pool
+	metrics *Metrics
+	scaler  *autoscaler
+	queue   chan *run   // claimed, waiting for a slot
 	done  chan finish // to the finisher
 
 	mu          sync.Mutex
@@ -311,7 +330,17 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w.paused.Store(&map[string]bool{})
 	w.capCond = sync.NewCond(&w.mu)
+	w.metrics = cfg.Metrics
+	if w.metrics == nil {
+		w.metrics = NewMetrics()
+	}
+	w.metrics.bind(w)
 	w.log = cfg.Logger.WithField(logging.FieldWorker, w.id)
+	w.pool = newPool(cfg.Isolation, w)
+	w.scaler = newAutoscaler(cfg.Autoscale, w)
+	if cfg.Autoscale.Enabled {
+		w.slots.setLimit(cfg.Autoscale.Min)
+	}
 	if l, ok := cfg.Logger.(interface{ IsLevelEnabled(logrus.Level) bool }); ok {
 		w.debug = l.IsLevelEnabled(logrus.DebugLevel)
 	}
@@ -417,7 +446,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer dispatchWG.Done(); w.dispatch() }()
 	finishWG.Add(1)
 	go func() { defer finishWG.Done(); w.finisher() }()
-	bgWG.Add(3)
+	bgWG.Add(4)
+	go func() { defer bgWG.Done(); w.scaler.run(bgCtx) }()
 	go func() { defer bgWG.Done(); w.renewLeases(bgCtx) }()
 	go func() { defer bgWG.Done(); w.heartbeat(bgCtx) }()
 	go func() { defer bgWG.Done(); w.resyncControlState(bgCtx) }()
@@ -457,7 +487,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	finishWG.Wait()
 
 	// 5. Background services (control answers until here, so operators
-	// can ping and inspect a draining worker).
+	// can ping and inspect a draining worker), and isolation children.
+	w.pool.close()
 	stopBg()
 	bgWG.Wait()
 	if ctlSub != nil {
@@ -498,6 +529,7 @@ func (w *Worker) drainRunning(mode Mode) {
 			case <-allDone:
 			case <-t.C:
 				w.handBackRunning()
+				w.pool.close() // kill isolated tasks' children now
 			}
 			t.Stop()
 			return
@@ -733,13 +765,27 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 		ctx, cancel = context.WithTimeoutCause(ctx, limit, fmt.Errorf("time limit %s exceeded", limit))
 		defer cancel()
 	}
-	tc := &taskContext{ctx: ctx, run: r, w: w}
-	value, err := safeCall(h.Run, tc, env.Args)
+	var value any
+	var err error
+	if h.Options.Isolated {
+		out := w.pool.run(ctx, r, limit)
+		if out.value != nil {
+			value = json.RawMessage(out.value)
+		}
+		err = out.err
+		if p := math.Float64frombits(r.progress.Load()); p != 0 {
+			st.Progress = p
+		}
+	} else {
+		tc := &taskContext{ctx: ctx, run: r, w: w}
+		value, err = safeCall(h.Run, tc, env.Args)
+		if p, data := tc.lastProgress(); p != 0 || data != nil {
+			st.Progress, st.ProgressData = p, data
+		}
+	}
 	finished := w.cfg.Now()
 	st.FinishedAt, st.UpdatedAt = finished, finished
-	if p, data := tc.lastProgress(); p != 0 || data != nil {
-		st.Progress, st.ProgressData = p, data
-	}
+	w.metrics.observe(env.Name, finished.Sub(r.startedAt))
 	w.counters.processed.Add(1)
 	// Built only when a line is written: the success path logs at debug.
 	logf := func() logrus.FieldLogger {

@@ -22,6 +22,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Isolation tests re-execute this test binary as the child.
+	worker.ServeChildIfRequested(isolatedRegistry())
 	goleak.VerifyTestMain(m)
 }
 

@@ -1,0 +1,221 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ChildEnv is the variable that puts a stem binary in child mode: the
+// worker re-executes its own binary with ChildEnv=1 to run isolated
+// handlers, talking to it over fd 3 (worker → child) and fd 4 (child →
+// worker). A program that registers isolated handlers and does not use
+// cli.Main must call ServeChildIfRequested first thing in main.
+const ChildEnv = "STEM_WORKER_CHILD"
+
+// ServeChildIfRequested runs the child loop with handlers and exits the
+// process when this process was started as an isolation child; otherwise
+// it returns at once. cli.Main calls it for you.
+func ServeChildIfRequested(handlers *Registry) {
+	if os.Getenv(ChildEnv) != "1" {
+		return
+	}
+	in := os.NewFile(3, "stem-child-in")
+	out := os.NewFile(4, "stem-child-out")
+	if in == nil || out == nil {
+		fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
+		os.Exit(70)
+	}
+	os.Exit(ServeChild(handlers, in, out))
+}
+
+// ServeChild runs tasks sent on in, one at a time, and reports on out,
+// until in is closed (exit 0) or broken (exit 70).
+func ServeChild(handlers *Registry, in io.Reader, out io.Writer) int {
+	w := &frameWriter{w: out}
+	r := newFrameReader(in)
+	if err := w.write(frameMsg{T: msgReady, PID: os.Getpid()}); err != nil {
+		return 70
+	}
+	msgs := make(chan frameMsg, 16)
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := r.read()
+			if err != nil {
+				readErr <- err
+				close(msgs)
+				return
+			}
+			msgs <- m
+		}
+	}()
+	var cur *childTask
+	results := make(chan frameMsg, 1)
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				if cur != nil {
+					cur.revoke("", "")
+				}
+				if err := <-readErr; errors.Is(err, io.EOF) {
+					return 0
+				}
+				return 70
+			}
+			switch m.T {
+			case msgRun:
+				if cur != nil {
+					_ = w.write(frameMsg{T: msgResult, ID: m.ID, Error: "child busy: protocol error"})
+					continue
+				}
+				cur = newChildTask(m, w)
+				go func(t *childTask) { results <- t.run(handlers) }(cur)
+			case msgRevoke:
+				if cur != nil && cur.msg.ID == m.ID {
+					cur.revoke(m.Reason, m.By)
+				}
+			}
+		case res := <-results:
+			cur = nil
+			if err := w.write(res); err != nil {
+				return 70
+			}
+		}
+	}
+}
+
+// childTask is a task running in a child; it is the handler's TaskContext.
+type childTask struct {
+	msg     frameMsg
+	w       *frameWriter
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	revoked atomic.Bool
+	mu      sync.Mutex
+	reason  revokedError
+}
+
+func newChildTask(m frameMsg, w *frameWriter) *childTask {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &childTask{msg: m, w: w, ctx: ctx, cancel: cancel}
+}
+
+func (t *childTask) revoke(reason, by string) {
+	t.mu.Lock()
+	t.reason = revokedError{reason: reason, by: by}
+	t.mu.Unlock()
+	t.revoked.Store(true)
+	t.cancel(&revokedError{reason: reason, by: by})
+}
+
+func (t *childTask) run(handlers *Registry) frameMsg {
+	res := frameMsg{T: msgResult, ID: t.msg.ID}
+	h, ok := handlers.Lookup(t.msg.Name)
+	if !ok {
+		res.Error = fmt.Sprintf("no handler registered for task %q in the child process", t.msg.Name)
+		res.NoRetry = true
+		return res
+	}
+	ctx := t.ctx
+	if t.msg.TimeLimit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, t.msg.TimeLimit, fmt.Errorf("time limit %s exceeded", t.msg.TimeLimit))
+		defer cancel()
+	}
+	tc := &childContext{t: t, ctx: ctx}
+	value, err := safeCall(h.Run, tc, t.msg.Args)
+	if t.revoked.Load() {
+		res.Revoked = true
+		res.Error = ErrTaskRevoked.Error()
+		return res
+	}
+	if err == nil {
+		raw, merr := marshalResult(value)
+		if merr == nil {
+			res.OK, res.Value = true, raw
+			return res
+		}
+		err = merr
+	}
+	if ctx.Err() != nil {
+		if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
+			err = fmt.Errorf("%w: %v", c, err)
+		}
+	}
+	res.Error = err.Error()
+	res.NoRetry = errors.Is(err, ErrNoRetry)
+	return res
+}
+
+// childContext is the TaskContext of an isolated handler: checkpoints are
+// messages to the worker, and fail once the worker forwarded a terminate.
+type childContext struct {
+	t   *childTask
+	ctx context.Context
+}
+
+func (c *childContext) Context() context.Context { return c.ctx }
+func (c *childContext) ID() string               { return c.t.msg.ID }
+func (c *childContext) Name() string             { return c.t.msg.Name }
+func (c *childContext) Queue() string            { return c.t.msg.Queue }
+func (c *childContext) Attempt() int             { return c.t.msg.Attempt }
+
+func (c *childContext) check() error {
+	if c.t.revoked.Load() {
+		c.t.mu.Lock()
+		defer c.t.mu.Unlock()
+		e := c.t.reason
+		return &e
+	}
+	if c.ctx.Err() != nil {
+		return context.Cause(c.ctx)
+	}
+	return nil
+}
+
+// Heartbeat implements TaskContext.
+func (c *childContext) Heartbeat() error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.t.w.write(frameMsg{T: msgBeat, ID: c.t.msg.ID})
+}
+
+// ExtendLease implements TaskContext. The worker extends the lease; a
+// failure there is logged by the worker, not reported back.
+func (c *childContext) ExtendLease(d time.Duration) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	if d <= 0 {
+		return fmt.Errorf("extend lease: duration %s must be positive", d)
+	}
+	return c.t.w.write(frameMsg{T: msgLease, ID: c.t.msg.ID, Lease: d})
+}
+
+// Progress implements TaskContext.
+func (c *childContext) Progress(p float64, data any) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	if p < 0 || p > 1 {
+		return fmt.Errorf("progress %v out of range [0, 1]", p)
+	}
+	m := frameMsg{T: msgProgress, ID: c.t.msg.ID, Progress: p}
+	if data != nil {
+		b, err := json.Marshal(data)
+		if err != nil {
+			return fmt.Errorf("progress data is not JSON-marshalable: %w", err)
+		}
+		m.Data = b
+	}
+	return c.t.w.write(m)
+}

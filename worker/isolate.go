@@ -1,0 +1,482 @@
+package worker
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/daemon"
+	"github.com/stemhq/stem/logging"
+	"github.com/stemhq/stem/result"
+)
+
+// IsolationConfig configures the child-process pool of isolated handlers.
+type IsolationConfig struct {
+	// Command re-executes this program in child mode; default
+	// os.Executable() with no arguments. The child must call
+	// ServeChildIfRequested (cli.Main does).
+	Command []string
+	// MaxTasksPerChild recycles a child after that many tasks (0: never).
+	MaxTasksPerChild int
+	// MaxMemoryPerChildBytes recycles a child whose RSS exceeds it after a
+	// task (0: never). While a task runs, a child above twice this limit
+	// is killed and its task fails.
+	MaxMemoryPerChildBytes int64
+	// TerminateGrace is how long a child has to stop after a terminate
+	// before it is killed with its process group (default 5s).
+	TerminateGrace time.Duration
+	// StartTimeout bounds a child's start-up handshake (default 10s).
+	StartTimeout time.Duration
+	// Stderr receives the children's stdout and stderr (default os.Stderr).
+	Stderr io.Writer
+	// ProcRoot is where /proc is (tests).
+	ProcRoot string
+}
+
+// WithDefaults fills unset fields.
+func (c IsolationConfig) WithDefaults() IsolationConfig {
+	if len(c.Command) == 0 {
+		if exe, err := os.Executable(); err == nil {
+			c.Command = []string{exe}
+		}
+	}
+	if c.TerminateGrace <= 0 {
+		c.TerminateGrace = 5 * time.Second
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = 10 * time.Second
+	}
+	if c.Stderr == nil {
+		c.Stderr = os.Stderr
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = "/proc"
+	}
+	return c
+}
+
+// Validate reports a configuration the pool cannot use.
+func (c IsolationConfig) Validate() error {
+	switch {
+	case c.MaxTasksPerChild < 0:
+		return fmt.Errorf("max tasks per child %d must not be negative", c.MaxTasksPerChild)
+	case c.MaxMemoryPerChildBytes < 0:
+		return fmt.Errorf("max memory per child %d must not be negative", c.MaxMemoryPerChildBytes)
+	}
+	return nil
+}
+
+// Recycle reasons, as counted in stats and metrics.
+const (
+	RecycleMaxTasks  = "max-tasks"
+	RecycleMaxMemory = "max-memory"
+	RecycleCrashed   = "crashed"
+	RecycleKilled    = "killed-after-terminate"
+	RecycleProtocol  = "protocol-error"
+	RecycleOOM       = "memory-limit-during-task"
+)
+
+// child is one child process.
+type child struct {
+	cmd   *exec.Cmd
+	pid   int
+	w     *frameWriter
+	in    io.Closer // our write end of the child's fd 3
+	r     *frameReader
+	msgs  chan frameMsg
+	errc  chan error // the read loop's final error
+	tasks int
+	dead  bool
+}
+
+// pool runs isolated tasks in children, at most one task per child.
+type pool struct {
+	cfg IsolationConfig
+	w   *Worker
+	log logrus.FieldLogger
+
+	mu       sync.Mutex
+	idle     []*child
+	all      map[*child]bool
+	recycles map[string]int64
+	closed   bool
+}
+
+func newPool(cfg IsolationConfig, w *Worker) *pool {
+	return &pool{cfg: cfg, w: w, log: w.log, all: map[*child]bool{}, recycles: map[string]int64{}}
+}
+
+// Recycles returns how many children were replaced, by reason.
+func (p *pool) Recycles() map[string]int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int64, len(p.recycles))
+	for k, v := range p.recycles {
+		out[k] = v
+	}
+	return out
+}
+
+func (p *pool) countRecycle(reason string) {
+	p.mu.Lock()
+	p.recycles[reason]++
+	p.mu.Unlock()
+	p.w.metrics.recycle(reason)
+}
+
+// start launches a child and waits for its handshake.
+func (p *pool) start() (*child, error) {
+	if len(p.cfg.Command) == 0 {
+		return nil, errors.New("isolation: cannot find this program's executable to re-execute")
+	}
+	toChildR, toChildW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	fromChildR, fromChildW, err := os.Pipe()
+	if err != nil {
+		toChildR.Close()
+		toChildW.Close()
+		return nil, err
+	}
+	cmd := exec.Command(p.cfg.Command[0], p.cfg.Command[1:]...)
+	cmd.Env = append(daemon.ChildEnv(os.Environ()), ChildEnv+"=1")
+	cmd.ExtraFiles = []*os.File{toChildR, fromChildW} // fd 3, fd 4
+	cmd.Stdout, cmd.Stderr = p.cfg.Stderr, p.cfg.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		toChildR.Close()
+		toChildW.Close()
+		fromChildR.Close()
+		fromChildW.Close()
+		return nil, fmt.Errorf("isolation: start child %s: %w", p.cfg.Command[0], err)
+	}
+	toChildR.Close()
+	fromChildW.Close()
+	c := &child{cmd: cmd, pid: cmd.Process.Pid, w: &frameWriter{w: toChildW}, in: toChildW,
+		r: newFrameReader(fromChildR), msgs: make(chan frameMsg, 64), errc: make(chan error, 1)}
+	go func() {
+		defer fromChildR.Close()
+		for {
+			m, err := c.r.read()
+			if err != nil {
+				c.errc <- err
+				close(c.msgs)
+				return
+			}
+			c.msgs <- m
+		}
+	}()
+	t := time.NewTimer(p.cfg.StartTimeout)
+	defer t.Stop()
+	select {
+	case m, ok := <-c.msgs:
+		if ok && m.T == msgReady {
+			p.mu.Lock()
+			p.all[c] = true
+			p.mu.Unlock()
+			p.log.WithField(logging.FieldPID, c.pid).Debug("isolation child started")
+			return c, nil
+		}
+		err := errors.New("child closed its pipe before its handshake")
+		if ok {
+			err = fmt.Errorf("child sent %q before its handshake", m.T)
+		} else if rerr := <-c.errc; rerr != nil && !errors.Is(rerr, io.EOF) {
+			err = rerr
+		}
+		p.kill(c)
+		return nil, fmt.Errorf("isolation: child %d: %w (does the program call worker.ServeChildIfRequested?)", c.pid, err)
+	case <-t.C:
+		p.kill(c)
+		return nil, fmt.Errorf("isolation: child %d did not start within %s", c.pid, p.cfg.StartTimeout)
+	}
+}
+
+// get returns an idle child or starts one.
+func (p *pool) get() (*child, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errors.New("isolation: pool closed")
+	}
+	if n := len(p.idle); n > 0 {
+		c := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.mu.Unlock()
+		return c, nil
+	}
+	p.mu.Unlock()
+	return p.start()
+}
+
+// put returns a healthy child to the idle list, or recycles it if a guard
+// says so or the pool is larger than the current concurrency.
+func (p *pool) put(c *child) {
+	if c.dead {
+		return
+	}
+	reason := ""
+	if p.cfg.MaxTasksPerChild > 0 && c.tasks >= p.cfg.MaxTasksPerChild {
+		reason = RecycleMaxTasks
+	} else if p.cfg.MaxMemoryPerChildBytes > 0 {
+		if rss, err := p.rss(c.pid); err == nil && rss > p.cfg.MaxMemoryPerChildBytes {
+			reason = RecycleMaxMemory
+			p.log.WithFields(logrus.Fields{logging.FieldPID: c.pid, "rss": rss, "limit": p.cfg.MaxMemoryPerChildBytes}).Info("child over its memory limit")
+		}
+	}
+	if reason != "" {
+		p.log.WithFields(logrus.Fields{logging.FieldPID: c.pid, "reason": reason, "tasks": c.tasks}).Info("recycling isolation child")
+		p.countRecycle(reason)
+		p.stop(c)
+		return
+	}
+	p.mu.Lock()
+	_, limit := p.w.slots.stats()
+	if p.closed || len(p.idle) >= limit {
+		p.mu.Unlock()
+		p.stop(c)
+		return
+	}
+	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+}
+
+// stop asks a child to exit (closing its input) and kills it if it has not
+// within a second.
+func (p *pool) stop(c *child) {
+	c.in.Close()
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+		<-done
+	}
+	p.forget(c)
+}
+
+// kill kills a child's whole process group and reaps it.
+func (p *pool) kill(c *child) {
+	c.dead = true
+	_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+	c.in.Close()
+	_ = c.cmd.Wait()
+	p.forget(c)
+}
+
+func (p *pool) forget(c *child) {
+	c.dead = true
+	p.mu.Lock()
+	delete(p.all, c)
+	p.mu.Unlock()
+}
+
+// close stops idle children and kills busy ones.
+func (p *pool) close() {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	var busy []*child
+	for c := range p.all {
+		busy = append(busy, c)
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		p.stop(c)
+	}
+	for _, c := range busy {
+		if !c.dead {
+			p.kill(c)
+		}
+	}
+}
+
+// rss reads a process's resident set size from /proc.
+func (p *pool) rss(pid int) (int64, error) {
+	f, err := os.Open(p.cfg.ProcRoot + "/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		line := s.Text()
+		if strings.HasPrefix(line, "VmRSS:") {
+			fields := strings.Fields(line)
+			if len(fields) >= 2 {
+				kb, err := strconv.ParseInt(fields[1], 10, 64)
+				return kb * 1024, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
+
+// isolatedOutcome is what run returns for runHandler.
+type isolatedOutcome struct {
+	value   []byte
+	err     error
+	revoked bool
+}
+
+// run runs one task in a child. ctx is the task's context (cancelled on
+// terminate, shutdown or time limit): the worker then forwards a revoke to
+// the child and kills it with its process group if it has not finished
+// within TerminateGrace.
+func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOutcome {
+	env := r.d.Envelope
+	c, err := p.get()
+	if err != nil {
+		return isolatedOutcome{err: err}
+	}
+	c.tasks++
+	if err := c.w.write(frameMsg{T: msgRun, ID: env.ID, Name: env.Name, Queue: env.Queue, Attempt: env.Attempt, Args: env.Args, TimeLimit: limit}); err != nil {
+		p.countRecycle(RecycleCrashed)
+		p.kill(c)
+		return isolatedOutcome{err: fmt.Errorf("isolation: send task to child %d: %w", c.pid, err)}
+	}
+	var grace <-chan time.Time
+	var memTick <-chan time.Time
+	if p.cfg.MaxMemoryPerChildBytes > 0 {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		memTick = t.C
+	}
+	done := ctx.Done()
+	log := p.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldPID: c.pid})
+	for {
+		select {
+		case <-done:
+			done = nil
+			var re *revokedError
+			reason, by := "", ""
+			if cause := context.Cause(ctx); errors.As(cause, &re) {
+				reason, by = re.reason, re.by
+			}
+			_ = c.w.write(frameMsg{T: msgRevoke, ID: env.ID, Reason: reason, By: by})
+			t := time.NewTimer(p.cfg.TerminateGrace)
+			defer t.Stop()
+			grace = t.C
+		case <-grace:
+			log.WithField(logging.FieldDuration, p.cfg.TerminateGrace.String()).Warn("isolated task did not stop; killing its child process group")
+			p.countRecycle(RecycleKilled)
+			p.kill(c)
+			return isolatedOutcome{revoked: true, err: fmt.Errorf("%w; child process killed %s later", context.Cause(ctx), p.cfg.TerminateGrace)}
+		case <-memTick:
+			if rss, err := p.rss(c.pid); err == nil && rss > 2*p.cfg.MaxMemoryPerChildBytes {
+				log.WithField("rss", rss).Error("isolated task exceeded twice the child memory limit; killing its child")
+				p.countRecycle(RecycleOOM)
+				p.kill(c)
+				return isolatedOutcome{err: fmt.Errorf("child process used %d MiB, over twice max memory per child (%d MiB); killed", rss>>20, p.cfg.MaxMemoryPerChildBytes>>20)}
+			}
+		case m, ok := <-c.msgs:
+			if !ok {
+				err := <-c.errc
+				reason := RecycleCrashed
+				if err != nil && strings.HasPrefix(err.Error(), "protocol error") {
+					reason = RecycleProtocol
+				}
+				state := p.exitState(c)
+				p.countRecycle(reason)
+				if done == nil && grace != nil {
+					return isolatedOutcome{revoked: true, err: fmt.Errorf("%w; child process exited", context.Cause(ctx))}
+				}
+				if err != nil && !errors.Is(err, io.EOF) {
+					return isolatedOutcome{err: fmt.Errorf("isolation child %d: %v; %s", c.pid, err, state)}
+				}
+				return isolatedOutcome{err: fmt.Errorf("isolation child %d died while running the task: %s", c.pid, state)}
+			}
+			switch m.T {
+			case msgBeat:
+				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
+			case msgLease:
+				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
+				lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := p.w.cfg.Broker.ExtendLease(lctx, []broker.Delivery{r.d}, m.Lease); err != nil {
+					log.WithError(err).Warn("could not extend the lease of an isolated task")
+				} else if until := p.w.cfg.Now().Add(m.Lease).UnixNano(); until > r.leaseUntil.Load() {
+					r.leaseUntil.Store(until)
+				}
+				cancel()
+			case msgProgress:
+				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
+				p.w.recordProgress(r, m.Progress, m.Data)
+			case msgResult:
+				if m.ID != env.ID {
+					p.countRecycle(RecycleProtocol)
+					p.kill(c)
+					return isolatedOutcome{err: fmt.Errorf("isolation child %d: protocol error: result for task %q while running %q", c.pid, m.ID, env.ID)}
+				}
+				p.put(c)
+				switch {
+				case m.Revoked:
+					return isolatedOutcome{revoked: true, err: ErrTaskRevoked}
+				case m.OK:
+					return isolatedOutcome{value: m.Value}
+				case m.NoRetry:
+					return isolatedOutcome{err: fmt.Errorf("%s: %w", m.Error, ErrNoRetry)}
+				}
+				return isolatedOutcome{err: errors.New(m.Error)}
+			default:
+				p.countRecycle(RecycleProtocol)
+				p.kill(c)
+				return isolatedOutcome{err: fmt.Errorf("isolation child %d: protocol error: unexpected %q message", c.pid, m.T)}
+			}
+		}
+	}
+}
+
+// exitState reaps a child whose pipe closed and describes how it ended.
+func (p *pool) exitState(c *child) string {
+	done := make(chan error, 1)
+	go func() { done <- c.cmd.Wait() }()
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	var err error
+	select {
+	case err = <-done:
+	case <-t.C:
+		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+		err = <-done
+	}
+	p.forget(c)
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// recordProgress stores a task's progress (from an inline or isolated
+// handler) in the run and the result backend.
+func (w *Worker) recordProgress(r *run, p float64, data []byte) {
+	r.progress.Store(math.Float64bits(p))
+	env := r.d.Envelope
+	now := w.cfg.Now()
+	st := result.TaskState{
+		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started, Attempt: env.Attempt,
+		Worker: w.id, EnqueuedAt: env.CreatedAt, StartedAt: r.startedAt, UpdatedAt: now,
+		Progress: p, ProgressData: data,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.cfg.Results.Set(ctx, []result.TaskState{st}); err != nil {
+		w.log.WithError(err).WithField(logging.FieldTask, env.ID).Warn("could not record progress")
+	}
+}

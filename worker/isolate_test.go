@@ -1,0 +1,227 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stemhq/stem/control/revoke"
+	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/worker"
+)
+
+// hoard keeps memory alive in a child, for the memory guard tests.
+var hoard [][]byte
+
+func touch(n int) []byte {
+	b, err := syscall.Mmap(-1, 0, n, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		panic(err)
+	}
+	for i := 0; i < n; i += 4096 {
+		b[i] = 1
+	}
+	return b
+}
+
+// isolatedRegistry is the registry of both the worker and its children.
+func isolatedRegistry() *worker.Registry {
+	r := worker.NewRegistry()
+	iso := worker.TaskOptions{Isolated: true}
+	r.MustRegister("iso.pid", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		if err := tc.Progress(0.5, map[string]string{"in": "child"}); err != nil {
+			return nil, err
+		}
+		return os.Getpid(), nil
+	}, iso)
+	r.MustRegister("iso.spin", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		signal.Ignore(syscall.SIGTERM) // a child that ignores SIGTERM, too
+		x := 0
+		for { // a tight loop: no checkpoint, ever
+			x++
+		}
+	}, iso)
+	r.MustRegister("iso.coop", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		for {
+			if err := tc.Heartbeat(); err != nil {
+				return nil, err
+			}
+			time.Sleep(time.Millisecond) // the task's own work
+		}
+	}, iso)
+	r.MustRegister("iso.crash", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		os.Exit(3)
+		return nil, nil
+	}, worker.TaskOptions{Isolated: true, MaxRetries: 1, RetryBackoff: time.Millisecond})
+	r.MustRegister("iso.garbage", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		f := os.NewFile(4, "out")
+		f.Write([]byte("this is not a frame at all"))
+		select {}
+	}, iso)
+	// Memory is taken with mmap and touched, so the RSS grows by exactly
+	// that much whatever the Go runtime (or the race detector) does.
+	r.MustRegister("iso.hoard", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		hoard = append(hoard, touch(96<<20))
+		return os.Getpid(), nil
+	}, iso)
+	r.MustRegister("iso.balloon", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		for { // allocates without bound
+			hoard = append(hoard, touch(8<<20))
+		}
+	}, iso)
+	r.MustRegister("iso.rss", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		b, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, err := strconv.ParseInt(f[1], 10, 64)
+				return kb * 1024, err
+			}
+		}
+		return nil, errors.New("no VmRSS")
+	}, iso)
+	r.MustRegister("iso.fail", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		return nil, errors.New("child says no")
+	}, iso)
+	return r
+}
+
+func setupIsolated(t *testing.T, mod func(*worker.IsolationConfig)) (*ctlFixture, *worker.Worker) {
+	f := setupControl(t)
+	f.reg = isolatedRegistry()
+	iso := worker.IsolationConfig{TerminateGrace: 200 * time.Millisecond}
+	if mod != nil {
+		mod(&iso)
+	}
+	w := f.worker("iso", func(c *worker.Config) { c.Isolation = iso; c.Concurrency = 2; c.Prefetch = 0 })
+	f.start(w)
+	return f, w
+}
+
+func childPID(t *testing.T, st result.TaskState) int {
+	t.Helper()
+	pid, err := strconv.Atoi(string(st.Result))
+	if err != nil {
+		t.Fatalf("result %q is not a pid", st.Result)
+	}
+	return pid
+}
+
+func TestIsolatedTaskRunsInAChild(t *testing.T) {
+	f, _ := setupIsolated(t, nil)
+	st := f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)[0]
+	if pid := childPID(t, st); pid == os.Getpid() || pid == 0 {
+		t.Fatalf("ran in pid %d (the worker is %d)", pid, os.Getpid())
+	}
+	if st.Progress != 0.5 {
+		t.Fatalf("progress from the child not recorded: %+v", st)
+	}
+	st = f.waitState(f.publish("iso.fail", 1, nil), result.Failed, 20*time.Second)[0]
+	if st.Error != "child says no" {
+		t.Fatalf("error %q", st.Error)
+	}
+}
+
+func TestMaxTasksPerChildRecycles(t *testing.T) {
+	f, w := setupIsolated(t, func(c *worker.IsolationConfig) { c.MaxTasksPerChild = 1 })
+	a := f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)[0]
+	b := f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)[0]
+	if childPID(t, a) == childPID(t, b) {
+		t.Fatalf("two tasks ran in child %d with maxTasksPerChild=1", childPID(t, a))
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return statsOf(f, w).ChildRecycles[worker.RecycleMaxTasks] >= 1 }, "recycle not counted")
+}
+
+func statsOf(f *ctlFixture, w *worker.Worker) worker.StatsData {
+	res, err := f.requester().Do(context.Background(), "stats", nil, []string{w.ID()}, 5*time.Second)
+	if err != nil || len(res.Replies) != 1 {
+		f.t.Fatalf("stats: %+v %v", res, err)
+	}
+	var st worker.StatsData
+	json.Unmarshal(res.Replies[0].Data, &st)
+	return st
+}
+
+// TestTerminateKillsNonCooperativeChild: a tight loop that never
+// checkpoints (and ignores SIGTERM) is killed within the grace period plus
+// 100ms of the terminate, and its state is revoked.
+func TestTerminateKillsNonCooperativeChild(t *testing.T) {
+	f, w := setupIsolated(t, nil)
+	ids := f.publish("iso.spin", 1, nil)
+	testutil.Eventually(t, 20*time.Second, func() bool { return w.Stats().InFlight == 1 }, "spin never started")
+	t0 := time.Now()
+	w.ApplyRevokes([]revoke.Entry{{Namespace: f.ns, TaskID: ids[0], Version: 1, Terminate: true, Reason: "runaway"}})
+	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().InFlight == 0 }, "spinning child not stopped")
+	took := time.Since(t0)
+	t.Logf("non-cooperative isolated task stopped %s after terminate (grace 200ms)", took)
+	if took > 300*time.Millisecond {
+		t.Errorf("stopped after %s, want within grace (200ms) + 100ms", took)
+	}
+	st := f.waitState(ids, result.Revoked, 5*time.Second)[0]
+	if st.Reason != "runaway" {
+		t.Fatalf("state %+v", st)
+	}
+	// The pool replaced the child; the next task runs.
+	f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)
+}
+
+func TestTerminateStopsCooperativeChildAtCheckpoint(t *testing.T) {
+	f, w := setupIsolated(t, func(c *worker.IsolationConfig) { c.TerminateGrace = 10 * time.Second })
+	ids := f.publish("iso.coop", 1, nil)
+	testutil.Eventually(t, 20*time.Second, func() bool { return w.Stats().InFlight == 1 }, "coop never started")
+	t0 := time.Now()
+	w.ApplyRevokes([]revoke.Entry{{Namespace: f.ns, TaskID: ids[0], Version: 1, Terminate: true}})
+	f.waitState(ids, result.Revoked, 5*time.Second)
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Fatalf("cooperative child took %s (it should stop at its next checkpoint, not after the 10s grace)", took)
+	}
+}
+
+func TestCrashingChildFailsTaskAndIsReplaced(t *testing.T) {
+	f, _ := setupIsolated(t, nil)
+	st := f.waitState(f.publish("iso.crash", 1, nil), result.Failed, 20*time.Second)[0]
+	if st.Attempt != 1 || !strings.Contains(st.Error, "died while running the task: exit status 3") {
+		t.Fatalf("state %+v (want a retried, then failed, task naming the exit)", st)
+	}
+	f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)
+}
+
+func TestGarbageOnProtocolPipe(t *testing.T) {
+	f, _ := setupIsolated(t, nil)
+	st := f.waitState(f.publish("iso.garbage", 1, nil), result.Failed, 20*time.Second)[0]
+	if !strings.Contains(st.Error, "protocol error") {
+		t.Fatalf("error %q", st.Error)
+	}
+	f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)
+}
+
+func TestMemoryGuards(t *testing.T) {
+	// The limit is set above an idle child's RSS (which the race detector
+	// inflates): baseline + 64 MiB.
+	f0, _ := setupIsolated(t, nil)
+	st0 := f0.waitState(f0.publish("iso.rss", 1, nil), result.Succeeded, 20*time.Second)[0]
+	baseline, _ := strconv.ParseInt(string(st0.Result), 10, 64)
+	t.Logf("idle child RSS: %d MiB", baseline>>20)
+	f, w := setupIsolated(t, func(c *worker.IsolationConfig) { c.MaxMemoryPerChildBytes = baseline + 64<<20 })
+	a := f.waitState(f.publish("iso.hoard", 1, nil), result.Succeeded, 20*time.Second)[0]
+	b := f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)[0]
+	if childPID(t, a) == childPID(t, b) {
+		t.Fatal("a child over its memory limit took more work")
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return statsOf(f, w).ChildRecycles[worker.RecycleMaxMemory] >= 1 }, "memory recycle not counted")
+	st := f.waitState(f.publish("iso.balloon", 1, nil), result.Failed, 30*time.Second)[0]
+	if !strings.Contains(st.Error, "over twice max memory per child") {
+		t.Fatalf("error %q", st.Error)
+	}
+	f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)
+}
