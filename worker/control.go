@@ -66,9 +66,9 @@ type StatsData struct {
 	QueueDepth        map[string]int64 `json:"queueDepth"`
 	// ChildRecycles counts isolation children replaced, by reason.
 	ChildRecycles map[string]int64 `json:"childRecycles"`
-	Counters          Counters         `json:"counters"`
-	StartedAt         time.Time        `json:"startedAt"`
-	UptimeSeconds     float64          `json:"uptimeSeconds"`
+	Counters      Counters         `json:"counters"`
+	StartedAt     time.Time        `json:"startedAt"`
+	UptimeSeconds float64          `json:"uptimeSeconds"`
 }
 
 // RevokeArgs are the arguments of a revoke request.
@@ -275,7 +275,7 @@ func (w *Worker) controlStats() StatsData {
 		ActiveConcurrency: st.ActiveConcurrency, MinConcurrency: minC, MaxConcurrency: maxC,
 		Autoscale: w.scaler.config().Enabled, Prefetch: st.Prefetch, QueueDepth: depth, Counters: st.Counters,
 		ChildRecycles: w.pool.Recycles(),
-		StartedAt: st.StartedAt, UptimeSeconds: w.uptime(),
+		StartedAt:     st.StartedAt, UptimeSeconds: w.uptime(),
 	}
 }
 

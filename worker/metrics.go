@@ -98,7 +98,9 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 	st := w.Stats()
 	minC, maxC := w.bounds()
 	g := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
-	cnt := func(d *prometheus.Desc, v int64) { ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v)) }
+	cnt := func(d *prometheus.Desc, v int64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
 	g(descConcurrency, float64(st.ActiveConcurrency))
 	g(descMin, float64(minC))
 	g(descMax, float64(maxC))

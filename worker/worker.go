@@ -256,7 +256,7 @@ type Worker struct {
 	metrics *Metrics
 	scaler  *autoscaler
 	queue   chan *run   // claimed, waiting for a slot
-	done  chan finish // to the finisher
+	done    chan finish // to the finisher
 
 	mu          sync.Mutex
 	capCond     *sync.Cond
