@@ -245,3 +245,63 @@ func benchLightLoad(b *testing.B, e, pub broker.Broker) {
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	}
 }
+
+// BenchmarkTwoWorkersOneFile drains pre-loaded no-op tasks with two
+// workers on two Engines of one file, as two worker processes on one host
+// would (each Engine has its own write connection, so they contend for
+// SQLite's file lock just as processes do).
+//
+//	go test -run '^$' -bench TwoWorkersOneFile -benchtime 1x ./broker/sqlite/
+func BenchmarkTwoWorkersOneFile(b *testing.B) {
+	const n = 50000
+	for b.Loop() {
+		b.StopTimer()
+		path := filepath.Join(b.TempDir(), "stem.db")
+		engines := []*Engine{openTestEngine(b, path, Options{}), openTestEngine(b, path, Options{})}
+		ctx := context.Background()
+		for i := 0; i < n; i += 500 {
+			envs := benchEnvelopes("default", 500)
+			for j := range envs {
+				envs[j].ID = fmt.Sprintf("t-%d", i+j)
+				envs[j].Name = "noop"
+			}
+			if err := engines[0].PublishBatch(ctx, envs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		var done atomic.Int64
+		all := make(chan struct{})
+		var ws []*worker.Worker
+		for _, e := range engines {
+			reg := worker.NewRegistry()
+			reg.MustRegister("noop", func(worker.TaskContext, json.RawMessage) (any, error) {
+				if done.Add(1) == n {
+					close(all)
+				}
+				return nil, nil
+			}, worker.TaskOptions{})
+			w, err := worker.New(worker.Config{Broker: e, Results: e, Registry: e, Handlers: reg, Node: "bench",
+				Concurrency: 32, Prefetch: 1024, MaxBatch: 512, Lease: 30 * time.Second, ClaimWait: 100 * time.Millisecond})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ws = append(ws, w)
+		}
+		b.StartTimer()
+		start := time.Now()
+		stopped := make(chan error, len(ws))
+		for _, w := range ws {
+			go func() { stopped <- w.Run(ctx) }()
+		}
+		<-all
+		for _, w := range ws {
+			w.Shutdown(worker.Warm)
+		}
+		for range ws {
+			if err := <-stopped; err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(n)/time.Since(start).Seconds(), "tasks/s")
+	}
+}
