@@ -44,6 +44,10 @@ func NewMetrics() *Metrics {
 			Name: "stem_child_recycles_total", Help: "Isolation child processes replaced, by reason.",
 		}, []string{"reason"}),
 	}
+	// Every reason is exported from the start, at 0.
+	for _, r := range []string{RecycleMaxTasks, RecycleMaxMemory, RecycleCrashed, RecycleKilled, RecycleProtocol, RecycleOOM} {
+		m.recycles.WithLabelValues(r)
+	}
 	m.reg.MustRegister(m.duration, m.recycles, (*workerCollector)(m),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
