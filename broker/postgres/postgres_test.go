@@ -272,7 +272,9 @@ func TestListenerReconnect(t *testing.T) {
 	}
 	e := openTestEngine(t, raw+sep+"application_name="+app, Options{})
 	ctx := t.Context()
-	first := waitingClaim(t, e, "q")
+	// A claim waits, so the listener runs; it keeps waiting (on a queue
+	// nobody publishes to) until the test ends.
+	_ = waitingClaim(t, e, "q")
 	testutil.Eventually(t, 10*time.Second, e.listen.listening, "never listened")
 	if e.listen.sessionCount() != 1 {
 		t.Fatalf("sessions = %d, want 1", e.listen.sessionCount())
@@ -283,9 +285,8 @@ func TestListenerReconnect(t *testing.T) {
 		t.Fatalf("terminated %d listening backends (%v), want 1", killed, err)
 	}
 	testutil.Eventually(t, 10*time.Second, func() bool { return e.listen.sessionCount() >= 2 && e.listen.listening() }, "the listener did not reconnect")
-	// The first claim may have been woken by the reconnection; it returns
-	// nothing and is done with.
-	_ = first
+	// A claim that starts waiting now, with the listener live, sets no
+	// poll timer: only a notification can wake it within its 20 s Wait.
 	second := waitingClaim(t, e, "q2")
 	pause(t, 50*time.Millisecond)
 	if err := e.Publish(ctx, broker.Envelope{ID: "after", Name: "n", Queue: "q2"}); err != nil {

@@ -121,9 +121,9 @@ func (e *Engine) PublishBatch(ctx context.Context, envs []broker.Envelope) error
 		}
 		defer st.Close()
 		for i, env := range envs {
-			ready := max(env.ETA.UnixMilli(), now)
-			if env.ETA.IsZero() {
-				ready = now
+			ready := now // an ETA in the past counts as now
+			if !env.ETA.IsZero() {
+				ready = max(env.ETA.UnixMilli(), now)
 			}
 			if _, err := st.ExecContext(ctx, e.ns, env.Queue, env.ID, payloads[i], ready); err != nil {
 				return err
