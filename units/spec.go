@@ -277,7 +277,7 @@ func (n Node) validate() error {
 	}{{"queue", n.Queues}, {"broadcast", n.Broadcasts}} {
 		for _, q := range l.names {
 			if !listItemRE.MatchString(q) || len(q) > 200 {
-				return fmt.Errorf("node %s: %s %q: names hold only letters, digits and . _ - :", n.Name, l.what, q)
+				return fmt.Errorf("node %s: %s %q: names hold only letters, digits, dots, underscores, hyphens and colons", n.Name, l.what, q)
 			}
 		}
 	}
