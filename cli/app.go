@@ -164,8 +164,21 @@ func New(opts ...Option) *cobra.Command {
 
 // Main runs the command tree with args and returns the process exit code.
 // Errors are printed as one line "stem: ..." on stderr.
+//
+// When the process was started as an isolation child (the worker
+// re-executes its own binary to run isolated handlers), Main serves that
+// child instead and never returns.
 func Main(args []string, opts ...Option) int {
-	root := New(opts...)
+	a := newApp(opts)
+	if a.getenv(worker.ChildEnv) == "1" {
+		reg, err := a.childHandlers()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "stem child: %v\n", err)
+			return ExitInternal
+		}
+		worker.ServeChildIfRequested(reg)
+	}
+	root := newRoot(a)
 	root.SetArgs(args)
 	return Execute(root)
 }

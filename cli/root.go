@@ -46,7 +46,7 @@ the variable it overrides. Exit codes: see 'stem help exit-codes'.`,
 	task := &cobra.Command{Use: "task", Short: "Read task states"}
 	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp())
 	worker.AddCommand(newWorkerRunCmd(a), newWorkerPingCmd(a), newWorkerInspectCmd(a), newWorkerStatsCmd(a),
-		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a))
+		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerAutoscaleCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a))
 	task.AddCommand(newTaskStatusCmd(a))
 	addDaemonCommands(a, root, worker)
 	return root

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -59,7 +61,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			"freeport":    cmdFreePort,
 			"waitworkers": cmdWaitWorkers,
 			"capture":     cmdCapture,
-			"waitrunning": cmdWaitRunning,
+			"waitstate":   cmdWaitState,
+			"httpget":     cmdHTTPGet,
 		},
 		RequireExplicitExec: true,
 	}
@@ -163,18 +166,41 @@ func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile("stdout")))
 }
 
-// cmdWaitRunning implements `waitrunning ID`: wait until task ID is in
-// state started.
-func cmdWaitRunning(ts *testscript.TestScript, neg bool, args []string) {
-	if neg || len(args) != 1 {
-		ts.Fatalf("usage: waitrunning ID")
+// cmdWaitState implements `waitstate ID STATE`: wait until task ID is in
+// STATE (started, succeeded, revoked, ...).
+func cmdWaitState(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: waitstate ID STATE")
 	}
-	ok := testutil.Poll(15*time.Second, func() bool {
-		return ts.Exec("stem", "task", "status", args[0], "--json") == nil && strings.Contains(ts.ReadFile("stdout"), `"state": "started"`)
+	want := `"state": "` + args[1] + `"`
+	ok := testutil.Poll(20*time.Second, func() bool {
+		return ts.Exec("stem", "task", "status", args[0], "--json") == nil && strings.Contains(ts.ReadFile("stdout"), want)
 	})
 	if !ok {
-		ts.Fatalf("task %s never started", args[0])
+		ts.Fatalf("task %s never reached state %s", args[0], args[1])
 	}
+}
+
+// cmdHTTPGet implements `httpget URL`: GET URL (retrying for up to 10s
+// while the server starts) and write the body to stdout.
+func cmdHTTPGet(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: httpget URL")
+	}
+	var body []byte
+	ok := testutil.Poll(10*time.Second, func() bool {
+		resp, err := http.Get(args[0])
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
+		return err == nil && resp.StatusCode == http.StatusOK
+	})
+	if !ok {
+		ts.Fatalf("GET %s failed for 10s", args[0])
+	}
+	ts.Stdout().Write(body)
 }
 
 // TestScripts runs the black-box CLI scripts that need no broker.

@@ -20,7 +20,6 @@ import (
 	"github.com/stemhq/stem/worker"
 )
 
-type workerRunOptions struct{}
 
 func newWorkerRunCmd(a *App) *cobra.Command {
 	cmd := &cobra.Command{
@@ -74,6 +73,32 @@ logs each attempt.`,
 	bindEnv(fs, "revoke-sync", "STEM_REVOKE_SYNC_INTERVAL")
 	fs.String("control-namespace", "", "control namespace (default: the worker namespace)")
 	bindEnv(fs, "control-namespace", "STEM_CONTROL_NAMESPACE")
+	fs.Bool("autoscale", false, "move the concurrency between --min-concurrency and --max-concurrency")
+	bindEnv(fs, "autoscale", "STEM_WORKER_AUTOSCALE")
+	fs.Int("min-concurrency", 0, "autoscale lower bound")
+	bindEnv(fs, "min-concurrency", "STEM_WORKER_MIN_CONCURRENCY")
+	fs.Int("max-concurrency", 0, "autoscale upper bound (default: --concurrency)")
+	bindEnv(fs, "max-concurrency", "STEM_WORKER_MAX_CONCURRENCY")
+	fs.Int("scale-up-step", 0, "slots added per autoscale decision")
+	bindEnv(fs, "scale-up-step", "STEM_WORKER_SCALE_UP_STEP")
+	fs.Int("scale-down-step", 0, "slots removed per autoscale decision")
+	bindEnv(fs, "scale-down-step", "STEM_WORKER_SCALE_DOWN_STEP")
+	fs.Duration("idle-period", 0, "idle time before scaling down")
+	bindEnv(fs, "idle-period", "STEM_WORKER_IDLE_PERIOD")
+	fs.Duration("autoscale-tick", 0, "how often the autoscaler decides")
+	bindEnv(fs, "autoscale-tick", "STEM_WORKER_AUTOSCALE_TICK")
+	fs.Duration("scale-up-cooldown", 0, "least time between two scale-ups")
+	bindEnv(fs, "scale-up-cooldown", "STEM_WORKER_SCALE_UP_COOLDOWN")
+	fs.Duration("scale-down-cooldown", 0, "least time between two scale-downs")
+	bindEnv(fs, "scale-down-cooldown", "STEM_WORKER_SCALE_DOWN_COOLDOWN")
+	fs.Int("max-tasks-per-child", 0, "recycle an isolation child after this many tasks (0: never)")
+	bindEnv(fs, "max-tasks-per-child", "STEM_WORKER_MAX_TASKS_PER_CHILD")
+	fs.String("max-memory-per-child", "", "recycle an isolation child above this RSS after a task (512MiB, 1GiB)")
+	bindEnv(fs, "max-memory-per-child", "STEM_WORKER_MAX_MEMORY_PER_CHILD")
+	fs.Duration("terminate-grace", 0, "time a terminated isolated or exec task has before its process group is killed")
+	bindEnv(fs, "terminate-grace", "STEM_WORKER_TERMINATE_GRACE")
+	fs.String("metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464")
+	bindEnv(fs, "metrics-addr", "STEM_METRICS_ADDR")
 	fs.String("signals", "", "signal to shutdown-mode mapping, e.g. "+DefaultSignals)
 	bindEnv(fs, "signals", "STEM_WORKER_SIGNALS")
 	fs.String("pidfile", "", "write this pidfile (created exclusively, locked) while running; removed at exit")
@@ -84,6 +109,25 @@ logs each attempt.`,
 // buildHandlers returns the registry a worker runs: built-ins, the app's
 // compiled handlers, and the tasks file's exec tasks.
 func (a *App) buildHandlers(c config.Config) (*worker.Registry, error) {
+	reg, err := a.childHandlers()
+	if err != nil {
+		return nil, err
+	}
+	if c.TasksFile != "" {
+		f, err := tasks.Load(c.TasksFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := f.Register(reg, tasks.ExecOptions{Environ: a.environ(), KillGrace: c.TerminateGrace}); err != nil {
+			return nil, err
+		}
+	}
+	return reg, nil
+}
+
+// childHandlers is the registry of an isolation child: the built-in tasks
+// and the program's own handlers (exec tasks never run in a child).
+func (a *App) childHandlers() (*worker.Registry, error) {
 	reg := worker.NewRegistry()
 	if err := tasks.RegisterBuiltins(reg); err != nil {
 		return nil, err
@@ -91,15 +135,6 @@ func (a *App) buildHandlers(c config.Config) (*worker.Registry, error) {
 	for _, name := range a.handlers.Names() {
 		h, _ := a.handlers.Lookup(name)
 		if err := reg.Register(h.Name, h.Run, h.Options); err != nil {
-			return nil, err
-		}
-	}
-	if c.TasksFile != "" {
-		f, err := tasks.Load(c.TasksFile)
-		if err != nil {
-			return nil, err
-		}
-		if err := f.Register(reg, tasks.ExecOptions{Environ: a.environ()}); err != nil {
 			return nil, err
 		}
 	}
@@ -232,6 +267,15 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	}
 	defer revokes.Close()
 
+	metrics := worker.NewMetrics()
+	if c.MetricsAddr != "" {
+		stop, err := serveMetrics(c.MetricsAddr, metrics, log)
+		if err != nil {
+			_, from, _ := l.Get("STEM_METRICS_ADDR")
+			return &config.Error{Key: from, Value: c.MetricsAddr, Msg: err.Error()}
+		}
+		defer stop()
+	}
 	w, err := worker.New(worker.Config{
 		Broker: eng.Broker, Results: eng.Results, Registry: eng.Registry, Handlers: handlers,
 		Node: c.Node, Hostname: hostname, Namespace: c.ControlNamespace, Queues: c.Queues,
@@ -239,6 +283,15 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version,
 		Control: eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
 		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
+		Isolation: worker.IsolationConfig{
+			MaxTasksPerChild: c.MaxTasksPerChild, MaxMemoryPerChildBytes: c.MaxChildMemory, TerminateGrace: c.TerminateGrace,
+			Stderr: cmd.ErrOrStderr(),
+		},
+		Autoscale: worker.AutoscaleConfig{
+			Enabled: c.Autoscale, Min: c.MinConcurrency, Max: c.MaxConcurrency, ScaleUpStep: c.ScaleUpStep, ScaleDownStep: c.ScaleDownStep,
+			IdlePeriod: c.IdlePeriod, Tick: c.AutoscaleTick, UpCooldown: c.UpCooldown, DownCooldown: c.DownCooldown,
+		},
+		Metrics: metrics,
 	})
 	if err != nil {
 		return withCode(ExitConfig, err)

@@ -175,11 +175,29 @@ var Vars = []Var{
 	{"STEM_WORKER_SIGNALS", "--signals", "TERM=warm,INT=soft,QUIT=hard", "signal to shutdown-mode mapping of `worker run` (TERM, INT, QUIT, HUP, USR1, USR2 = warm, soft, hard)"},
 	{"STEM_WORKER_PIDFILE", "--pidfile", "", "`worker run`: pidfile written (exclusively, locked) while the worker runs, removed at exit"},
 	{"STEM_TASKS_FILE", "--tasks-file", "", "YAML file mapping task names to commands"},
+	{"STEM_WORKER_AUTOSCALE", "--autoscale", "false", "move the concurrency between the min and max bounds from queue depth and in-flight work"},
+	{"STEM_WORKER_MIN_CONCURRENCY", "--min-concurrency", "1", "autoscale lower bound"},
+	{"STEM_WORKER_MAX_CONCURRENCY", "--max-concurrency", "the concurrency", "autoscale upper bound"},
+	{"STEM_WORKER_SCALE_UP_STEP", "--scale-up-step", "1", "slots added per autoscale decision"},
+	{"STEM_WORKER_SCALE_DOWN_STEP", "--scale-down-step", "1", "slots removed per autoscale decision"},
+	{"STEM_WORKER_IDLE_PERIOD", "--idle-period", "30s", "how long without backlog and with free slots before scaling down"},
+	{"STEM_WORKER_AUTOSCALE_TICK", "--autoscale-tick", "1s", "how often the autoscaler decides"},
+	{"STEM_WORKER_SCALE_UP_COOLDOWN", "--scale-up-cooldown", "0s", "least time between two scale-ups"},
+	{"STEM_WORKER_SCALE_DOWN_COOLDOWN", "--scale-down-cooldown", "the idle period", "least time between two scale-downs"},
+	{"STEM_WORKER_MAX_TASKS_PER_CHILD", "--max-tasks-per-child", "0", "recycle an isolation child after this many tasks (0: never)"},
+	{"STEM_WORKER_MAX_MEMORY_PER_CHILD", "--max-memory-per-child", "0", "recycle an isolation child whose RSS exceeds this after a task (`512MiB`, `1GiB`, bytes; 0: never); twice it kills the child mid-task"},
+	{"STEM_WORKER_TERMINATE_GRACE", "--terminate-grace", "5s", "how long a terminated isolated or exec task has before its process group is killed"},
+	{"STEM_METRICS_ADDR", "--metrics-addr", "", "serve Prometheus metrics on this address (`127.0.0.1:9464`); off when empty"},
 	{"STEM_CONTROL_NAMESPACE", "--namespace", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
 	{"STEM_CONTROL_TIMEOUT", "--timeout", "5s", "how long control commands wait for replies (they return as soon as every live worker answered)"},
 	{"STEM_CONTROL_SIGNING_KEY", "", "", "when set, control requests are HMAC-signed and workers refuse unsigned or mis-signed ones"},
 	{"STEM_REVOKE_STORE_URL", "--revoke-store-url", "the result backend URL", "durable revoke store: `file:///path` or a bare path, `redis://`, `rediss://`, `postgres://`, `postgresql://`, `memory://`"},
 	{"STEM_REVOKE_SYNC_INTERVAL", "--revoke-sync", "30s", "how often workers re-read revokes and paused queues from their stores"},
+	{"STEM_ROUTING_CONFIG", "--routing-config", "", "routing file (queues, aliases, broadcast channels) for `worker multi` and `routing dump`"},
+	{"STEM_WORKER_COMMAND", "", "this binary's worker run", "the command `worker multi` starts for each node (shell-like quoting)"},
+	{"STEM_WORKER_BROADCASTS", "--broadcast", "", "broadcast channels a node joins (set by `worker multi`; reported in `worker stats`)"},
+	{"STEM_WORKER_LOGFILE", "--logfile", "", "set by `worker multi` in a node's environment: the node's log file"},
+	{"STEM_WORKER_PIDFILE_FD", "", "", "set by `worker multi`: the descriptor through which a node inherits its locked pidfile"},
 	{"STEM_LOG_LEVEL", "--log-level", "info", "panic, fatal, error, warn, info, debug or trace"},
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
 }
@@ -268,6 +286,73 @@ func (r *Reader) List(key string, def []string) []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// Bool returns key's value as a boolean (1/0, true/false, yes/no, on/off).
+func (r *Reader) Bool(key string, def bool) bool {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "true", "yes", "on":
+		return true
+	case "0", "false", "no", "off":
+		return false
+	}
+	r.fail(from, v, "must be true or false")
+	return def
+}
+
+// DurationOrZero is Duration that also accepts 0.
+func (r *Reader) DurationOrZero(key string, def time.Duration) time.Duration {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil || d < 0 {
+		r.fail(from, v, "must be a Go duration such as 0s, 250ms, 5s or 2m")
+		return def
+	}
+	return d
+}
+
+// Bytes returns key's value as a byte count: a plain number of bytes or a
+// number with a unit (KiB, MiB, GiB, TiB, or KB, MB, GB, TB as powers of
+// 1000).
+func (r *Reader) Bytes(key string, def int64) int64 {
+	v, from, ok := r.L.Get(key)
+	if !ok || v == "" {
+		return def
+	}
+	n, err := ParseBytes(v)
+	if err != nil {
+		r.fail(from, v, err.Error())
+		return def
+	}
+	return n
+}
+
+// ParseBytes parses "512MiB", "1GiB", "500MB", "1048576".
+func ParseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("must be a size such as 512MiB, 1GiB or a number of bytes")
+	}
+	return n * mult, nil
 }
 
 // Enum returns key's value, which must be one of allowed.
@@ -366,6 +451,19 @@ type Config struct {
 	TasksFile        string
 	Pidfile          string
 	Signals          string
+	Autoscale        bool
+	MinConcurrency   int
+	MaxConcurrency   int
+	ScaleUpStep      int
+	ScaleDownStep    int
+	IdlePeriod       time.Duration
+	AutoscaleTick    time.Duration
+	UpCooldown       time.Duration
+	DownCooldown     time.Duration
+	MaxTasksPerChild int
+	MaxChildMemory   int64
+	TerminateGrace   time.Duration
+	MetricsAddr      string
 	ControlNamespace string
 	ControlTimeout   time.Duration
 	SigningKey       string
@@ -399,6 +497,23 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	}
 	c.ResultBackendURL = r.URL("STEM_RESULT_BACKEND_URL", c.BrokerURL, brokerSchemes)
 	c.Prefetch = r.Int("STEM_WORKER_PREFETCH", c.Concurrency, 0, 1000000)
+	c.Autoscale = r.Bool("STEM_WORKER_AUTOSCALE", false)
+	c.MinConcurrency = r.Int("STEM_WORKER_MIN_CONCURRENCY", 1, 1, 100000)
+	c.MaxConcurrency = r.Int("STEM_WORKER_MAX_CONCURRENCY", c.Concurrency, 1, 100000)
+	c.ScaleUpStep = r.Int("STEM_WORKER_SCALE_UP_STEP", 1, 1, 100000)
+	c.ScaleDownStep = r.Int("STEM_WORKER_SCALE_DOWN_STEP", 1, 1, 100000)
+	c.IdlePeriod = r.Duration("STEM_WORKER_IDLE_PERIOD", 30*time.Second)
+	c.AutoscaleTick = r.Duration("STEM_WORKER_AUTOSCALE_TICK", time.Second)
+	c.UpCooldown = r.DurationOrZero("STEM_WORKER_SCALE_UP_COOLDOWN", 0)
+	c.DownCooldown = r.Duration("STEM_WORKER_SCALE_DOWN_COOLDOWN", c.IdlePeriod)
+	if c.Autoscale && c.MinConcurrency > c.MaxConcurrency {
+		_, from, _ := l.Get("STEM_WORKER_MIN_CONCURRENCY")
+		r.fail(from, strconv.Itoa(c.MinConcurrency), fmt.Sprintf("min concurrency is greater than max concurrency %d", c.MaxConcurrency))
+	}
+	c.MaxTasksPerChild = r.Int("STEM_WORKER_MAX_TASKS_PER_CHILD", 0, 0, 1<<30)
+	c.MaxChildMemory = r.Bytes("STEM_WORKER_MAX_MEMORY_PER_CHILD", 0)
+	c.TerminateGrace = r.Duration("STEM_WORKER_TERMINATE_GRACE", 5*time.Second)
+	c.MetricsAddr = r.String("STEM_METRICS_ADDR", "")
 	c.ControlNamespace = r.String("STEM_CONTROL_NAMESPACE", c.Namespace)
 	c.ControlTimeout = r.Duration("STEM_CONTROL_TIMEOUT", 5*time.Second)
 	c.SigningKey = r.String("STEM_CONTROL_SIGNING_KEY", "")

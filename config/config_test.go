@@ -51,28 +51,44 @@ func TestPrecedenceFlagEnvFileDefault(t *testing.T) {
 func TestEveryVariableIsRead(t *testing.T) {
 	t.Parallel()
 	values := map[string]string{
-		"STEM_ENV_FILE":              "/etc/stem/stem.env",
-		"STEM_BROKER_URL":            "redis://10.0.0.1:6380/2",
-		"STEM_RESULT_BACKEND_URL":    "redis://10.0.0.2:6379/3",
-		"STEM_RESULT_TTL":            "2h",
-		"STEM_WORKER_NAMESPACE":      "prod",
-		"STEM_WORKER_NODE":           "alpha",
-		"STEM_WORKER_QUEUES":         "critical, default",
-		"STEM_WORKER_CONCURRENCY":    "7",
-		"STEM_WORKER_PREFETCH":       "3",
-		"STEM_WORKER_LEASE":          "45s",
-		"STEM_WORKER_HEARTBEAT":      "2s",
-		"STEM_WORKER_SHUTDOWN_GRACE": "9s",
-		"STEM_TASKS_FILE":            "/etc/stem/tasks.yaml",
-		"STEM_WORKER_PIDFILE":        "/run/stem/alpha.pid",
-		"STEM_WORKER_SIGNALS":        "TERM=soft",
-		"STEM_CONTROL_NAMESPACE":     "ctl",
-		"STEM_CONTROL_TIMEOUT":       "750ms",
-		"STEM_CONTROL_SIGNING_KEY":   "k3y",
-		"STEM_REVOKE_STORE_URL":      "/var/lib/stem/revokes.jsonl",
-		"STEM_REVOKE_SYNC_INTERVAL":  "10s",
-		"STEM_LOG_LEVEL":             "debug",
-		"STEM_LOG_FORMAT":            "json",
+		"STEM_ENV_FILE":                    "/etc/stem/stem.env",
+		"STEM_BROKER_URL":                  "redis://10.0.0.1:6380/2",
+		"STEM_RESULT_BACKEND_URL":          "redis://10.0.0.2:6379/3",
+		"STEM_RESULT_TTL":                  "2h",
+		"STEM_WORKER_NAMESPACE":            "prod",
+		"STEM_WORKER_NODE":                 "alpha",
+		"STEM_WORKER_QUEUES":               "critical, default",
+		"STEM_WORKER_CONCURRENCY":          "7",
+		"STEM_WORKER_PREFETCH":             "3",
+		"STEM_WORKER_LEASE":                "45s",
+		"STEM_WORKER_HEARTBEAT":            "2s",
+		"STEM_WORKER_SHUTDOWN_GRACE":       "9s",
+		"STEM_TASKS_FILE":                  "/etc/stem/tasks.yaml",
+		"STEM_WORKER_PIDFILE":              "/run/stem/alpha.pid",
+		"STEM_WORKER_SIGNALS":              "TERM=soft",
+		"STEM_WORKER_AUTOSCALE":            "yes",
+		"STEM_WORKER_MIN_CONCURRENCY":      "2",
+		"STEM_WORKER_MAX_CONCURRENCY":      "9",
+		"STEM_WORKER_SCALE_UP_STEP":        "3",
+		"STEM_WORKER_SCALE_DOWN_STEP":      "2",
+		"STEM_WORKER_IDLE_PERIOD":          "45s",
+		"STEM_WORKER_AUTOSCALE_TICK":       "250ms",
+		"STEM_WORKER_SCALE_UP_COOLDOWN":    "0s",
+		"STEM_WORKER_SCALE_DOWN_COOLDOWN":  "1m",
+		"STEM_WORKER_MAX_TASKS_PER_CHILD":  "500",
+		"STEM_WORKER_MAX_MEMORY_PER_CHILD": "512MiB",
+		"STEM_WORKER_TERMINATE_GRACE":      "3s",
+		"STEM_METRICS_ADDR":                "127.0.0.1:9464",
+		"STEM_CONTROL_NAMESPACE":           "ctl",
+		"STEM_CONTROL_TIMEOUT":             "750ms",
+		"STEM_CONTROL_SIGNING_KEY":         "k3y",
+		"STEM_REVOKE_STORE_URL":            "/var/lib/stem/revokes.jsonl",
+		"STEM_REVOKE_SYNC_INTERVAL":        "10s",
+		"STEM_LOG_LEVEL":                   "debug",
+		"STEM_LOG_FORMAT":                  "json",
+	}
+	for _, k := range []string{"STEM_ROUTING_CONFIG", "STEM_WORKER_COMMAND", "STEM_WORKER_BROADCASTS", "STEM_WORKER_LOGFILE", "STEM_WORKER_PIDFILE_FD"} {
+		values[k] = "(daemon toolkit)"
 	}
 	for _, v := range Vars {
 		if _, ok := values[v.Key]; !ok {
@@ -88,7 +104,12 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_RESULT_TTL": c.ResultTTL, "STEM_WORKER_NAMESPACE": c.Namespace, "STEM_WORKER_NODE": c.Node,
 		"STEM_WORKER_QUEUES": strings.Join(c.Queues, "|"), "STEM_WORKER_CONCURRENCY": c.Concurrency,
 		"STEM_WORKER_PREFETCH": c.Prefetch, "STEM_WORKER_LEASE": c.Lease, "STEM_WORKER_HEARTBEAT": c.Heartbeat,
-		"STEM_WORKER_SHUTDOWN_GRACE": c.ShutdownGrace, "STEM_TASKS_FILE": c.TasksFile, "STEM_WORKER_PIDFILE": c.Pidfile, "STEM_WORKER_SIGNALS": c.Signals, "STEM_CONTROL_NAMESPACE": c.ControlNamespace,
+		"STEM_WORKER_SHUTDOWN_GRACE": c.ShutdownGrace, "STEM_TASKS_FILE": c.TasksFile, "STEM_WORKER_PIDFILE": c.Pidfile, "STEM_WORKER_SIGNALS": c.Signals,
+		"STEM_WORKER_AUTOSCALE": c.Autoscale, "STEM_WORKER_MIN_CONCURRENCY": c.MinConcurrency, "STEM_WORKER_MAX_CONCURRENCY": c.MaxConcurrency,
+		"STEM_WORKER_SCALE_UP_STEP": c.ScaleUpStep, "STEM_WORKER_SCALE_DOWN_STEP": c.ScaleDownStep, "STEM_WORKER_IDLE_PERIOD": c.IdlePeriod,
+		"STEM_WORKER_AUTOSCALE_TICK": c.AutoscaleTick, "STEM_WORKER_SCALE_UP_COOLDOWN": c.UpCooldown, "STEM_WORKER_SCALE_DOWN_COOLDOWN": c.DownCooldown,
+		"STEM_WORKER_MAX_TASKS_PER_CHILD": c.MaxTasksPerChild, "STEM_WORKER_MAX_MEMORY_PER_CHILD": c.MaxChildMemory,
+		"STEM_WORKER_TERMINATE_GRACE": c.TerminateGrace, "STEM_METRICS_ADDR": c.MetricsAddr, "STEM_CONTROL_NAMESPACE": c.ControlNamespace,
 		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey,
 		"STEM_REVOKE_STORE_URL":     "(read by control/revoke.ResolveURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": c.RevokeSync, "STEM_LOG_LEVEL": c.LogLevel,
@@ -99,10 +120,21 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_RESULT_TTL": 2 * time.Hour, "STEM_WORKER_NAMESPACE": "prod", "STEM_WORKER_NODE": "alpha",
 		"STEM_WORKER_QUEUES": "critical|default", "STEM_WORKER_CONCURRENCY": 7, "STEM_WORKER_PREFETCH": 3,
 		"STEM_WORKER_LEASE": 45 * time.Second, "STEM_WORKER_HEARTBEAT": 2 * time.Second,
-		"STEM_WORKER_SHUTDOWN_GRACE": 9 * time.Second, "STEM_TASKS_FILE": "/etc/stem/tasks.yaml", "STEM_WORKER_PIDFILE": "/run/stem/alpha.pid", "STEM_WORKER_SIGNALS": "TERM=soft", "STEM_CONTROL_NAMESPACE": "ctl",
+		"STEM_WORKER_SHUTDOWN_GRACE": 9 * time.Second, "STEM_TASKS_FILE": "/etc/stem/tasks.yaml", "STEM_WORKER_PIDFILE": "/run/stem/alpha.pid", "STEM_WORKER_SIGNALS": "TERM=soft",
+		"STEM_WORKER_AUTOSCALE": true, "STEM_WORKER_MIN_CONCURRENCY": 2, "STEM_WORKER_MAX_CONCURRENCY": 9,
+		"STEM_WORKER_SCALE_UP_STEP": 3, "STEM_WORKER_SCALE_DOWN_STEP": 2, "STEM_WORKER_IDLE_PERIOD": 45 * time.Second,
+		"STEM_WORKER_AUTOSCALE_TICK": 250 * time.Millisecond, "STEM_WORKER_SCALE_UP_COOLDOWN": time.Duration(0), "STEM_WORKER_SCALE_DOWN_COOLDOWN": time.Minute,
+		"STEM_WORKER_MAX_TASKS_PER_CHILD": 500, "STEM_WORKER_MAX_MEMORY_PER_CHILD": int64(512 << 20),
+		"STEM_WORKER_TERMINATE_GRACE": 3 * time.Second, "STEM_METRICS_ADDR": "127.0.0.1:9464", "STEM_CONTROL_NAMESPACE": "ctl",
 		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REVOKE_STORE_URL": "(read by control/revoke.ResolveURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": 10 * time.Second,
 		"STEM_LOG_LEVEL":            "debug", "STEM_LOG_FORMAT": "json",
+	}
+
+	// Read by the daemon toolkit (cli/multi.go, cli/routing.go) and
+	// tested by its scripts in cli/testdata/daemon.
+	for _, k := range []string{"STEM_ROUTING_CONFIG", "STEM_WORKER_COMMAND", "STEM_WORKER_BROADCASTS", "STEM_WORKER_LOGFILE", "STEM_WORKER_PIDFILE_FD"} {
+		got[k], want[k] = "(daemon toolkit)", "(daemon toolkit)"
 	}
 	for k, w := range want {
 		if got[k] != w {
@@ -141,6 +173,10 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 		{"STEM_WORKER_NODE", "a/b", false, `invalid STEM_WORKER_NODE="a/b"`},
 		{"STEM_WORKER_NAMESPACE", "a:b", false, `no spaces, slashes or colons`},
 		{"STEM_WORKER_QUEUES", "a b", false, `queue name "a b"`},
+		{"STEM_WORKER_SCALE_UP_STEP", "0", false, `invalid STEM_WORKER_SCALE_UP_STEP="0": must be between 1 and 100000`},
+		{"STEM_WORKER_AUTOSCALE_TICK", "-1s", false, `must be greater than zero`},
+		{"STEM_WORKER_MAX_MEMORY_PER_CHILD", "lots", false, `must be a size such as 512MiB`},
+		{"STEM_WORKER_AUTOSCALE", "maybe", false, `must be true or false`},
 	}
 	for _, tt := range tests {
 		m := map[string]string{tt.key: tt.val}
@@ -161,6 +197,28 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 		}
 		if strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("password leaked: %v", err)
+		}
+	}
+}
+
+func TestMinGreaterThanMax(t *testing.T) {
+	t.Parallel()
+	_, err := Load(lookup(nil, map[string]string{"STEM_WORKER_AUTOSCALE": "1", "STEM_WORKER_MIN_CONCURRENCY": "8", "STEM_WORKER_MAX_CONCURRENCY": "2"}, nil), 4)
+	if err == nil || !strings.Contains(err.Error(), "min concurrency is greater than max concurrency 2") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "512MiB": 512 << 20, "1GiB": 1 << 30, "500MB": 500e6, "4 KiB": 4096, "7B": 7} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1", "1.5GiB", "12XB", "99999999999TiB"} {
+		if _, err := ParseBytes(bad); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", bad)
 		}
 	}
 }

@@ -17,6 +17,7 @@ const (
 	Echo  = "stem.echo"
 	Sleep = "stem.sleep"
 	Fail  = "stem.fail"
+	Spin  = "stem.spin"
 )
 
 // RegisterBuiltins adds stem.echo, stem.sleep and stem.fail to r.
@@ -26,12 +27,29 @@ const (
 //     Heartbeat every 50ms, so a terminate revoke or shutdown stops it.
 //   - stem.fail fails with {"message": "..."}; {"permanent": true} skips
 //     retries.
+//   - stem.spin is isolated (runs in a child process) and burns CPU for
+//     {"duration": "10s"} without ever reaching a checkpoint: the task a
+//     terminate revoke can only stop by killing its process.
 func RegisterBuiltins(r *worker.Registry) error {
 	return errors.Join(
 		r.Register(Echo, echo, worker.TaskOptions{}),
 		r.Register(Sleep, sleep, worker.TaskOptions{}),
 		r.Register(Fail, fail, worker.TaskOptions{}),
+		r.Register(Spin, spin, worker.TaskOptions{Isolated: true}),
 	)
+}
+
+func spin(_ worker.TaskContext, args json.RawMessage) (any, error) {
+	d, err := durationArg(Spin, args)
+	if err != nil {
+		return nil, err
+	}
+	end := time.Now().Add(d)
+	n := 0
+	for time.Now().Before(end) {
+		n++
+	}
+	return map[string]any{"spun": d.String(), "iterations": n}, nil
 }
 
 func echo(_ worker.TaskContext, args json.RawMessage) (any, error) {
@@ -46,19 +64,28 @@ type sleepArgs struct {
 	Seconds  float64 `json:"seconds"`
 }
 
-func sleep(tc worker.TaskContext, args json.RawMessage) (any, error) {
+// durationArg reads {"duration": "2s"} or {"seconds": 2}.
+func durationArg(task string, args json.RawMessage) (time.Duration, error) {
 	var a sleepArgs
 	if len(args) > 0 {
 		if err := json.Unmarshal(args, &a); err != nil {
-			return nil, fmt.Errorf("stem.sleep: args must be {\"duration\": \"2s\"} or {\"seconds\": 2}: %v: %w", err, worker.ErrNoRetry)
+			return 0, fmt.Errorf("%s: args must be {\"duration\": \"2s\"} or {\"seconds\": 2}: %v: %w", task, err, worker.ErrNoRetry)
 		}
 	}
 	d := time.Duration(a.Seconds * float64(time.Second))
 	if a.Duration != "" {
 		var err error
 		if d, err = time.ParseDuration(a.Duration); err != nil {
-			return nil, fmt.Errorf("stem.sleep: duration %q: %v: %w", a.Duration, err, worker.ErrNoRetry)
+			return 0, fmt.Errorf("%s: duration %q: %v: %w", task, a.Duration, err, worker.ErrNoRetry)
 		}
+	}
+	return d, nil
+}
+
+func sleep(tc worker.TaskContext, args json.RawMessage) (any, error) {
+	d, err := durationArg(Sleep, args)
+	if err != nil {
+		return nil, err
 	}
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
