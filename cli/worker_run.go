@@ -20,7 +20,6 @@ import (
 	"github.com/stemhq/stem/worker"
 )
 
-
 func newWorkerRunCmd(a *App) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
