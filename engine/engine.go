@@ -21,7 +21,9 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/memory"
+	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
+	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/registry"
@@ -29,7 +31,7 @@ import (
 )
 
 // Schemes lists the URL schemes Open accepts.
-var Schemes = []string{"redis", "rediss", "memory"}
+var Schemes = []string{"redis", "rediss", "memory", "sqlite", "postgres", "postgresql"}
 
 // Options say what to open.
 type Options struct {
@@ -115,6 +117,18 @@ func open(ctx context.Context, raw string, o Options) (*opened, error) {
 		m, ctl := sharedMemory(raw, o)
 		// The shared engine outlives this handle: closing it is a no-op.
 		return &opened{broker: m, results: m, registry: m, control: ctl, close: func() error { return nil }}, nil
+	case "sqlite":
+		s, err := stemsqlite.Open(ctx, raw, stemsqlite.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
+		if err != nil {
+			return nil, err
+		}
+		return &opened{broker: s, results: s, registry: s, control: s, close: s.Close}, nil
+	case "postgres", "postgresql":
+		p, err := stempostgres.Open(ctx, raw, stempostgres.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
+		if err != nil {
+			return nil, err
+		}
+		return &opened{broker: p, results: p, registry: p, control: p, close: p.Close}, nil
 	default:
 		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
 		if err != nil {
