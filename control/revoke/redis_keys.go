@@ -29,6 +29,3 @@ func (k redisKeys) revokes(namespace string) string { return k.tag(namespace) + 
 // scored by it in microseconds since the epoch (rounded down), so Prune
 // finds its candidates without reading every revoke.
 func (k redisKeys) expiry(namespace string) string { return k.tag(namespace) + ":revokes:expiry" }
-
-// pattern matches every key under the prefix (tests clean up with it).
-func (k redisKeys) pattern() string { return k.prefix + ":{*}:revokes*" }
