@@ -23,8 +23,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/control"
 	stemredis "github.com/stemhq/stem/broker/redis"
+	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -40,7 +41,34 @@ type options struct {
 	cpuprofile  string
 }
 
+// isoRegistry is the registry of the bench and of its isolation children.
+func isoRegistry() *worker.Registry {
+	r := worker.NewRegistry()
+	r.MustRegister("noop.iso", func(worker.TaskContext, json.RawMessage) (any, error) { return nil, nil }, worker.TaskOptions{Isolated: true})
+	r.MustRegister("spin.iso", func(worker.TaskContext, json.RawMessage) (any, error) {
+		for {
+		}
+	}, worker.TaskOptions{Isolated: true})
+	r.MustRegister("coop.iso", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		for {
+			if err := tc.Heartbeat(); err != nil {
+				return nil, err
+			}
+		}
+	}, worker.TaskOptions{Isolated: true})
+	r.MustRegister("coop.inline", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		for {
+			if err := tc.Heartbeat(); err != nil {
+				return nil, err
+			}
+			runtime.Gosched()
+		}
+	}, worker.TaskOptions{})
+	return r
+}
+
 func main() {
+	worker.ServeChildIfRequested(isoRegistry())
 	var o options
 	flag.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis URL")
 	flag.IntVar(&o.n, "n", 200000, "tasks in the burn-down")
@@ -111,6 +139,10 @@ func run(o options) error {
 	}
 	fmt.Printf("## Steady state, light load\n\n%d tasks/s published one at a time: enqueue-to-start **p50 %s**, p99 %s\n\n", o.lightRate, lat.p(50), lat.p(99))
 
+	if err := isolation(ctx, o, ns+"i"); err != nil {
+		return err
+	}
+
 	fmt.Printf("## Control round trip (ping, broadcast, until every worker answered)\n\n| workers | p50 | p99 |\n|---|---|---|\n")
 	for _, n := range []int{1, 10} {
 		lat, err := controlRoundTrip(ctx, o, ns+fmt.Sprintf("c%d", n), n, 300)
@@ -118,6 +150,65 @@ func run(o options) error {
 			return err
 		}
 		fmt.Printf("| %d | %s | %s |\n", n, lat.p(50), lat.p(99))
+	}
+	fmt.Println()
+	return nil
+}
+
+// isolation measures isolated-task throughput (one child per slot) and
+// terminate latency: from publishing a terminate revoke to the slot being
+// free again, for a non-cooperative isolated task (killed after the grace
+// period), a cooperative isolated one, and a cooperative inline one.
+func isolation(ctx context.Context, o options, ns string) error {
+	e, err := openEngine(ctx, o.redisURL, ns)
+	if err != nil {
+		return err
+	}
+	defer cleanup(e, o.redisURL)
+	const grace = 100 * time.Millisecond
+	w, err := worker.New(worker.Config{Broker: e, Results: e, Registry: e, Control: e, Handlers: isoRegistry(), Node: "iso",
+		Namespace: ns, Concurrency: 2, Prefetch: 64, MaxBatch: 64, ClaimWait: 100 * time.Millisecond,
+		Isolation: worker.IsolationConfig{TerminateGrace: grace}})
+	if err != nil {
+		return err
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Run(ctx) }()
+	defer func() { w.Shutdown(worker.Warm); <-stopped }()
+	<-w.Ready()
+	const n = 5000
+	start := time.Now()
+	if _, err := enqueue(ctx, e, n, 500, 1, "noop.iso"); err != nil {
+		return err
+	}
+	for w.Counters().Processed < n {
+		time.Sleep(time.Millisecond) // polling a counter in a benchmark, not a test
+	}
+	fmt.Printf("## Isolated tasks\n\n%d no-op isolated tasks, 2 child processes: **%.0f tasks/s**\n\n", n, float64(n)/time.Since(start).Seconds())
+
+	req := &control.Requester{Transport: e, Namespace: ns}
+	defer req.Close()
+	fmt.Printf("Terminate latency (revoke sent → slot free), 20 rounds, grace %s:\n\n| task | p50 | p99 |\n|---|---|---|\n", grace)
+	for _, name := range []string{"spin.iso", "coop.iso", "coop.inline"} {
+		var lat latencies
+		for i := 0; i < 20; i++ {
+			id := fmt.Sprintf("%s-%d", name, i)
+			if err := e.Publish(ctx, broker.Envelope{ID: id, Name: name, Queue: "default", MaxRetries: -1, CreatedAt: time.Now()}); err != nil {
+				return err
+			}
+			for w.Stats().InFlight == 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+			t0 := time.Now()
+			if _, err := req.Do(ctx, control.TypeRevoke, worker.RevokeArgs{Entries: []revoke.Entry{{Namespace: ns, TaskID: id, Version: 1, Terminate: true}}}, nil, 5*time.Second); err != nil {
+				return err
+			}
+			for w.Stats().InFlight != 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		fmt.Printf("| %s | %s | %s |\n", name, lat.p(50), lat.p(99))
 	}
 	fmt.Println()
 	return nil
