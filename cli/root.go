@@ -49,6 +49,7 @@ the variable it overrides. Exit codes: see 'stem help exit-codes'.`,
 		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerAutoscaleCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a))
 	task.AddCommand(newTaskStatusCmd(a))
 	addDaemonCommands(a, root, worker)
+	root.AddCommand(newUnitsCmd(a))
 	return root
 }
 

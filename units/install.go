@@ -75,7 +75,7 @@ func (in Installer) Install(files []File) ([]Change, error) {
 		return nil, fmt.Errorf("install: root %q: %v", in.Root, err)
 	}
 	if fi, err := os.Stat(root); err != nil {
-		return nil, fmt.Errorf("install: root %s: %v", root, errText(err))
+		return nil, fmt.Errorf("install: root: %v", errText(err))
 	} else if !fi.IsDir() {
 		return nil, fmt.Errorf("install: root %s is not a directory", root)
 	}

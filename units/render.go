@@ -253,8 +253,9 @@ func renderNodeEnv(n Node) []byte {
 		line(VarConcurrency, strconv.Itoa(n.Concurrency))
 	}
 	if a := n.Autoscale; a != nil {
-		line(VarAutoscaleMin, strconv.Itoa(a.Min))
-		line(VarAutoscaleMax, strconv.Itoa(a.Max))
+		line(VarAutoscale, "true")
+		line(VarMinConcurrency, strconv.Itoa(a.Min))
+		line(VarMaxConcurrency, strconv.Itoa(a.Max))
 	}
 	for _, e := range n.Env {
 		line(e.Key, e.Value)

@@ -63,16 +63,15 @@ const (
 	TargetUnit = "stem-workers.target"
 )
 
-// The variables a node's env file sets. They are the worker's own
-// configuration variables (see the config package), except the autoscale
-// bounds, which `worker run` reads once autoscaling lands; the CLI refuses
-// to write them before then.
+// The variables a node's env file sets: the worker's own configuration
+// variables (see the config package).
 const (
-	VarQueues       = "STEM_WORKER_QUEUES"
-	VarBroadcasts   = "STEM_WORKER_BROADCASTS"
-	VarConcurrency  = "STEM_WORKER_CONCURRENCY"
-	VarAutoscaleMin = "STEM_WORKER_AUTOSCALE_MIN"
-	VarAutoscaleMax = "STEM_WORKER_AUTOSCALE_MAX"
+	VarQueues         = "STEM_WORKER_QUEUES"
+	VarBroadcasts     = "STEM_WORKER_BROADCASTS"
+	VarConcurrency    = "STEM_WORKER_CONCURRENCY"
+	VarAutoscale      = "STEM_WORKER_AUTOSCALE"
+	VarMinConcurrency = "STEM_WORKER_MIN_CONCURRENCY"
+	VarMaxConcurrency = "STEM_WORKER_MAX_CONCURRENCY"
 )
 
 // ReloadSignal is the signal ExecReload= sends: `stem worker run` answers
@@ -207,8 +206,9 @@ var reservedVars = map[string]string{
 	VarQueues:                    "use the queues setting",
 	VarBroadcasts:                "use the broadcasts setting",
 	VarConcurrency:               "use the concurrency setting",
-	VarAutoscaleMin:              "use the autoscale setting",
-	VarAutoscaleMax:              "use the autoscale setting",
+	VarAutoscale:                 "use the autoscale setting",
+	VarMinConcurrency:            "use the autoscale setting",
+	VarMaxConcurrency:            "use the autoscale setting",
 }
 
 // maxUnitName is systemd's limit on a unit name's length.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/joho/godotenv"
+
+	"github.com/stemhq/stem/config"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of testdata/")
@@ -355,5 +357,28 @@ func TestRenderNodeLinks(t *testing.T) {
 	}
 	if strings.Join(links, "\n") != strings.Join(want, "\n") {
 		t.Errorf("links:\n%s\nwant:\n%s", strings.Join(links, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestNodeVarsAreWorkerVars checks that every variable a node env file
+// sets is one the worker documents (config.Vars), so no setting is written
+// that the worker would ignore.
+func TestNodeVarsAreWorkerVars(t *testing.T) {
+	known := map[string]bool{}
+	for _, v := range config.Vars {
+		known[v.Key] = true
+	}
+	files := mustRender(t, Spec{Nodes: []Node{{Name: "a", Queues: []string{"q"}, Broadcasts: []string{"b"}, Concurrency: 2, Autoscale: &Autoscale{Min: 1, Max: 2}}}})
+	m, err := godotenv.Unmarshal(string(fileOf(t, files, KindNodeEnv).Content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range m {
+		if !known[k] {
+			t.Errorf("node env files set %s, which config.Vars does not document", k)
+		}
+	}
+	if len(m) != 6 {
+		t.Errorf("node env file sets %d variables, want 6: %v", len(m), m)
 	}
 }
