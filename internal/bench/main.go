@@ -46,7 +46,9 @@ func isoRegistry() *worker.Registry {
 	r := worker.NewRegistry()
 	r.MustRegister("noop.iso", func(worker.TaskContext, json.RawMessage) (any, error) { return nil, nil }, worker.TaskOptions{Isolated: true})
 	r.MustRegister("spin.iso", func(worker.TaskContext, json.RawMessage) (any, error) {
-		for {
+		x := 0
+		for { // a non-cooperative task: no checkpoint, ever
+			x++
 		}
 	}, worker.TaskOptions{Isolated: true})
 	r.MustRegister("coop.iso", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
