@@ -114,10 +114,16 @@ func TestUses(t *testing.T) {
 	}
 }
 
-// TestDocsTable checks that docs/daemon.md lists exactly Specifiers, with
-// the same meanings and examples.
+// TestDocsTable checks that the README and docs/daemon.md list exactly
+// Specifiers, with the same meanings and examples.
 func TestDocsTable(t *testing.T) {
-	data, err := os.ReadFile("../docs/daemon.md")
+	for _, doc := range []string{"../README.md", "../docs/daemon.md"} {
+		t.Run(doc, func(t *testing.T) { checkDocTable(t, doc) })
+	}
+}
+
+func checkDocTable(t *testing.T, doc string) {
+	data, err := os.ReadFile(doc)
 	if err != nil {
 		t.Fatalf("reading the docs: %v", err)
 	}
@@ -128,7 +134,7 @@ func TestDocsTable(t *testing.T) {
 		}
 	}
 	if len(rows) != len(Specifiers) {
-		t.Fatalf("docs/daemon.md has %d placeholder rows, the table has %d", len(rows), len(Specifiers))
+		t.Fatalf("%s has %d placeholder rows, the table has %d", doc, len(rows), len(Specifiers))
 	}
 	for i, s := range Specifiers {
 		want := "| `%" + string(s.Verb) + "` | " + s.Meaning + " | `" + s.Example + "` |"
