@@ -63,6 +63,7 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			"capture":     cmdCapture,
 			"waitstate":   cmdWaitState,
 			"httpget":     cmdHTTPGet,
+			"notifysock":  cmdNotifySocket,
 		},
 		RequireExplicitExec: true,
 	}
@@ -201,6 +202,37 @@ func cmdHTTPGet(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("GET %s failed for 10s", args[0])
 	}
 	ts.Stdout().Write(body)
+}
+
+// cmdNotifySocket implements `notifysock NAME`: listen on a unixgram
+// socket $WORK/NAME (as systemd's NOTIFY_SOCKET does) and append every
+// datagram, one per line, to $WORK/NAME.log until the script ends.
+func cmdNotifySocket(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: notifysock NAME")
+	}
+	path := ts.MkAbs(args[0])
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	ts.Check(err)
+	logf, err := os.Create(path + ".log")
+	ts.Check(err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			logf.Write(append([]byte(strings.ReplaceAll(string(buf[:n]), "\n", " ")), '\n'))
+		}
+	}()
+	ts.Defer(func() {
+		conn.Close()
+		<-done
+		logf.Close()
+	})
 }
 
 // TestScripts runs the black-box CLI scripts that need no broker.
