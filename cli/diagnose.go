@@ -56,7 +56,7 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 				LoadEnvFile:      config.LoadEnvFile,
 				Getenv:           a.lookupEnv,
 				DefaultCommand:   defaultCommandText(),
-				DefaultBrokerURL: config.DefaultBrokerURL,
+				DefaultBrokerURL: config.DefaultBrokerURL(a.lookupEnv),
 				CheckBrokerURL:   func(raw string) error { return config.CheckURL(raw, engine.Schemes) },
 				RedactURL:        broker.RedactURL,
 			}

@@ -2,6 +2,10 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -18,8 +22,15 @@ func engineOptions(c config.Config) engine.Options {
 }
 
 // openEngine opens the configured engine once: a broker that does not answer
-// is an error (exit 69) naming the redacted URL.
+// is an error (exit 69) naming the redacted URL. With the default broker (a
+// SQLite file in the per-user state directory), the directory is created.
 func openEngine(ctx context.Context, c config.Config) (*engine.Engine, error) {
+	if c.BrokerDefaulted {
+		dir := filepath.Dir(strings.TrimPrefix(c.BrokerURL, "sqlite://"))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, withCode(ExitConfig, fmt.Errorf("default broker: create the state directory %s: %w (set STEM_BROKER_URL)", dir, err))
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	return engine.Open(ctx, engineOptions(c))

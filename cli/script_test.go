@@ -51,6 +51,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 				e.Setenv("STEM_BROKER_URL", redisURL)
 			}
 			e.Setenv("STEM_LOG_FORMAT", "text")
+			// The default broker is a SQLite file in the state directory.
+			e.Setenv("XDG_STATE_HOME", e.WorkDir+"/state")
 			// Scripts share the test Redis: their task states expire soon.
 			e.Setenv("STEM_RESULT_TTL", "10m")
 			return nil

@@ -161,7 +161,7 @@ type Var struct {
 // Vars lists every STEM_* variable stem reads, in README order.
 var Vars = []Var{
 	{"STEM_ENV_FILE", "--env-file", "", "env file read before the others (godotenv syntax); the process environment wins over it"},
-	{"STEM_BROKER_URL", "--broker-url", DefaultBrokerURL, "broker: `redis://[user:pass@]host:port/db`, `rediss://...`, `memory://` (in-process, tests)"},
+	{"STEM_BROKER_URL", "--broker-url", DefaultBrokerDoc, "broker: `sqlite:///path/stem.db` (embedded, one host), `redis://[user:pass@]host:port/db`, `rediss://...`, `postgres://...`, `memory://` (in-process, tests)"},
 	{"STEM_RESULT_BACKEND_URL", "--result-backend-url", "the broker URL", "where task states and results are kept"},
 	{"STEM_RESULT_TTL", "--result-ttl", "24h", "how long task states are kept"},
 	{"STEM_WORKER_NAMESPACE", "--namespace", "stem", "key prefix that isolates one deployment's queues, results and workers"},
@@ -202,11 +202,38 @@ var Vars = []Var{
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
 }
 
-// DefaultBrokerURL is used when no broker URL is configured.
-const DefaultBrokerURL = "redis://127.0.0.1:6379/0"
+// PackagedBrokerURL is the broker of the packaged service, set in
+// /etc/stem/stem.env: one SQLite file in the service's state directory.
+const PackagedBrokerURL = "sqlite:///var/lib/stem/stem.db"
+
+// DefaultBrokerDoc describes the default broker for the docs.
+const DefaultBrokerDoc = "a SQLite file in the per-user state directory"
+
+// DefaultStateDir is where stem keeps its files when nothing says
+// otherwise: $XDG_STATE_HOME/stem, else ~/.local/state/stem, else a
+// directory of this user under the system's temporary directory.
+func DefaultStateDir(get func(string) (string, bool)) string {
+	if get == nil {
+		get = os.LookupEnv
+	}
+	if v, ok := get("XDG_STATE_HOME"); ok && filepath.IsAbs(v) {
+		return filepath.Join(v, "stem")
+	}
+	if home, ok := get("HOME"); ok && filepath.IsAbs(home) {
+		return filepath.Join(home, ".local", "state", "stem")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("stem-%d", os.Getuid()))
+}
+
+// DefaultBrokerURL is the broker used when STEM_BROKER_URL is not set: the
+// embedded SQLite file stem.db in DefaultStateDir, so stem works on one
+// host with no server to install.
+func DefaultBrokerURL(get func(string) (string, bool)) string {
+	return "sqlite://" + filepath.Join(DefaultStateDir(get), "stem.db")
+}
 
 // Supported URL schemes for brokers and result backends.
-var brokerSchemes = []string{"redis", "rediss", "memory"}
+var brokerSchemes = []string{"sqlite", "redis", "rediss", "postgres", "postgresql", "memory"}
 
 // Reader reads typed values out of a Lookup and remembers the first error.
 type Reader struct {
@@ -436,8 +463,11 @@ func validName(s string) bool {
 
 // Config is the resolved configuration of a stem command.
 type Config struct {
-	EnvFile          string
-	BrokerURL        string
+	EnvFile   string
+	BrokerURL string
+	// BrokerDefaulted is set when BrokerURL is the default (nothing set
+	// it): the CLI then creates the state directory.
+	BrokerDefaulted  bool
 	ResultBackendURL string
 	ResultTTL        time.Duration
 	Namespace        string
@@ -480,7 +510,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	}
 	c := Config{
 		EnvFile:       r.String("STEM_ENV_FILE", ""),
-		BrokerURL:     r.URL("STEM_BROKER_URL", DefaultBrokerURL, brokerSchemes),
+		BrokerURL:     r.URL("STEM_BROKER_URL", "", brokerSchemes),
 		ResultTTL:     r.Duration("STEM_RESULT_TTL", 24*time.Hour),
 		Namespace:     r.String("STEM_WORKER_NAMESPACE", "stem"),
 		Node:          r.String("STEM_WORKER_NODE", "worker"),
@@ -494,6 +524,10 @@ func Load(l Lookup, numCPU int) (Config, error) {
 		Signals:       r.String("STEM_WORKER_SIGNALS", "TERM=warm,INT=soft,QUIT=hard"),
 		LogLevel:      r.Enum("STEM_LOG_LEVEL", "info", "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace"),
 		LogFormat:     r.Enum("STEM_LOG_FORMAT", "auto", "auto", "text", "json", "journal"),
+	}
+	if c.BrokerURL == "" {
+		c.BrokerURL = DefaultBrokerURL(func(k string) (string, bool) { v, _, ok := l.Get(k); return v, ok })
+		c.BrokerDefaulted = true
 	}
 	c.ResultBackendURL = r.URL("STEM_RESULT_BACKEND_URL", c.BrokerURL, brokerSchemes)
 	c.Prefetch = r.Int("STEM_WORKER_PREFETCH", c.Concurrency, 0, 1000000)

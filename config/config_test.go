@@ -149,7 +149,8 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.BrokerURL != DefaultBrokerURL || c.ResultBackendURL != DefaultBrokerURL || c.Prefetch != 3 || c.Namespace != "stem" || c.Queues[0] != "default" {
+	def := DefaultBrokerURL(func(string) (string, bool) { return "", false })
+	if c.BrokerURL != def || !c.BrokerDefaulted || c.ResultBackendURL != def || c.Prefetch != 3 || c.Namespace != "stem" || c.Queues[0] != "default" {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 }
@@ -166,7 +167,7 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 		{"STEM_WORKER_CONCURRENCY", "abc", true, `invalid --flag-for-STEM_WORKER_CONCURRENCY="abc"`},
 		{"STEM_WORKER_LEASE", "10", false, `invalid STEM_WORKER_LEASE="10": must be a Go duration`},
 		{"STEM_WORKER_LEASE", "-1s", false, `must be greater than zero`},
-		{"STEM_BROKER_URL", "amqp://guest:hunter2@h/", false, `unsupported scheme "amqp"; supported: redis://, rediss://, memory://`},
+		{"STEM_BROKER_URL", "amqp://guest:hunter2@h/", false, `unsupported scheme "amqp"; supported: sqlite://, redis://, rediss://, postgres://, postgresql://, memory://`},
 		{"STEM_BROKER_URL", "amqp://guest:hunter2@h/", false, `xxxxx`},
 		{"STEM_BROKER_URL", "localhost:6379", false, `unsupported scheme "localhost"`},
 		{"STEM_LOG_FORMAT", "xml", false, `must be one of auto, text, json, journal`},
@@ -198,6 +199,33 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 		if strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("password leaked: %v", err)
 		}
+	}
+}
+
+func TestDefaultBrokerIsSQLiteInTheStateDir(t *testing.T) {
+	t.Parallel()
+	env := func(m map[string]string) func(string) (string, bool) {
+		return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+	}
+	tests := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"XDG_STATE_HOME": "/x/state", "HOME": "/home/a"}, "sqlite:///x/state/stem/stem.db"},
+		{map[string]string{"XDG_STATE_HOME": "relative", "HOME": "/home/a"}, "sqlite:///home/a/.local/state/stem/stem.db"},
+		{map[string]string{"HOME": "/home/a"}, "sqlite:///home/a/.local/state/stem/stem.db"},
+	}
+	for _, tt := range tests {
+		if got := DefaultBrokerURL(env(tt.env)); got != tt.want {
+			t.Errorf("%v: %s, want %s", tt.env, got, tt.want)
+		}
+		c, err := Load(lookup(nil, tt.env, nil), 1)
+		if err != nil || c.BrokerURL != tt.want || c.ResultBackendURL != tt.want {
+			t.Errorf("Load with %v: %+v %v", tt.env, c.BrokerURL, err)
+		}
+	}
+	if got := DefaultBrokerURL(env(nil)); !strings.HasPrefix(got, "sqlite://"+os.TempDir()) {
+		t.Errorf("without HOME: %s", got)
 	}
 }
 

@@ -3,10 +3,12 @@
 // three roles (the result backend URL defaults to the broker URL); when the
 // URLs differ, each role is opened from its own URL.
 //
-// Supported schemes: redis://, rediss:// (go-redis URL syntax: user,
-// password, DB number, options) and memory:// (in-process; engines opened
-// with the same memory URL in one process share their state, which tests
-// and single-process embedding use).
+// Supported schemes: sqlite:///abs/path.db (the embedded default: one file,
+// shared safely by every process of one host), redis://, rediss:// (go-redis
+// URL syntax: user, password, DB number, options), postgres://,
+// postgresql:// (pgx syntax) and memory:// (in-process; engines opened with
+// the same memory URL in one process share their state, which tests and
+// single-process embedding use).
 package engine
 
 import (

@@ -1,41 +1,49 @@
 #!/usr/bin/env bash
-# The main job, end to end: two workers, ping, 1,000 tasks, stats, a
-# revoke with terminate, a failure, a warm shutdown. Uses bin/stem and the broker in STEM_BROKER_URL (default:
-# the local Redis). Everything runs in a fresh namespace and a temp dir.
+# The main job, end to end, on the embedded default (a SQLite file; no
+# server to install): two workers started with `stem worker multi`, ping,
+# 1,000 tasks, stats, a revoke with terminate, a failure, a warm stop.
+# Everything lives in a temp dir; set STEM_BROKER_URL to run it on Redis
+# or Postgres instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEM=${STEM:-./bin/stem}
-export STEM_WORKER_NAMESPACE="demo$$"
+STEM=${STEM:-$PWD/bin/stem}
 work=$(mktemp -d /tmp/stem-demo.XXXXXX)
-pids=()
+export XDG_STATE_HOME="$work/state"      # where the default SQLite file goes
+export STEM_WORKER_NAMESPACE="demo$$"
+nodes=(alpha beta)
+multi=(--pidfile "$work/%n.pid" --logfile "$work/%n.log")
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  "$STEM" worker multi stop "${nodes[@]}" "${multi[@]}" --timeout 10s >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+wait_for() { # wait_for SECONDS COMMAND...: poll until COMMAND succeeds
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then echo "timed out: $*" >&2; return 1; fi
+    sleep 0.05
+  done
+}
 
-step "start two workers (alpha, beta), 4 slots each"
-for node in alpha beta; do
-  "$STEM" worker run --node "$node" --concurrency 4 --pidfile "$work/$node.pid" 2>"$work/$node.log" &
-  pids+=($!)
-done
-for node in alpha beta; do
-  for _ in $(seq 100); do grep -q 'worker ready' "$work/$node.log" && break; sleep 0.05; done
-  grep 'worker ready' "$work/$node.log" | sed "s/^/  $node: /"
-done
+step "start two workers (alpha, beta) with stem worker multi"
+"$STEM" worker multi start "${nodes[@]}" "${multi[@]}" --command=--concurrency=4
+wait_for 20 grep -q 'worker ready' "$work/alpha.log"
+wait_for 20 grep -q 'worker ready' "$work/beta.log"
+"$STEM" worker multi status "${nodes[@]}" "${multi[@]}"
+grep -h 'stem worker starting' "$work/alpha.log" | sed -E 's/.*(url=[^ ]*).*/  broker: \1/'
 
 step "who is alive (control plane: returns when both answered)"
+wait_for 20 "$STEM" worker ping --timeout 2s
 "$STEM" worker ping
 
 step "enqueue 1,000 tasks and wait for all of them"
-time "$STEM" enqueue stem.echo --arg greeting=hello --count 1000 --wait --timeout 60s
+time "$STEM" enqueue stem.echo --arg greeting=hello --count 1000 --wait --timeout 120s
 
 step "one task, its result"
 id=$("$STEM" enqueue stem.echo --args '{"report": "2026-10", "pages": 12}')
-"$STEM" enqueue stem.sleep --arg duration=200ms --wait --timeout 10s >/dev/null
+wait_for 20 sh -c "'$STEM' task status $id | grep -q 'state: *succeeded'"
 "$STEM" task status "$id"
 
 step "worker stats"
@@ -43,17 +51,15 @@ step "worker stats"
 
 step "revoke a running task with --terminate"
 long=$("$STEM" enqueue stem.sleep --arg duration=60s)
-for _ in $(seq 100); do "$STEM" task status "$long" | grep -q 'state: *started' && break; sleep 0.05; done
+wait_for 20 sh -c "'$STEM' task status $long | grep -q 'state: *started'"
 "$STEM" worker inspect
 "$STEM" worker revoke --task "$long" --terminate --reason "demo: no longer needed"
-for _ in $(seq 100); do "$STEM" task status "$long" | grep -q 'state: *revoked' && break; sleep 0.05; done
+wait_for 20 sh -c "'$STEM' task status $long | grep -q 'state: *revoked'"
 "$STEM" task status "$long"
 
 step "a task that fails (exit 1, error shown)"
-"$STEM" enqueue stem.fail --args '{"message": "disk full", "permanent": true}' --wait --timeout 10s || echo "  (exit $?)"
+"$STEM" enqueue stem.fail --args '{"message": "disk full", "permanent": true}' --wait --timeout 20s || echo "  (exit $?)"
 
-step "warm shutdown (SIGTERM): running tasks finish, then the workers exit"
-for p in "${pids[@]}"; do kill -TERM "$p"; done
-wait "${pids[@]}" || true
-pids=()
+step "warm stop (SIGTERM): running tasks finish, then the workers exit"
+"$STEM" worker multi stop "${nodes[@]}" "${multi[@]}"
 grep -h 'worker stopped' "$work"/alpha.log "$work"/beta.log | sed 's/^/  /'

@@ -160,7 +160,7 @@ func ResolveURL(lookup func(key string) (string, bool)) (url, fromKey string) {
 			return strings.TrimSpace(v), k
 		}
 	}
-	return config.DefaultBrokerURL, ""
+	return config.DefaultBrokerURL(lookup), ""
 }
 
 // compile-time checks that every store implements Store.

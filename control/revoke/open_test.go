@@ -30,10 +30,10 @@ func TestResolveURL(t *testing.T) {
 		{"no revoke store URL: the result backend", map[string]string{"STEM_RESULT_BACKEND_URL": rb, "STEM_BROKER_URL": br}, rb, "STEM_RESULT_BACKEND_URL"},
 		{"only the broker", map[string]string{"STEM_BROKER_URL": br}, br, "STEM_BROKER_URL"},
 		{"revoke store and broker", map[string]string{"STEM_REVOKE_STORE_URL": rv, "STEM_BROKER_URL": br}, rv, "STEM_REVOKE_STORE_URL"},
-		{"nothing: the default broker URL", map[string]string{}, config.DefaultBrokerURL, ""},
+		{"nothing: the default broker URL", map[string]string{"HOME": "/home/a"}, "sqlite:///home/a/.local/state/stem/stem.db", ""},
 		{"blank counts as unset", map[string]string{"STEM_REVOKE_STORE_URL": "  ", "STEM_RESULT_BACKEND_URL": "", "STEM_BROKER_URL": br}, br, "STEM_BROKER_URL"},
 		{"surrounding blanks trimmed", map[string]string{"STEM_REVOKE_STORE_URL": " " + rv + "\n"}, rv, "STEM_REVOKE_STORE_URL"},
-		{"other variables ignored", map[string]string{"STEM_REVOKE_URL": rv}, config.DefaultBrokerURL, ""},
+		{"other variables ignored", map[string]string{"STEM_REVOKE_URL": rv, "HOME": "/home/a"}, "sqlite:///home/a/.local/state/stem/stem.db", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -43,7 +43,7 @@ func TestResolveURL(t *testing.T) {
 			}
 		})
 	}
-	if url, key := revoke.ResolveURL(nil); url != config.DefaultBrokerURL || key != "" {
+	if url, key := revoke.ResolveURL(nil); url != config.DefaultBrokerURL(os.LookupEnv) || key != "" {
 		t.Fatalf("ResolveURL(nil) = %q, %q", url, key)
 	}
 }
