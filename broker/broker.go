@@ -100,6 +100,26 @@ type ClaimParams struct {
 	Wait time.Duration
 }
 
+// Validate reports claim parameters no engine accepts: no queues, Max
+// below 1, a non-positive lease, or a queue name that is empty or holds
+// whitespace or braces. Every engine's Claim calls it first.
+func (p ClaimParams) Validate() error {
+	switch {
+	case len(p.Queues) == 0:
+		return errors.New("claim: no queues given")
+	case p.Max < 1:
+		return fmt.Errorf("claim: max %d is below 1", p.Max)
+	case p.Lease <= 0:
+		return fmt.Errorf("claim: lease %v is not positive", p.Lease)
+	}
+	for _, q := range p.Queues {
+		if q == "" || strings.ContainsAny(q, " \t\n{}") {
+			return fmt.Errorf("claim: invalid queue name %q", q)
+		}
+	}
+	return nil
+}
+
 // NackAction says what Nack does with a delivery.
 type NackAction int
 

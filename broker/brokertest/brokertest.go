@@ -23,11 +23,11 @@ package brokertest
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
 )
@@ -70,17 +70,10 @@ func Run(t *testing.T, newEngine NewEngine) {
 // STEM_TEST_POSTGRES_URL). When it is unset the test is skipped, except
 // when the environment variable CI is set: then a missing service is a
 // failure, so a CI run can never pass by skipping the integration tests.
+// It is testutil.EnvOrSkip, exported for engines outside this module.
 func RequireEnv(tb testing.TB, name string) string {
 	tb.Helper()
-	v := os.Getenv(name)
-	if v != "" {
-		return v
-	}
-	if os.Getenv("CI") != "" {
-		tb.Fatalf("%s is not set, and CI is set: integration tests must not be skipped in CI", name)
-	}
-	tb.Skipf("%s is not set; skipping integration test", name)
-	return ""
+	return testutil.EnvOrSkip(tb, name)
 }
 
 // testContext returns a context bounded well above any single test's needs,

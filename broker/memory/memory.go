@@ -19,7 +19,6 @@ package memory
 import (
 	"container/heap"
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -212,27 +211,10 @@ func (e *Engine) enqueueLocked(env broker.Envelope, due, now time.Time) {
 }
 
 // validateClaim checks ClaimParams.
-func validateClaim(p broker.ClaimParams) error {
-	switch {
-	case len(p.Queues) == 0:
-		return errors.New("claim: no queues given")
-	case p.Max < 1:
-		return fmt.Errorf("claim: max %d is below 1", p.Max)
-	case p.Lease <= 0:
-		return fmt.Errorf("claim: lease %v is not positive", p.Lease)
-	}
-	for _, q := range p.Queues {
-		if q == "" {
-			return fmt.Errorf("claim: empty queue name in %q", p.Queues)
-		}
-	}
-	return nil
-}
-
 // Claim leases up to p.Max ready deliveries from p.Queues in priority
 // order, waiting up to p.Wait for work when none is ready.
 func (e *Engine) Claim(ctx context.Context, p broker.ClaimParams) ([]broker.Delivery, error) {
-	if err := validateClaim(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("memory broker: %w", err)
 	}
 	deadline := time.Now().Add(p.Wait)

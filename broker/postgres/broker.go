@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -63,30 +62,13 @@ func (e *Engine) PublishBatch(ctx context.Context, envs []broker.Envelope) error
 }
 
 // validateClaim checks ClaimParams.
-func validateClaim(p broker.ClaimParams) error {
-	switch {
-	case len(p.Queues) == 0:
-		return errors.New("claim: no queues given")
-	case p.Max < 1:
-		return fmt.Errorf("claim: max %d is below 1", p.Max)
-	case p.Lease <= 0:
-		return fmt.Errorf("claim: lease %v is not positive", p.Lease)
-	}
-	for _, q := range p.Queues {
-		if q == "" || strings.ContainsAny(q, " \t\n{}") {
-			return fmt.Errorf("claim: invalid queue name %q", q)
-		}
-	}
-	return nil
-}
-
 // Claim leases up to p.Max ready deliveries across p.Queues in priority
 // order, in one round trip (see the package doc). With Wait, when nothing
 // is ready, it waits for a notification on one of its queues, the
 // earliest ETA or lease deadline of the queues, or the end of Wait, and
 // claims again.
 func (e *Engine) Claim(ctx context.Context, p broker.ClaimParams) ([]broker.Delivery, error) {
-	if err := validateClaim(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("postgres engine: %w", err)
 	}
 	if err := e.checkOpen(); err != nil {

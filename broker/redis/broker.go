@@ -3,7 +3,6 @@ package redis
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -101,29 +100,12 @@ func (e *Engine) PublishBatch(ctx context.Context, envs []broker.Envelope) error
 }
 
 // validateClaim checks ClaimParams.
-func validateClaim(p broker.ClaimParams) error {
-	switch {
-	case len(p.Queues) == 0:
-		return errors.New("claim: no queues given")
-	case p.Max < 1:
-		return fmt.Errorf("claim: max %d is below 1", p.Max)
-	case p.Lease <= 0:
-		return fmt.Errorf("claim: lease %v is not positive", p.Lease)
-	}
-	for _, q := range p.Queues {
-		if q == "" || strings.ContainsAny(q, " \t\n{}") {
-			return fmt.Errorf("claim: invalid queue name %q", q)
-		}
-	}
-	return nil
-}
-
 // Claim leases up to p.Max ready deliveries across p.Queues in priority
 // order. Without Wait it is one script call (one round trip); with Wait it
 // retries when a wake-up arrives, at the earliest known ETA or lease
 // deadline, or when Wait passes.
 func (e *Engine) Claim(ctx context.Context, p broker.ClaimParams) ([]broker.Delivery, error) {
-	if err := validateClaim(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("redis engine: %w", err)
 	}
 	if err := e.checkOpen(); err != nil {

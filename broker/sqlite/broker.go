@@ -156,23 +156,6 @@ func (e *Engine) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 }
 
 // validateClaim checks ClaimParams.
-func validateClaim(p broker.ClaimParams) error {
-	switch {
-	case len(p.Queues) == 0:
-		return errors.New("claim: no queues given")
-	case p.Max < 1:
-		return fmt.Errorf("claim: max %d is below 1", p.Max)
-	case p.Lease <= 0:
-		return fmt.Errorf("claim: lease %v is not positive", p.Lease)
-	}
-	for _, q := range p.Queues {
-		if q == "" || strings.ContainsAny(q, " \t\n{}") {
-			return fmt.Errorf("claim: invalid queue name %q", q)
-		}
-	}
-	return nil
-}
-
 // Claim leases up to p.Max ready deliveries across p.Queues in priority
 // order, in one write transaction. With Wait, when nothing is ready, it
 // waits for a publish through this Engine, a commit by another connection
@@ -180,7 +163,7 @@ func validateClaim(p broker.ClaimParams) error {
 // or the end of Wait, and looks again; it takes the write lock again only
 // when a read shows a claimable task.
 func (e *Engine) Claim(ctx context.Context, p broker.ClaimParams) ([]broker.Delivery, error) {
-	if err := validateClaim(p); err != nil {
+	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("sqlite engine: %w", err)
 	}
 	if err := e.checkOpen(); err != nil {
