@@ -88,7 +88,7 @@ func ExitCode(err error) int {
 	}
 	var ce *config.Error
 	switch {
-	case errors.As(err, &ce):
+	case errors.As(err, &ce), errors.Is(err, broker.ErrIncompatible):
 		return ExitConfig
 	case errors.Is(err, broker.ErrUnavailable):
 		return ExitUnavailable

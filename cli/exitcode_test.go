@@ -23,6 +23,7 @@ func TestExitCode(t *testing.T) {
 		{"config", &config.Error{Key: "K", Value: "v", Msg: "m"}, ExitConfig},
 		{"wrapped config", fmt.Errorf("load: %w", config.Errorf("f:1: x")), ExitConfig},
 		{"unavailable", fmt.Errorf("redis://h: %w", broker.ErrUnavailable), ExitUnavailable},
+		{"incompatible store", fmt.Errorf("sqlite /x.db: %w", broker.ErrIncompatible), ExitConfig},
 		{"other", errors.New("surprise"), ExitInternal},
 	}
 	for _, tt := range tests {

@@ -185,11 +185,11 @@ var (
 
 // ErrNotStemSchema is wrapped by Open's error for a schema that holds
 // tables but is not stem's.
-var ErrNotStemSchema = errors.New("not a stem schema")
+var ErrNotStemSchema = broker.Incompatible(errors.New("not a stem schema"))
 
 // ErrSchemaTooNew is wrapped by Open's error for a schema written by a
 // newer stem than this binary.
-var ErrSchemaTooNew = errors.New("database schema is newer than this stem binary")
+var ErrSchemaTooNew = broker.Incompatible(errors.New("database schema is newer than this stem binary"))
 
 // Open connects to the Postgres server at rawURL, checks it answers, and
 // creates or upgrades the Engine's schema. rawURL is what pgx accepts:

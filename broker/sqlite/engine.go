@@ -214,11 +214,11 @@ var (
 
 // ErrNotStemDatabase is wrapped by Open's error for a file that is not a
 // stem database: another program's SQLite database, or not SQLite at all.
-var ErrNotStemDatabase = errors.New("not a stem database")
+var ErrNotStemDatabase = broker.Incompatible(errors.New("not a stem database"))
 
 // ErrSchemaTooNew is wrapped by Open's error for a database whose schema
 // was written by a newer stem than this binary.
-var ErrSchemaTooNew = errors.New("database schema is newer than this stem binary")
+var ErrSchemaTooNew = broker.Incompatible(errors.New("database schema is newer than this stem binary"))
 
 // Open opens (creating it if needed) the stem database named by target and
 // brings its schema up to date. target is a file path (absolute or relative
@@ -237,14 +237,14 @@ var ErrSchemaTooNew = errors.New("database schema is newer than this stem binary
 func Open(ctx context.Context, target string, opts Options) (*Engine, error) {
 	path, err := parseTarget(target, &opts)
 	if err != nil {
-		return nil, err
+		return nil, broker.Incompatible(err)
 	}
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
-		return nil, err
+		return nil, broker.Incompatible(err)
 	}
 	if err := checkPath(path); err != nil {
-		return nil, err
+		return nil, broker.Incompatible(err)
 	}
 	if err := probe(ctx, path, opts); err != nil {
 		return nil, err
