@@ -23,7 +23,7 @@ with exponential backoff and keep their state in the result backend
 
 Configuration comes from flags, then STEM_* environment variables, then the
 env file (--env-file / STEM_ENV_FILE), then defaults. Each flag's help names
-the variable it overrides. Exit codes: see 'stem help exit-codes'.`,
+the variable it overrides. Exit codes: 'stem exit-codes'.`,
 		SilenceUsage:      true,
 		SilenceErrors:     true,
 		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
