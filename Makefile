@@ -40,3 +40,21 @@ demo: build ## the main job: two workers, 1,000 tasks, results (needs the local 
 
 clean: ## remove build output
 	rm -rf bin dist
+
+# Packages, man pages and completions, and the end-to-end test on a real
+# systemd (docs/install.md, e2e/run.sh).
+NFPM ?= $(shell command -v nfpm 2>/dev/null || echo $(HOME)/go/bin/nfpm)
+
+.PHONY: package man completions e2e
+
+package: ## build dist/stem_*.deb and dist/stem-*.rpm (nfpm v2.45.2), then lintian and rpmlint them
+	VERSION=$(VERSION) NFPM=$(NFPM) GO=$(GO) packaging/build.sh
+	packaging/lint.sh
+
+man: ## man pages and shell completions from the command tree, into dist/docs/{man,completions}
+	$(GO) run ./internal/gendocs -out dist/docs -version $(VERSION)
+
+completions: man ## same as man: both are written together
+
+e2e: package ## boot systemd 252 in a Debian 12 root under /var/tmp, dpkg -i the .deb there, check the units
+	e2e/run.sh

@@ -161,8 +161,8 @@ func renderTemplate(s Spec) []byte {
 		"",
 		"Settings: "+s.EnvFile+" (every node), then "+s.NodeEnvDir+"/NODE.env (this node wins).",
 		"Reload (`systemctl reload`) is a warm restart: the worker stops claiming, lets running",
-		"tasks finish, exits with status "+strconv.Itoa(RestartExitStatus)+", and systemd starts it again, re-reading the",
-		"env files, the routing file and the tasks file.",
+		"tasks finish, exits with status "+strconv.Itoa(RestartExitStatus)+", and systemd starts it again, which re-reads",
+		"the env files and the tasks file. (Routing aliases are resolved by `stem units install`.)",
 	)
 	w.section("Unit")
 	w.set("Description", "stem worker %i")

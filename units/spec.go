@@ -77,8 +77,7 @@ const (
 // ReloadSignal is the signal ExecReload= sends: `stem worker run` answers
 // it with a warm restart (stop claiming, let running tasks finish, exit
 // with RestartExitStatus), and the unit's RestartForceExitStatus= starts a
-// new process, which reads the env files, the routing file and the tasks
-// file afresh.
+// new process, which reads the env files and the tasks file afresh.
 const ReloadSignal = "SIGHUP"
 
 // RestartExitStatus is the exit status of `stem worker run` after the warm
