@@ -11,7 +11,7 @@ import (
 )
 
 // Schemes lists the URL schemes Open accepts, besides a bare path.
-var Schemes = []string{"memory", "file", "redis", "rediss", "postgres", "postgresql"}
+var Schemes = []string{"memory", "file", "redis", "rediss", "postgres", "postgresql", "sqlite"}
 
 // Options configure Open. Each store uses the fields that concern it.
 type Options struct {
@@ -36,6 +36,8 @@ type Options struct {
 //	file:///abs/path or a bare path  newline-delimited JSON file (OpenFile)
 //	redis://, rediss://              Redis (OpenRedis)
 //	postgres://, postgresql://       Postgres (OpenPostgres)
+//	sqlite:///abs/path.db            the stem SQLite database of the engine
+//	                                 (OpenSQLite; the file must already be one)
 //
 // A bare path is anything without a "scheme:" prefix ("revokes.ndjson",
 // "./a:b", "/var/lib/stem/revokes"); a relative one is resolved against
@@ -82,8 +84,16 @@ func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
 			return nil, rekey(err, keyName)
 		}
 		return s, nil
-	// case "sqlite": the SQLite store plugs in here: add "sqlite" to
-	// Schemes, open it with its own constructor, and run revoketest on it.
+	case "sqlite":
+		var so SQLiteOptions
+		if _, err := ParseSQLiteTarget(raw, &so); err != nil {
+			return nil, bad(err.Error())
+		}
+		s, err := OpenSQLite(ctx, raw, so)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	default:
 		return nil, bad(fmt.Sprintf("unsupported scheme %q; supported: %s", scheme, supported()))
 	}

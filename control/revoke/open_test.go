@@ -87,8 +87,8 @@ func TestOpenBadURLs(t *testing.T) {
 	tests := []struct{ raw, wantMsg string }{
 		{"", "empty"},
 		{"   ", "empty"},
-		{"mysql://root:s3cret@db/stem", `unsupported scheme "mysql"; supported: memory://, file://, redis://, rediss://, postgres://, postgresql:// or a bare file path`},
-		{"sqlite:///var/lib/stem/revokes.db", `unsupported scheme "sqlite"`},
+		{"mysql://root:s3cret@db/stem", `unsupported scheme "mysql"; supported: memory://, file://, redis://, rediss://, postgres://, postgresql://, sqlite:// or a bare file path`},
+		{"sqlite://revokes.db", `names host "revokes.db"`},
 		{"file://otherhost/var/revokes", `host "otherhost"`},
 		{"file:relative", "absolute path"},
 		{"file:///x?mode=ro", "query"},
