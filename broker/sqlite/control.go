@@ -360,6 +360,11 @@ func (s *ctlSub) run() {
 			s.closeCh() // the Engine closed
 		}
 	}()
+	// The renewal runs beside the polls, so a write lock held by another
+	// process never delays a delivery; it ends before run returns, so a
+	// renewal can never follow Close's delete.
+	var renew sync.WaitGroup
+	defer renew.Wait()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -370,8 +375,8 @@ func (s *ctlSub) run() {
 		}
 		cancel()
 	}()
+	renew.Go(func() { s.renew(ctx) })
 	var fastUntil time.Time
-	refreshAt := time.Now().Add(ctlSubRefresh)
 	timer := time.NewTimer(ctlIdlePoll)
 	defer timer.Stop()
 	for {
@@ -389,13 +394,6 @@ func (s *ctlSub) run() {
 		if err == nil && got > 0 {
 			fastUntil = time.Now().Add(ctlFastFor)
 		}
-		if now := time.Now(); !now.Before(refreshAt) {
-			// A failed renewal is retried at the next poll; the rows
-			// outlive several failures (ctlSubTTL).
-			if s.e.write(ctx, func(tx *sql.Tx) error { return s.register(ctx, tx, nowMs()) }) == nil {
-				refreshAt = now.Add(ctlSubRefresh)
-			}
-		}
 		next := ctlIdlePoll
 		if time.Now().Before(fastUntil) {
 			next = ctlFastPoll
@@ -408,6 +406,28 @@ func (s *ctlSub) run() {
 		}
 		timer.Reset(next)
 	}
+}
+
+// renew renews the subscription's rows every ctlSubRefresh until ctx ends.
+// A failed renewal is retried at the next tick; the rows outlive two
+// failures (ctlSubTTL).
+func (s *ctlSub) renew(ctx context.Context) {
+	t := time.NewTicker(ctlSubRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_ = s.renewOnce(ctx)
+		}
+	}
+}
+
+// renewOnce writes the subscription's rows again, with a fresh expiry (and
+// back, if they expired and were swept meanwhile).
+func (s *ctlSub) renewOnce(ctx context.Context) error {
+	return s.e.write(ctx, func(tx *sql.Tx) error { return s.register(ctx, tx, nowMs()) })
 }
 
 // poll reads and delivers the subscription's new messages, and returns how
