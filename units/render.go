@@ -123,7 +123,10 @@ var hardening = [][2]string{
 	{"ProtectHome", "yes"},
 	{"PrivateTmp", "yes"},
 	{"PrivateDevices", "yes"},
-	{"PrivateUsers", "yes"},
+	// Not PrivateUsers=yes: each Exec*= command would get its own user
+	// namespace, and ProtectProc=invisible then hides the worker from the
+	// ExecStartPost= healthcheck (seen on systemd 252); it would also drop
+	// the supplementary groups exec tasks may need.
 	{"PrivateMounts", "yes"},
 	{"ProtectHostname", "yes"},
 	{"ProtectClock", "yes"},
