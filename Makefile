@@ -32,8 +32,10 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	@if [ -x "$(STATICCHECK)" ]; then $(STATICCHECK) ./...; else echo "staticcheck missing: go install honnef.co/go/tools/cmd/staticcheck@latest"; exit 1; fi
 
-bench: build ## throughput and latency benchmarks against the local Redis; writes docs/benchmarks.md figures to stdout
-	$(GO) run ./internal/bench -redis $(STEM_TEST_REDIS_URL)
+bench: build ## throughput and latency on Redis, SQLite and Postgres (local services); prints the docs/benchmarks.md report
+	@dir=$$(mktemp -d /tmp/stem-bench.XXXXXX); \
+	$(GO) run ./internal/bench -redis '$(STEM_TEST_REDIS_URL)' -sqlite-dir $$dir -postgres '$(STEM_TEST_POSTGRES_URL)'; rc=$$?; \
+	rm -rf $$dir; exit $$rc
 
 demo: build ## the main job: two workers, 1,000 tasks, results (needs the local Redis)
 	./scripts/demo.sh

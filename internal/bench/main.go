@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"sort"
@@ -20,12 +21,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stemhq/stem/broker"
+	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
+	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
+	"github.com/stemhq/stem/registry"
+	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -39,6 +45,9 @@ type options struct {
 	lightRate   int
 	lightN      int
 	cpuprofile  string
+	sqliteDir   string
+	postgresURL string
+	sqlN        int
 }
 
 // isoRegistry is the registry of the bench and of its isolation children.
@@ -72,7 +81,10 @@ func isoRegistry() *worker.Registry {
 func main() {
 	worker.ServeChildIfRequested(isoRegistry())
 	var o options
-	flag.StringVar(&o.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis URL")
+	flag.StringVar(&o.redisURL, "redis", "", "Redis URL to measure (empty: skip)")
+	flag.StringVar(&o.sqliteDir, "sqlite-dir", "", "directory for SQLite files to measure (empty: skip)")
+	flag.StringVar(&o.postgresURL, "postgres", "", "Postgres URL to measure (empty: skip)")
+	flag.IntVar(&o.sqlN, "sql-n", 50000, "tasks in the SQLite and Postgres burn-downs")
 	flag.IntVar(&o.n, "n", 200000, "tasks in the burn-down")
 	flag.IntVar(&o.batch, "batch", 500, "publish batch size")
 	flag.IntVar(&o.producers, "producers", 4, "producer goroutines")
@@ -89,69 +101,153 @@ func main() {
 	}
 }
 
-func openEngine(ctx context.Context, url, ns string) (*stemredis.Engine, error) {
-	return stemredis.Open(ctx, url, stemredis.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
+// benchEngine is what every engine under test provides.
+type benchEngine interface {
+	broker.Broker
+	result.Backend
+	registry.Registry
+	control.Transport
+}
+
+// target is one engine to measure: how to open a fresh namespace of it and
+// how to remove that namespace afterwards.
+type target struct {
+	name    string
+	n       int // burn-down size
+	open    func(ctx context.Context, ns string) (benchEngine, error)
+	cleanup func(e benchEngine, ns string)
+}
+
+func redisTarget(url string, n int) target {
+	return target{name: "Redis " + broker.RedactURL(url), n: n,
+		open: func(ctx context.Context, ns string) (benchEngine, error) {
+			return stemredis.Open(ctx, url, stemredis.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
+		},
+		cleanup: func(e benchEngine, ns string) { redisCleanup(e, url, ns) },
+	}
+}
+
+func sqliteTarget(dir string, n int) target {
+	return target{name: "SQLite (file in " + dir + ", synchronous=full)", n: n,
+		open: func(ctx context.Context, ns string) (benchEngine, error) {
+			return stemsqlite.Open(ctx, filepath.Join(dir, ns+".db"), stemsqlite.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
+		},
+		cleanup: func(e benchEngine, ns string) {
+			_ = e.Close()
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				_ = os.Remove(filepath.Join(dir, ns+".db"+suffix))
+			}
+		},
+	}
+}
+
+func postgresTarget(url string, n int) target {
+	return target{name: "Postgres " + broker.RedactURL(url), n: n,
+		open: func(ctx context.Context, ns string) (benchEngine, error) {
+			return stempostgres.Open(ctx, url, stempostgres.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
+		},
+		cleanup: func(e benchEngine, ns string) {
+			schema := e.(*stempostgres.Engine).Schema()
+			_ = e.Close()
+			conn, err := pgx.Connect(context.Background(), url)
+			if err != nil {
+				return
+			}
+			defer conn.Close(context.Background())
+			_, _ = conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+		},
+	}
 }
 
 func run(o options) error {
 	ctx := context.Background()
 	host, _ := os.Hostname()
-	fmt.Printf("# stem benchmark\n\nmachine: %s, %d CPUs, %s %s/%s; broker %s\n\n", host, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH, broker.RedactURL(o.redisURL))
+	fmt.Printf("# stem benchmark\n\nmachine: %s, %d CPUs, %s %s/%s\n\n", host, runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	var targets []target
+	if o.redisURL != "" {
+		targets = append(targets, redisTarget(o.redisURL, o.n))
+	}
+	if o.sqliteDir != "" {
+		targets = append(targets, sqliteTarget(o.sqliteDir, o.sqlN))
+	}
+	if o.postgresURL != "" {
+		targets = append(targets, postgresTarget(o.postgresURL, o.sqlN))
+	}
+	base := fmt.Sprintf("bench%d", time.Now().UnixNano())
+	for i, t := range targets {
+		if err := runTarget(ctx, o, t, fmt.Sprintf("%s%d", base, i)); err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+	if len(targets) > 0 {
+		t := targets[0]
+		fmt.Printf("## Isolation (%s)\n\n", t.name)
+		if err := isolation(ctx, o, t, base+"i"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
-	// 1 + 2: enqueue in batches, then burn-down.
-	ns := fmt.Sprintf("bench%d", time.Now().UnixNano())
-	eng, err := openEngine(ctx, o.redisURL, ns)
-	if err != nil {
-		return err
-	}
-	defer cleanup(eng, o.redisURL)
-	enqRate, err := enqueue(ctx, eng, o.n, o.batch, o.producers, "noop")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("## Enqueue\n\n%d tasks in batches of %d from %d goroutines: **%.0f tasks/s**\n\n", o.n, o.batch, o.producers, enqRate)
-
-	burn, err := burnDown(ctx, eng, o)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("## Burn-down\n\none worker (concurrency %d, prefetch %d) drains %d pre-loaded no-op tasks: **%.0f tasks/s** (%.2fs)\n\n", o.concurrency, o.prefetch, o.n, float64(o.n)/burn.Seconds(), burn.Seconds())
-
-	// 3: steady state under full load, and latency at light load.
-	ns2 := ns + "s"
-	eng2, err := openEngine(ctx, o.redisURL, ns2)
-	if err != nil {
-		return err
-	}
-	defer cleanup(eng2, o.redisURL)
-	rate, lat, err := steady(ctx, eng2, o, 0, o.n/2)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("## Steady state, full load\n\n%d producers publishing batches of %d while one worker runs: **%.0f tasks/s** processed; enqueue-to-start p50 %s, p99 %s\n\n", o.producers, o.batch, rate, lat.p(50), lat.p(99))
-	ns3 := ns + "l"
-	eng3, err := openEngine(ctx, o.redisURL, ns3)
-	if err != nil {
-		return err
-	}
-	defer cleanup(eng3, o.redisURL)
-	_, lat, err = steady(ctx, eng3, o, o.lightRate, o.lightN)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("## Steady state, light load\n\n%d tasks/s published one at a time: enqueue-to-start **p50 %s**, p99 %s\n\n", o.lightRate, lat.p(50), lat.p(99))
-
-	if err := isolation(ctx, o, ns+"i"); err != nil {
-		return err
-	}
-
-	fmt.Printf("## Control round trip (ping, broadcast, until every worker answered)\n\n| workers | p50 | p99 |\n|---|---|---|\n")
-	for _, n := range []int{1, 10} {
-		lat, err := controlRoundTrip(ctx, o, ns+fmt.Sprintf("c%d", n), n, 300)
+// runTarget measures one engine: enqueue, burn-down, steady state, light
+// load latency, control round trips.
+func runTarget(ctx context.Context, o options, t target, ns string) error {
+	fmt.Printf("## %s\n\n", t.name)
+	// with opens a fresh namespace, runs f, and removes the namespace.
+	with := func(suffix string, f func(e benchEngine) error) error {
+		e, err := t.open(ctx, ns+suffix)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("| %d | %s | %s |\n", n, lat.p(50), lat.p(99))
+		defer t.cleanup(e, ns+suffix)
+		return f(e)
+	}
+	o.n = t.n
+	err := with("b", func(e benchEngine) error {
+		enqRate, err := enqueue(ctx, e, o.n, o.batch, o.producers, "noop")
+		if err != nil {
+			return err
+		}
+		burn, err := burnDown(ctx, e, o)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| measure | result |\n|---|---|\n")
+		fmt.Printf("| enqueue, %d tasks in batches of %d from %d goroutines | **%.0f tasks/s** |\n", o.n, o.batch, o.producers, enqRate)
+		fmt.Printf("| burn-down, one worker (concurrency %d, prefetch %d), %d no-op tasks | **%.0f tasks/s** (%.2fs) |\n", o.concurrency, o.prefetch, o.n, float64(o.n)/burn.Seconds(), burn.Seconds())
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = with("s", func(e benchEngine) error {
+		rate, lat, err := steady(ctx, e, o, 0, o.n/2)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| steady state, %d producers flooding batches of %d while one worker runs | %.0f tasks/s processed (enqueue-to-start p50 %s: the backlog) |\n", o.producers, o.batch, rate, lat.p(50))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = with("l", func(e benchEngine) error {
+		_, lat, err := steady(ctx, e, o, o.lightRate, o.lightN)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| light load, %d tasks/s published one at a time: enqueue-to-start | **p50 %s**, p99 %s |\n", o.lightRate, lat.p(50), lat.p(99))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range []int{1, 10} {
+		lat, err := controlRoundTrip(ctx, t, ns+fmt.Sprintf("c%d", n), n, 200)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("| control round trip (broadcast ping until all answered), %d worker(s) | p50 %s, p99 %s |\n", n, lat.p(50), lat.p(99))
 	}
 	fmt.Println()
 	return nil
@@ -161,12 +257,12 @@ func run(o options) error {
 // terminate latency: from publishing a terminate revoke to the slot being
 // free again, for a non-cooperative isolated task (killed after the grace
 // period), a cooperative isolated one, and a cooperative inline one.
-func isolation(ctx context.Context, o options, ns string) error {
-	e, err := openEngine(ctx, o.redisURL, ns)
+func isolation(ctx context.Context, o options, t target, ns string) error {
+	e, err := t.open(ctx, ns)
 	if err != nil {
 		return err
 	}
-	defer cleanup(e, o.redisURL)
+	defer t.cleanup(e, ns)
 	const grace = 100 * time.Millisecond
 	w, err := worker.New(worker.Config{Broker: e, Results: e, Registry: e, Control: e, Handlers: isoRegistry(), Node: "iso",
 		Namespace: ns, Concurrency: 2, Prefetch: 64, MaxBatch: 64, ClaimWait: 100 * time.Millisecond,
@@ -186,7 +282,7 @@ func isolation(ctx context.Context, o options, ns string) error {
 	for w.Counters().Processed < n {
 		time.Sleep(time.Millisecond) // polling a counter in a benchmark, not a test
 	}
-	fmt.Printf("## Isolated tasks\n\n%d no-op isolated tasks, 2 child processes: **%.0f tasks/s**\n\n", n, float64(n)/time.Since(start).Seconds())
+	fmt.Printf("%d no-op isolated tasks, 2 child processes: **%.0f tasks/s**\n\n", n, float64(n)/time.Since(start).Seconds())
 
 	req := &control.Requester{Transport: e, Namespace: ns}
 	defer req.Close()
@@ -218,17 +314,21 @@ func isolation(ctx context.Context, o options, ns string) error {
 
 // controlRoundTrip starts n workers (in this process, each with its own
 // Redis connections) and times `rounds` broadcast pings.
-func controlRoundTrip(ctx context.Context, o options, ns string, n, rounds int) (latencies, error) {
-	var engines []*stemredis.Engine
+func controlRoundTrip(ctx context.Context, t target, ns string, n, rounds int) (latencies, error) {
+	var engines []benchEngine
 	defer func() {
-		for _, e := range engines {
-			cleanup(e, o.redisURL)
+		for i, e := range engines {
+			if i == 0 {
+				defer t.cleanup(e, ns) // last: the others share its namespace
+				continue
+			}
+			_ = e.Close()
 		}
 	}()
 	var workers []*worker.Worker
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
-		e, err := openEngine(ctx, o.redisURL, ns)
+		e, err := t.open(ctx, ns)
 		if err != nil {
 			return nil, err
 		}
@@ -267,7 +367,7 @@ func controlRoundTrip(ctx context.Context, o options, ns string, n, rounds int) 
 
 // cleanup deletes every key of the engine's namespace (the benchmark must
 // leave the shared Redis as it found it) and closes the engine.
-func cleanup(e *stemredis.Engine, url string) {
+func redisCleanup(e benchEngine, url, ns string) {
 	defer e.Close()
 	opts, err := goredis.ParseURL(url)
 	if err != nil {
@@ -276,7 +376,7 @@ func cleanup(e *stemredis.Engine, url string) {
 	c := goredis.NewClient(opts)
 	defer c.Close()
 	ctx := context.Background()
-	for _, pattern := range []string{e.Namespace() + ":*", "{" + e.Namespace() + ":*"} {
+	for _, pattern := range []string{ns + ":*", "{" + ns + ":*"} {
 		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
 		var batch []string
 		for iter.Next(ctx) {
@@ -332,7 +432,7 @@ func enqueue(ctx context.Context, b broker.Broker, n, batch, producers int, name
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
-func newWorker(e *stemredis.Engine, o options, h worker.HandlerFunc) (*worker.Worker, error) {
+func newWorker(e benchEngine, o options, h worker.HandlerFunc) (*worker.Worker, error) {
 	reg := worker.NewRegistry()
 	reg.MustRegister("noop", h, worker.TaskOptions{})
 	return worker.New(worker.Config{
@@ -342,7 +442,7 @@ func newWorker(e *stemredis.Engine, o options, h worker.HandlerFunc) (*worker.Wo
 	})
 }
 
-func burnDown(ctx context.Context, e *stemredis.Engine, o options) (time.Duration, error) {
+func burnDown(ctx context.Context, e benchEngine, o options) (time.Duration, error) {
 	var done atomic.Int64
 	all := make(chan struct{})
 	w, err := newWorker(e, o, func(worker.TaskContext, json.RawMessage) (any, error) {
@@ -397,7 +497,7 @@ func (l latencies) p(q int) time.Duration {
 
 // steady runs producers and a worker together. rate 0 = as fast as
 // possible in batches; otherwise one publish at a time at that rate.
-func steady(ctx context.Context, e *stemredis.Engine, o options, rate, n int) (float64, latencies, error) {
+func steady(ctx context.Context, e benchEngine, o options, rate, n int) (float64, latencies, error) {
 	var mu sync.Mutex
 	lat := make(latencies, 0, n)
 	var done atomic.Int64
