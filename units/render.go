@@ -175,7 +175,8 @@ func renderTemplate(s Spec) []byte {
 	w.set("After", "network-online.target redis-server.service redis.service postgresql.service")
 	w.set("Wants", "network-online.target")
 	w.set("PartOf", TargetUnit)
-	w.set("StartLimitIntervalSec", "10min")
+	// Every start counts, reloads (warm restarts) included: five a minute.
+	w.set("StartLimitIntervalSec", "60s")
 	w.set("StartLimitBurst", "5")
 
 	w.section("Service")
@@ -189,7 +190,9 @@ func renderTemplate(s Spec) []byte {
 	w.set("ExecStartPost", bin+" worker healthcheck --node %i --pidfile "+pidfile)
 	w.set("ExecReload", "/bin/kill -"+strings.TrimPrefix(ReloadSignal, "SIG")+" $MAINPID")
 	w.set("Restart", "on-failure")
-	w.set("RestartSec", "5s")
+	// Also the pause of a reload between the old process's exit and the
+	// new one's start.
+	w.set("RestartSec", "2s")
 	// A bad command line (64) or configuration (78) does not heal by
 	// itself: no restart loop.
 	w.set("RestartPreventExitStatus", "64 78")

@@ -173,7 +173,7 @@ func TestTemplateRoundTrip(t *testing.T) {
 		{"Service", "ExecReload"}:             "/bin/kill -HUP $MAINPID",
 		{"Service", "RestartForceExitStatus"}: "129",
 		{"Unit", "PartOf"}:                    TargetUnit,
-		{"Unit", "StartLimitIntervalSec"}:     "10min",
+		{"Unit", "StartLimitIntervalSec"}:     "60s",
 		{"Unit", "StartLimitBurst"}:           "5",
 		{"Install", "WantedBy"}:               "multi-user.target " + TargetUnit,
 	}
