@@ -87,7 +87,8 @@ configure() {
 	redis) g sed -i 's|^#\?STEM_BROKER_URL=redis.*|STEM_BROKER_URL=redis://127.0.0.1:6379/0|; s|^STEM_BROKER_URL=sqlite|#STEM_BROKER_URL=sqlite|' /etc/stem/stem.env ;;
 	sqlite) g sed -i 's|^STEM_BROKER_URL=redis|#STEM_BROKER_URL=redis|; s|^#STEM_BROKER_URL=sqlite|STEM_BROKER_URL=sqlite|' /etc/stem/stem.env ;;
 	esac
-	g grep "^STEM_BROKER_URL=" /etc/stem/stem.env
+	[ "$(g grep -c '^STEM_BROKER_URL=' /etc/stem/stem.env)" = 1 ]
+	g grep "^STEM_BROKER_URL=$broker://" /etc/stem/stem.env
 	# Each node has its own queue (so a test can aim a task at it) and the
 	# shared default queue. A value with '%', '$' and spaces must reach the
 	# worker unchanged.
