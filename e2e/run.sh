@@ -270,8 +270,9 @@ for broker in $E2E_BROKERS; do
 	echo "== broker $broker: $(since "$tb")s"
 done
 
-echo "e2e: $PASSED passed, $FAILED failed in $(since "$T0")s (root $how)"
+echo "e2e: took $(since "$T0")s (guest root $how)"
 if [ "$FAILED" -gt 0 ]; then
 	printf 'e2e: failed: %s\n' "${FAILURES[@]}"
-	exit 1
 fi
+echo "e2e: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
