@@ -29,6 +29,10 @@ const (
 	// ExitConfig: bad configuration (env file, URL, variable, tasks or
 	// routing file).
 	ExitConfig = 78
+	// ExitRestart: `worker run` stopped for a warm restart asked for with
+	// SIGHUP (`systemctl reload`); the unit restarts it. It is
+	// units.RestartExitStatus (128+SIGHUP).
+	ExitRestart = 129
 )
 
 // ExitCodes describes each code; it feeds `stem help exit-codes` and the
@@ -45,6 +49,7 @@ var ExitCodes = []struct {
 	{ExitInternal, "internal error"},
 	{ExitPartial, "partial reply: some targets did not answer"},
 	{ExitConfig, "configuration error: bad variable, env file, URL, tasks or routing file"},
+	{ExitRestart, "`worker run` stopped for a warm restart (SIGHUP, `systemctl reload`); the unit starts it again"},
 }
 
 // ExitError carries an explicit exit code with an error. A nil Err means

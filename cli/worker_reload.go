@@ -16,7 +16,10 @@ import (
 // for with SIGHUP. It is the units package's RestartExitStatus (129, 128+1:
 // "ended by SIGHUP"), which the packaged unit lists in
 // RestartForceExitStatus= and SuccessExitStatus=, so the two cannot drift.
-const exitRestart = units.RestartExitStatus
+const exitRestart = ExitRestart
+
+// The unit's RestartForceExitStatus= must name the same status.
+var _ = [1]struct{}{}[exitRestart-units.RestartExitStatus]
 
 // restartOnHUP implements `systemctl reload` for `worker run`: a warm
 // restart. On SIGHUP the worker shuts down warm (stops claiming, hands

@@ -220,6 +220,8 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	for sig := range signalModes {
 		signal.Notify(sigs, sig)
 	}
+	restart := newRestartOnHUP(signalModes, log) // SIGHUP = warm restart (systemctl reload)
+	restart.notify(sigs)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
@@ -232,7 +234,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 			case target = <-wCh:
 				continue
 			case s := <-sigs:
-				m := signalModes[s]
+				m := restart.mode(s, signalModes)
 				if m <= cur {
 					m = min(cur+1, worker.Hard)
 				}
@@ -255,7 +257,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	eng, err := openEngineRetrying(ctx, c, log)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return restart.exit(nil)
 		}
 		return err
 	}
@@ -302,5 +304,5 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	go svc.run(svcCtx, len(handlers.Names()))
 	// A signal that arrived before the worker existed cancelled ctx: Run
 	// then stops at once (warm).
-	return w.Run(ctx)
+	return restart.exit(w.Run(ctx))
 }
