@@ -37,7 +37,7 @@ bench: build ## throughput and latency on Redis, SQLite and Postgres (local serv
 	$(GO) run ./internal/bench -redis '$(STEM_TEST_REDIS_URL)' -sqlite-dir $$dir -postgres '$(STEM_TEST_POSTGRES_URL)'; rc=$$?; \
 	rm -rf $$dir; exit $$rc
 
-demo: build ## the main job: two workers, 1,000 tasks, results (needs the local Redis)
+demo: build ## the main job on the embedded SQLite default: two workers under multi, ping, 1,000 tasks, revoke, stop
 	./scripts/demo.sh
 
 clean: ## remove build output
