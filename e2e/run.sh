@@ -18,6 +18,10 @@ cd "$(dirname "$0")/.."
 . e2e/lib.sh
 
 [ "$(id -u)" -eq 0 ] || die "run as root (systemd-nspawn needs it)"
+case "$(realpath -m -- "$E2E_BASE")" in
+/var/tmp/?*) ;;
+*) die "E2E_BASE=$E2E_BASE: guest roots live under /var/tmp only" ;;
+esac
 T0=$(now)
 deb=$(ls dist/stem_*.deb 2>/dev/null | head -n1)
 [ -n "$deb" ] || die "no dist/stem_*.deb: run make package first"
