@@ -39,6 +39,10 @@ type App struct {
 	environ   func() []string
 	numCPU    int
 	stdin     io.Reader
+	// defaultEnvFile is read when STEM_ENV_FILE is not set, if it exists
+	// and this user can read it: the packaged deployment's settings reach
+	// every command run on the server.
+	defaultEnvFile string
 }
 
 // Option configures an App.
@@ -53,11 +57,18 @@ func WithEnv(lookup func(string) (string, bool), environ func() []string) Option
 	return func(a *App) { a.lookupEnv, a.environ = lookup, environ }
 }
 
+// DefaultEnvFile is the packaged env file, read by every command when
+// STEM_ENV_FILE is not set and the file is readable.
+const DefaultEnvFile = "/etc/stem/stem.env"
+
+// WithDefaultEnvFile replaces DefaultEnvFile ("" turns it off; tests).
+func WithDefaultEnvFile(path string) Option { return func(a *App) { a.defaultEnvFile = path } }
+
 // WithStdin replaces standard input (tests).
 func WithStdin(r io.Reader) Option { return func(a *App) { a.stdin = r } }
 
 func newApp(opts []Option) *App {
-	a := &App{lookupEnv: os.LookupEnv, environ: os.Environ, numCPU: runtime.NumCPU(), stdin: os.Stdin}
+	a := &App{lookupEnv: os.LookupEnv, environ: os.Environ, numCPU: runtime.NumCPU(), stdin: os.Stdin, defaultEnvFile: DefaultEnvFile}
 	for _, o := range opts {
 		o(a)
 	}
@@ -127,6 +138,12 @@ func flagSource(cmd *cobra.Command) config.Source {
 func (a *App) lookup(cmd *cobra.Command) (config.Lookup, error) {
 	l := config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}
 	path, _, ok := l.Get("STEM_ENV_FILE")
+	if !ok && a.defaultEnvFile != "" {
+		if f, err := os.Open(a.defaultEnvFile); err == nil {
+			f.Close()
+			path, ok = a.defaultEnvFile, true
+		}
+	}
 	if ok && path != "" {
 		m, err := config.LoadEnvFile(path)
 		if err != nil {

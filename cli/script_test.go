@@ -51,6 +51,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 				e.Setenv("STEM_BROKER_URL", redisURL)
 			}
 			e.Setenv("STEM_LOG_FORMAT", "text")
+			// No packaged env file of the machine leaks into the scripts.
+			e.Setenv("STEM_ENV_FILE", "")
 			// The default broker is a SQLite file in the state directory.
 			e.Setenv("XDG_STATE_HOME", e.WorkDir+"/state")
 			// Scripts share the test Redis: their task states expire soon.

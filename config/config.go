@@ -160,7 +160,7 @@ type Var struct {
 
 // Vars lists every STEM_* variable stem reads, in README order.
 var Vars = []Var{
-	{"STEM_ENV_FILE", "--env-file", "", "env file read before the others (godotenv syntax); the process environment wins over it"},
+	{"STEM_ENV_FILE", "--env-file", "/etc/stem/stem.env if readable", "env file (godotenv syntax) under the environment: the process environment wins over it; set it empty to read none"},
 	{"STEM_BROKER_URL", "--broker-url", DefaultBrokerDoc, "broker: `sqlite:///path/stem.db` (embedded, one host), `redis://[user:pass@]host:port/db`, `rediss://...`, `postgres://...`, `memory://` (in-process, tests)"},
 	{"STEM_RESULT_BACKEND_URL", "--result-backend-url", "the broker URL", "where task states and results are kept"},
 	{"STEM_RESULT_TTL", "--result-ttl", "24h", "how long task states are kept"},
