@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
+	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
@@ -31,6 +32,15 @@ func openRevokeStore(ctx context.Context, c config.Config, l config.Lookup, log 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if strings.HasPrefix(url, "sqlite:") {
+		// The SQLite store lives in a stem database: let the engine create
+		// (or check) the file first, so a revoke store of its own works.
+		eng, err := stemsqlite.Open(ctx, url, stemsqlite.Options{Namespace: c.Namespace})
+		if err != nil {
+			return nil, err
+		}
+		_ = eng.Close()
+	}
 	return revoke.Open(ctx, url, revoke.Options{
 		URLKey:         key,
 		RedisKeyPrefix: c.Namespace,

@@ -19,7 +19,6 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/stemhq/stem/broker"
-	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 )
 
 // SQLiteTable is the table of the SQLite store.
@@ -209,10 +208,9 @@ func sqliteAbs(p string) (string, error) {
 }
 
 // OpenSQLite opens the store in the stem SQLite database named by target
-// (see ParseSQLiteTarget) and creates its table if needed. A missing file
-// is created as a stem database (by the stem SQLite engine, so a broker can
-// share it later); an existing file must be one, otherwise the error wraps
-// ErrNotStemSQLite and says what to do. A database locked past the busy timeout, or a disk
+// (see ParseSQLiteTarget) and creates its table if needed. The file must
+// exist and be a stem database; otherwise the error wraps ErrNotStemSQLite
+// and says what to do. A database locked past the busy timeout, or a disk
 // error, wraps broker.ErrUnavailable. Errors name the path.
 func OpenSQLite(ctx context.Context, target string, opts SQLiteOptions) (*SQLiteStore, error) {
 	path, err := ParseSQLiteTarget(target, &opts)
@@ -224,16 +222,9 @@ func OpenSQLite(ctx context.Context, target string, opts SQLiteOptions) (*SQLite
 		return nil, err
 	}
 	st, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		// A file of its own: let the engine create stem's schema in it.
-		eng, eerr := stemsqlite.Open(ctx, path, stemsqlite.Options{BusyTimeout: opts.BusyTimeout})
-		if eerr != nil {
-			return nil, fmt.Errorf("sqlite revoke store: create %s: %w", path, eerr)
-		}
-		_ = eng.Close()
-		st, err = os.Stat(path)
-	}
 	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("sqlite revoke store: %s: %w: the file does not exist; open it with the stem SQLite engine first (start a worker with STEM_BROKER_URL=sqlite://%s), or point the revoke store at the broker's database", path, ErrNotStemSQLite, path)
 	case err != nil:
 		return nil, fmt.Errorf("sqlite revoke store: %s: %w", path, err)
 	case !st.Mode().IsRegular():
