@@ -152,7 +152,7 @@ type enqueueResult struct {
 	ID    string    `json:"id"`
 	Task  string    `json:"task"`
 	Queue string    `json:"queue"`
-	ETA   time.Time `json:"eta,omitempty"`
+	ETA   time.Time `json:"eta,omitzero"`
 }
 
 func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error {
@@ -272,7 +272,7 @@ type enqueueResults struct {
 	IDs   []string  `json:"ids"`
 	Task  string    `json:"task"`
 	Queue string    `json:"queue"`
-	ETA   time.Time `json:"eta,omitempty"`
+	ETA   time.Time `json:"eta,omitzero"`
 }
 
 // waitSummary is the output of enqueue --count N --wait.

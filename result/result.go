@@ -66,12 +66,12 @@ type TaskState struct {
 	// Reason and RevokedBy are set when State is Revoked.
 	Reason     string    `json:"reason,omitempty"`
 	RevokedBy  string    `json:"revokedBy,omitempty"`
-	EnqueuedAt time.Time `json:"enqueuedAt,omitempty"`
-	StartedAt  time.Time `json:"startedAt,omitempty"`
-	FinishedAt time.Time `json:"finishedAt,omitempty"`
+	EnqueuedAt time.Time `json:"enqueuedAt,omitzero"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
 	UpdatedAt  time.Time `json:"updatedAt"`
 	// NextRetryAt is set when State is Retried.
-	NextRetryAt time.Time `json:"nextRetryAt,omitempty"`
+	NextRetryAt time.Time `json:"nextRetryAt,omitzero"`
 }
 
 // ErrNotFound is returned by Get for a task the backend does not know (never

@@ -33,10 +33,10 @@ type InFlightTask struct {
 	Attempt int    `json:"attempt"`
 	// State is "running" or "prefetched" (claimed, waiting for a slot).
 	State          string    `json:"state"`
-	StartedAt      time.Time `json:"startedAt,omitempty"`
+	StartedAt      time.Time `json:"startedAt,omitzero"`
 	RuntimeSeconds float64   `json:"runtimeSeconds"`
 	// LastCheckpoint is the last Heartbeat/ExtendLease/Progress call.
-	LastCheckpoint time.Time `json:"lastCheckpoint,omitempty"`
+	LastCheckpoint time.Time `json:"lastCheckpoint,omitzero"`
 	Progress       float64   `json:"progress"`
 }
 
