@@ -284,7 +284,7 @@ func testLeaseExpiryRedelivers(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	want := envelope("expire", testQueue)
 	publish(t, b, want)
-	lease := 200 * time.Millisecond
+	lease := time.Second // long enough that a loaded machine cannot expire it between two calls
 	first := claim(t, b, params(1, lease))
 	if len(first) != 1 {
 		t.Fatalf("claimed %d, want 1", len(first))
@@ -314,7 +314,7 @@ func testLeaseExpiryRedelivers(t *testing.T, newEngine NewEngine) {
 func testExtendLease(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelopes("extend", testQueue, 2)...)
-	lease := 300 * time.Millisecond
+	lease := time.Second
 	ds := claim(t, b, params(2, lease))
 	if len(ds) != 2 {
 		t.Fatalf("claimed %d, want 2", len(ds))
@@ -400,7 +400,7 @@ func testNackRetryDelay(t *testing.T, newEngine NewEngine) {
 	next := ds[0].Envelope
 	next.Attempt++
 	next.Headers = map[string]string{"trace": "t-retry", "lastError": "boom"}
-	delay := 300 * time.Millisecond
+	delay := time.Second
 	start := time.Now()
 	nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.Retry, Envelope: next, Delay: delay})
 	if got := claim(t, b, params(1, time.Minute)); len(got) != 0 {
@@ -531,7 +531,7 @@ func testNackLostLease(t *testing.T, newEngine NewEngine) {
 
 func testDelayedPublish(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
-	delay := 300 * time.Millisecond
+	delay := 1500 * time.Millisecond
 	later := envelope("later", testQueue)
 	later.ETA = time.Now().Add(delay)
 	past := envelope("past", testQueue)
