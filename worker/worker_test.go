@@ -265,7 +265,7 @@ func TestTimeLimitAndPanic(t *testing.T) {
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
-// TestLeaseRenewalKeepsLongTaskSingle runs a task for three lease periods
+// TestLeaseRenewalKeepsLongTaskSingle runs a task for 2.5 lease periods
 // while a second worker polls the queue: the lease is renewed in place, so
 // the task runs exactly once.
 func TestLeaseRenewalKeepsLongTaskSingle(t *testing.T) {
@@ -274,12 +274,12 @@ func TestLeaseRenewalKeepsLongTaskSingle(t *testing.T) {
 	f.reg.MustRegister("long", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
 		calls.Add(1)
 		select {
-		case <-time.After(900 * time.Millisecond):
+		case <-time.After(2500 * time.Millisecond):
 		case <-tc.Context().Done():
 		}
 		return nil, nil
 	}, worker.TaskOptions{})
-	mod := func(c *worker.Config) { c.Lease = 300 * time.Millisecond }
+	mod := func(c *worker.Config) { c.Lease = time.Second }
 	w1 := f.worker(mod)
 	stop1 := f.start(w1)
 	ids := f.publish("long", 1, nil)
