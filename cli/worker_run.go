@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -225,14 +226,21 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
+	// The signal loop lives as long as runWorker: a signal before the
+	// worker exists cancels the start-up (broker retries) and is applied
+	// to the worker as soon as it exists, and later signals escalate.
 	wCh := make(chan *worker.Worker, 1)
+	loopDone := make(chan struct{})
+	defer close(loopDone)
 	go func() {
 		var cur worker.Mode
 		var target *worker.Worker
 		for {
 			select {
 			case target = <-wCh:
-				continue
+				if cur != 0 {
+					target.Shutdown(cur)
+				}
 			case s := <-sigs:
 				m := restart.mode(s, signalModes)
 				if m <= cur {
@@ -245,7 +253,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 					continue
 				}
 				target.Shutdown(m)
-			case <-ctx.Done():
+			case <-loopDone:
 				return
 			}
 		}
@@ -282,7 +290,10 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		Node: c.Node, Hostname: hostname, Namespace: c.ControlNamespace, Queues: c.Queues,
 		Concurrency: c.Concurrency, Prefetch: c.Prefetch, Lease: c.Lease, Heartbeat: c.Heartbeat,
 		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version,
-		Control: eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
+		// Hard shutdown waits long enough for exec tasks' process groups to
+		// be killed (SIGTERM, then SIGKILL after the terminate grace).
+		HardWait: c.TerminateGrace + time.Second,
+		Control:  eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
 		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
 		Isolation: worker.IsolationConfig{
 			MaxTasksPerChild: c.MaxTasksPerChild, MaxMemoryPerChildBytes: c.MaxChildMemory, TerminateGrace: c.TerminateGrace,

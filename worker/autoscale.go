@@ -103,15 +103,17 @@ func (a *autoscaler) config() AutoscaleConfig {
 
 // setBounds changes Min and Max at run time and clamps the concurrency.
 func (a *autoscaler) setBounds(minC, maxC int) error {
+	// a.mu is held through the resize, so a concurrent step cannot apply a
+	// decision made under the old bounds afterwards (lock order: a.mu,
+	// then the worker's mu inside resize).
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	next := a.cfg
 	next.Min, next.Max = minC, maxC
 	if err := next.Validate(); err != nil {
-		a.mu.Unlock()
 		return err
 	}
 	a.cfg = next
-	a.mu.Unlock()
 	_, limit := a.w.slots.stats()
 	if limit < minC || limit > maxC {
 		a.w.resize(min(max(limit, minC), maxC), "bounds changed")
@@ -176,10 +178,10 @@ func (a *autoscaler) step(ctx context.Context, now time.Time) int {
 	default:
 		a.idleSince = time.Time{}
 	}
-	a.mu.Unlock()
 	if next != limit {
-		a.w.resize(next, fmt.Sprintf("backlog %d, in flight %d", backlog, held))
+		a.w.resize(min(max(next, cfg.Min), cfg.Max), fmt.Sprintf("backlog %d, in flight %d", backlog, held))
 	}
+	a.mu.Unlock()
 	return next
 }
 

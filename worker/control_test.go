@@ -292,3 +292,52 @@ func TestInspectShowsRunningTasks(t *testing.T) {
 	w.ApplyRevokes([]revoke.Entry{{Namespace: f.ns, TaskID: ids[0], Version: 9, Terminate: true}})
 	f.waitState(ids, result.Revoked, 5*time.Second)
 }
+
+// TestRevokeWhileWaitingForASlot: a task the dispatcher holds while every
+// slot is busy is revoked; when the slot frees, it must not run.
+func TestRevokeWhileWaitingForASlot(t *testing.T) {
+	f := setupControl(t)
+	release := make(chan struct{})
+	var ran atomic.Int32
+	f.reg.MustRegister("gate", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		<-release
+		return nil, nil
+	}, worker.TaskOptions{})
+	f.reg.MustRegister("victim", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		ran.Add(1)
+		return nil, nil
+	}, worker.TaskOptions{})
+	w := f.worker("a", func(c *worker.Config) { c.Concurrency = 1; c.Prefetch = 1 })
+	f.start(w)
+	f.publish("gate", 1, nil)
+	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().InFlight == 1 }, "gate never started")
+	ids := f.publish("victim", 1, nil)
+	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().Outstanding == 2 }, "victim never claimed")
+	w.ApplyRevokes([]revoke.Entry{{Namespace: f.ns, TaskID: ids[0], Version: 1}})
+	close(release)
+	f.waitState(ids, result.Revoked, 5*time.Second)
+	if ran.Load() != 0 {
+		t.Fatal("a task revoked while it waited for a slot ran")
+	}
+}
+
+// TestSoftShutdownKeepsASuccess: a handler that finishes successfully as a
+// soft shutdown cancels it keeps its result (it is not run again).
+func TestSoftShutdownKeepsASuccess(t *testing.T) {
+	f := setupControl(t)
+	started := make(chan struct{})
+	f.reg.MustRegister("stubborn-ok", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		close(started)
+		<-tc.Context().Done()     // cancelled by the soft shutdown...
+		return "done anyway", nil // ...and succeeds all the same
+	}, worker.TaskOptions{})
+	w := f.worker("a", nil)
+	stop := f.start(w)
+	ids := f.publish("stubborn-ok", 1, nil)
+	<-started
+	stop(worker.Soft)
+	st := f.waitState(ids, result.Succeeded, 5*time.Second)[0]
+	if string(st.Result) != `"done anyway"` {
+		t.Fatalf("state %+v", st)
+	}
+}

@@ -12,12 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/result"
@@ -99,7 +99,38 @@ type child struct {
 	msgs  chan frameMsg
 	errc  chan error // the read loop's final error
 	tasks int
-	dead  bool
+	dead  atomic.Bool
+
+	waitOnce sync.Once
+	waitErr  error
+	reaped   atomic.Bool
+}
+
+// wait reaps the child once, however many paths (kill, exit, pool close)
+// ask for it.
+func (c *child) wait() error {
+	c.waitOnce.Do(func() {
+		c.waitErr = c.cmd.Wait()
+		c.reaped.Store(true)
+	})
+	return c.waitErr
+}
+
+// killGroup SIGKILLs the child's process group unless the child was
+// already reaped (its pid may belong to someone else by then).
+func (c *child) killGroup() {
+	if !c.reaped.Load() {
+		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+	}
+}
+
+// drain discards what the child still sends, so its reader goroutine never
+// blocks on a full channel after the task was given up.
+func (c *child) drain() {
+	go func() {
+		for range c.msgs {
+		}
+	}()
 }
 
 // pool runs isolated tasks in children, at most one task per child.
@@ -186,8 +217,15 @@ func (p *pool) start() (*child, error) {
 	case m, ok := <-c.msgs:
 		if ok && m.T == msgReady {
 			p.mu.Lock()
-			p.all[c] = true
+			closed := p.closed
+			if !closed {
+				p.all[c] = true
+			}
 			p.mu.Unlock()
+			if closed {
+				p.kill(c)
+				return nil, errors.New("isolation: pool closed")
+			}
 			p.log.WithField(logging.FieldPID, c.pid).Debug("isolation child started")
 			return c, nil
 		}
@@ -225,7 +263,7 @@ func (p *pool) get() (*child, error) {
 // put returns a healthy child to the idle list, or recycles it if a guard
 // says so or the pool is larger than the current concurrency.
 func (p *pool) put(c *child) {
-	if c.dead {
+	if c.dead.Load() {
 		return
 	}
 	reason := ""
@@ -259,29 +297,31 @@ func (p *pool) put(c *child) {
 func (p *pool) stop(c *child) {
 	c.in.Close()
 	done := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(done) }()
+	go func() { _ = c.wait(); close(done) }()
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {
 	case <-done:
 	case <-t.C:
-		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+		c.killGroup()
 		<-done
 	}
+	c.drain()
 	p.forget(c)
 }
 
 // kill kills a child's whole process group and reaps it.
 func (p *pool) kill(c *child) {
-	c.dead = true
-	_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+	c.dead.Store(true)
+	c.killGroup()
 	c.in.Close()
-	_ = c.cmd.Wait()
+	_ = c.wait()
+	c.drain()
 	p.forget(c)
 }
 
 func (p *pool) forget(c *child) {
-	c.dead = true
+	c.dead.Store(true)
 	p.mu.Lock()
 	delete(p.all, c)
 	p.mu.Unlock()
@@ -302,7 +342,7 @@ func (p *pool) close() {
 		p.stop(c)
 	}
 	for _, c := range busy {
-		if !c.dead {
+		if !c.dead.Load() {
 			p.kill(c)
 		}
 	}
@@ -408,13 +448,9 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
 			case msgLease:
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
-				lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				if err := p.w.cfg.Broker.ExtendLease(lctx, []broker.Delivery{r.d}, m.Lease); err != nil {
+				if err := p.w.extendLease(context.Background(), r, m.Lease); err != nil {
 					log.WithError(err).Warn("could not extend the lease of an isolated task")
-				} else if until := p.w.cfg.Now().Add(m.Lease).UnixNano(); until > r.leaseUntil.Load() {
-					r.leaseUntil.Store(until)
 				}
-				cancel()
 			case msgProgress:
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
 				p.w.recordProgress(r, m.Progress, m.Data)
@@ -446,14 +482,14 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 // exitState reaps a child whose pipe closed and describes how it ended.
 func (p *pool) exitState(c *child) string {
 	done := make(chan error, 1)
-	go func() { done <- c.cmd.Wait() }()
+	go func() { done <- c.wait() }()
 	t := time.NewTimer(2 * time.Second)
 	defer t.Stop()
 	var err error
 	select {
 	case err = <-done:
 	case <-t.C:
-		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
+		c.killGroup()
 		err = <-done
 	}
 	p.forget(c)

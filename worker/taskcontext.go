@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/result"
 )
 
@@ -74,16 +73,7 @@ func (t *taskContext) ExtendLease(d time.Duration) error {
 	if d <= 0 {
 		return fmt.Errorf("extend lease: duration %s must be positive", d)
 	}
-	ctx, cancel := context.WithTimeout(t.ctx, 5*time.Second)
-	defer cancel()
-	if err := t.w.cfg.Broker.ExtendLease(ctx, []broker.Delivery{t.run.d}, d); err != nil {
-		return fmt.Errorf("extend lease of task %s: %w", t.ID(), err)
-	}
-	until := t.w.cfg.Now().Add(d).UnixNano()
-	if until > t.run.leaseUntil.Load() {
-		t.run.leaseUntil.Store(until)
-	}
-	return nil
+	return t.w.extendLease(t.ctx, t.run, d)
 }
 
 // Progress implements TaskContext. It writes the progress through to the

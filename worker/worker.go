@@ -278,6 +278,11 @@ type Worker struct {
 	revokes map[string]revoke.Entry // by task id
 	paused  atomic.Pointer[map[string]bool]
 
+	// doneMu guards closing w.done against late senders (a handler that
+	// returns just as a hard shutdown gives up on it).
+	doneMu     sync.RWMutex
+	doneClosed bool
+
 	// claimSince is when the fetcher entered Claim (unix nanos), 0 while
 	// it is not inside Claim; Alive uses it.
 	claimSince atomic.Int64
@@ -297,6 +302,8 @@ type run struct {
 	// leaseUntil is the current lease deadline (unix nanos); d stays
 	// immutable so it can be read without the lock.
 	leaseUntil atomic.Int64
+	// lost is set when a renewal found the lease already gone.
+	lost atomic.Bool
 }
 
 const (
@@ -330,6 +337,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w.paused.Store(&map[string]bool{})
 	w.capCond = sync.NewCond(&w.mu)
+	w.startedAt = cfg.Now() // set once, before anything (a metrics scrape) can read it
 	w.metrics = cfg.Metrics
 	if w.metrics == nil {
 		w.metrics = NewMetrics()
@@ -419,7 +427,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	if !w.started.CompareAndSwap(false, true) {
 		return errors.New("worker: Run called twice")
 	}
-	w.startedAt = w.cfg.Now()
 	w.log.WithFields(logrus.Fields{"queues": w.cfg.Queues, "concurrency": w.cfg.Concurrency, "prefetch": w.cfg.Prefetch}).Info("worker starting")
 
 	fetchCtx, stopFetch := context.WithCancel(context.Background())
@@ -483,7 +490,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.drainRunning(mode)
 
 	// 4. Flush.
+	w.doneMu.Lock()
+	w.doneClosed = true
 	close(w.done)
+	w.doneMu.Unlock()
 	finishWG.Wait()
 
 	// 5. Background services (control answers until here, so operators
@@ -668,6 +678,12 @@ func (w *Worker) requeueNow(ds []broker.Delivery) {
 // the queue is closed (shutdown), it hands back what was never started.
 func (w *Worker) dispatch() {
 	for r := range w.queue {
+		if r.lost.Load() {
+			// Its lease ran out while it waited (redelivered elsewhere):
+			// running it would run it twice.
+			w.settleLost(r)
+			continue
+		}
 		if e, ok := w.revokedEntry(r.d.Envelope.ID); ok {
 			w.settleRevoked(r, e)
 			continue
@@ -676,22 +692,41 @@ func (w *Worker) dispatch() {
 			w.handBack(r)
 			continue
 		}
+		// Set before the task is seen running (inspect reads them then).
+		now := w.cfg.Now()
+		r.startedAt = now
+		r.lastBeat.Store(now.UnixNano())
 		if !r.state.CompareAndSwap(runQueued, runRunning) {
 			w.slots.release()
+			continue
+		}
+		// A revoke may have arrived while this waited for a slot: the
+		// revoke cache is written before running tasks are scanned, so
+		// either this check sees it or ApplyRevokes sees the task running.
+		if e, ok := w.revokedEntry(r.d.Envelope.ID); ok {
+			r.state.Store(runQueued)
+			w.slots.release()
+			w.settleRevoked(r, e)
 			continue
 		}
 		w.running.Add(1)
 		// The "started" event is sent here, not in the goroutine, so it
 		// can never race the finisher's channel being closed.
-		now := w.cfg.Now()
-		r.startedAt = now
-		r.lastBeat.Store(now.UnixNano())
 		env := r.d.Envelope
 		w.done <- finish{run: r, hasState: true, startedOnly: true, state: result.TaskState{
 			ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started,
 			Attempt: env.Attempt, Worker: w.id, EnqueuedAt: env.CreatedAt, StartedAt: now, UpdatedAt: now,
 		}}
 		go w.execute(r)
+	}
+}
+
+// settleLost drops a queued run whose lease was lost: no state, and an
+// ack that removes nothing (the redelivered copy has its own token).
+func (w *Worker) settleLost(r *run) {
+	if r.state.CompareAndSwap(runQueued, runSettled) {
+		w.log.WithField(logging.FieldTask, r.d.Envelope.ID).Warn("lease lost before the task started; not running it here")
+		w.done <- finish{run: r}
 	}
 }
 
@@ -728,7 +763,9 @@ func (w *Worker) execute(r *run) {
 	f := w.runHandler(r, st)
 	// The slot is released before the delivery is settled, so the next
 	// task starts while the finisher batches this one's ack.
-	if r.state.CompareAndSwap(runRunning, runSettled) {
+	w.doneMu.RLock()
+	defer w.doneMu.RUnlock()
+	if !w.doneClosed && r.state.CompareAndSwap(runRunning, runSettled) {
 		w.slots.release()
 		w.done <- f
 		return
@@ -793,8 +830,9 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 	}
 
 	if cause := context.Cause(r.ctx); cause != nil && r.ctx.Err() != nil {
-		// Cancelled by the worker (shutdown) or a terminate revoke.
-		if errors.Is(cause, errShutdown) {
+		// Cancelled by the worker (shutdown) or a terminate revoke. A
+		// handler that still succeeded keeps its result.
+		if errors.Is(cause, errShutdown) && err != nil {
 			// No state is written: the task is queued again and the next
 			// worker's "started" replaces this one.
 			f.hasState = false
@@ -804,7 +842,7 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 			return f
 		}
 		var re *revokedError
-		if errors.As(cause, &re) {
+		if errors.As(cause, &re) && err != nil {
 			st.State = result.Revoked
 			st.Reason, st.RevokedBy = re.reason, re.by
 			f.state = st
@@ -970,12 +1008,17 @@ func (w *Worker) flush(batch []finish) {
 			nacks = append(nacks, broker.Nack{Delivery: f.run.d, Action: f.action, Envelope: f.retryEnv, Delay: f.delay, Reason: f.reason})
 		}
 	}
-	w.retrying("write task states", func(ctx context.Context) error {
+	if !w.retrying("write task states", func(ctx context.Context) error {
 		if len(states) == 0 {
 			return nil
 		}
 		return w.cfg.Results.Set(ctx, states)
-	})
+	}) {
+		// The states were not written (hard shutdown gave up): leave the
+		// deliveries leased, so they are redelivered and run again rather
+		// than acked with their outcome lost.
+		acks, nacks = nil, nil
+	}
 	w.retrying("ack deliveries", func(ctx context.Context) error {
 		if len(acks) == 0 {
 			return nil
@@ -1006,8 +1049,8 @@ func (w *Worker) flush(batch []finish) {
 }
 
 // retrying runs op until it succeeds, backing off between attempts; it
-// gives up only once a hard shutdown is under way.
-func (w *Worker) retrying(what string, op func(context.Context) error) {
+// gives up (and returns false) only once a hard shutdown is under way.
+func (w *Worker) retrying(what string, op func(context.Context) error) bool {
 	b := newBackoff(50*time.Millisecond, 5*time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -1017,11 +1060,11 @@ func (w *Worker) retrying(what string, op func(context.Context) error) {
 			if b.failures > 0 {
 				w.log.Infof("%s: succeeded after %d failed attempt(s)", what, b.failures)
 			}
-			return
+			return true
 		}
 		if w.currentMode() == Hard && b.failures >= 3 {
 			w.log.WithError(err).Errorf("%s: giving up during hard shutdown; leases will expire and the broker will redeliver", what)
-			return
+			return false
 		}
 		d := b.next()
 		w.log.WithError(err).WithField(logging.FieldDelay, d.String()).Warnf("%s failed; retrying", what)
@@ -1046,7 +1089,7 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		var ds []broker.Delivery
 		var rs []*run
 		for _, r := range w.outstanding {
-			if r.state.Load() != runSettled && r.leaseUntil.Load() < threshold.UnixNano() {
+			if r.state.Load() != runSettled && !r.lost.Load() && r.leaseUntil.Load() < threshold.UnixNano() {
 				ds = append(ds, r.d)
 				rs = append(rs, r)
 			}
@@ -1072,11 +1115,27 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		}
 		until := now.Add(w.cfg.Lease)
 		for _, r := range rs {
-			if !lostSet[r.d.Envelope.ID] {
+			if lostSet[r.d.Envelope.ID] {
+				r.lost.Store(true)
+			} else {
 				r.leaseUntil.Store(until.UnixNano())
 			}
 		}
 	}
+}
+
+// extendLease sets r's lease to now+d, in the broker and in r.leaseUntil
+// (which the renewer reads): the broker sets the deadline, it does not
+// only raise it, so the renewer must know a shorter one too.
+func (w *Worker) extendLease(ctx context.Context, r *run, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	until := w.cfg.Now().Add(d).UnixNano()
+	if err := w.cfg.Broker.ExtendLease(ctx, []broker.Delivery{r.d}, d); err != nil {
+		return fmt.Errorf("extend lease of task %s: %w", r.d.Envelope.ID, err)
+	}
+	r.leaseUntil.Store(until)
+	return nil
 }
 
 // Info returns the worker's registry record.
