@@ -52,6 +52,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1008,24 +1009,31 @@ func (w *Worker) flush(batch []finish) {
 			nacks = append(nacks, broker.Nack{Delivery: f.run.d, Action: f.action, Envelope: f.retryEnv, Delay: f.delay, Reason: f.reason})
 		}
 	}
-	if !w.retrying("write task states", func(ctx context.Context) error {
+	if err := w.retrying("write task states", func(ctx context.Context) error {
 		if len(states) == 0 {
 			return nil
 		}
 		return w.cfg.Results.Set(ctx, states)
-	}) {
-		// The states were not written (hard shutdown gave up): leave the
-		// deliveries leased, so they are redelivered and run again rather
-		// than acked with their outcome lost.
-		acks, nacks = nil, nil
+	}); err != nil {
+		if w.currentMode() == Hard {
+			// The states were not written (hard shutdown gave up): leave
+			// the deliveries leased, so they are redelivered and run again
+			// rather than acked with their outcome lost.
+			acks, nacks = nil, nil
+		} else {
+			// The backend refuses this batch for good (a result it cannot
+			// store, say): store what it takes, one by one, instead of
+			// stalling every ack behind it.
+			w.writeStatesOneByOne(states)
+		}
 	}
-	w.retrying("ack deliveries", func(ctx context.Context) error {
+	_ = w.retrying("ack deliveries", func(ctx context.Context) error {
 		if len(acks) == 0 {
 			return nil
 		}
 		return w.cfg.Broker.Ack(ctx, acks)
 	})
-	w.retrying("hand back deliveries", func(ctx context.Context) error {
+	_ = w.retrying("hand back deliveries", func(ctx context.Context) error {
 		if len(nacks) == 0 {
 			return nil
 		}
@@ -1048,9 +1056,11 @@ func (w *Worker) flush(batch []finish) {
 	}
 }
 
-// retrying runs op until it succeeds, backing off between attempts; it
-// gives up (and returns false) only once a hard shutdown is under way.
-func (w *Worker) retrying(what string, op func(context.Context) error) bool {
+// retrying runs op until it succeeds, backing off between attempts. It
+// gives up, returning the last error, after three failures during a hard
+// shutdown, or after three failures that are not the backend being
+// unavailable (an error that retrying will not clear).
+func (w *Worker) retrying(what string, op func(context.Context) error) error {
 	b := newBackoff(50*time.Millisecond, 5*time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -1060,15 +1070,41 @@ func (w *Worker) retrying(what string, op func(context.Context) error) bool {
 			if b.failures > 0 {
 				w.log.Infof("%s: succeeded after %d failed attempt(s)", what, b.failures)
 			}
-			return true
+			return nil
 		}
 		if w.currentMode() == Hard && b.failures >= 3 {
 			w.log.WithError(err).Errorf("%s: giving up during hard shutdown; leases will expire and the broker will redeliver", what)
-			return false
+			return err
+		}
+		if b.failures >= 3 && !errors.Is(err, broker.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+			w.log.WithError(err).Errorf("%s: the backend keeps refusing it; giving up on this batch", what)
+			return err
 		}
 		d := b.next()
 		w.log.WithError(err).WithField(logging.FieldDelay, d.String()).Warnf("%s failed; retrying", what)
 		time.Sleep(d) // back-off in production code, not test synchronisation
+	}
+}
+
+// writeStatesOneByOne writes states singly after a batch was refused for
+// good. A state the backend still refuses is written again without its
+// result and progress data, with an error saying why; if even that fails,
+// it is logged and skipped (the delivery is still settled).
+func (w *Worker) writeStatesOneByOne(states []result.TaskState) {
+	for _, st := range states {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := w.cfg.Results.Set(ctx, []result.TaskState{st})
+		if err != nil {
+			bare := st
+			bare.Result, bare.ProgressData = nil, nil
+			bare.Error = strings.TrimPrefix(st.Error+"; ", "; ") + "result not stored: " + err.Error()
+			if err2 := w.cfg.Results.Set(ctx, []result.TaskState{bare}); err2 != nil {
+				w.log.WithError(err2).WithField(logging.FieldTask, st.ID).Error("could not record the task's state")
+			} else {
+				w.log.WithError(err).WithField(logging.FieldTask, st.ID).Warn("the result backend refused the task's result; recorded the state without it")
+			}
+		}
+		cancel()
 	}
 }
 

@@ -453,3 +453,38 @@ func TestBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+// pickyBackend refuses, for good, any state whose result holds "poison".
+type pickyBackend struct {
+	result.Backend
+}
+
+func (p pickyBackend) Set(ctx context.Context, states []result.TaskState) error {
+	for _, st := range states {
+		if strings.Contains(string(st.Result), "poison") {
+			return errors.New("value too large for column")
+		}
+	}
+	return p.Backend.Set(ctx, states)
+}
+
+// TestRefusedResultDoesNotStallTheWorker: a result the backend refuses for
+// good is recorded without it, and the worker keeps settling other tasks.
+func TestRefusedResultDoesNotStallTheWorker(t *testing.T) {
+	f := setup(t)
+	f.reg.MustRegister("poison", func(worker.TaskContext, json.RawMessage) (any, error) { return "poison", nil }, worker.TaskOptions{})
+	f.reg.MustRegister("fine", func(worker.TaskContext, json.RawMessage) (any, error) { return "ok", nil }, worker.TaskOptions{})
+	w := f.worker(func(c *worker.Config) { c.Results = pickyBackend{f.eng} })
+	stop := f.start(w)
+	bad := f.publish("poison", 1, nil)
+	good := f.publish("fine", 5, nil)
+	f.waitState(good, result.Succeeded, 20*time.Second)
+	st := f.waitState(bad, result.Succeeded, 20*time.Second)[0]
+	if st.Result != nil || !strings.Contains(st.Error, "result not stored: value too large for column") {
+		t.Fatalf("state %+v", st)
+	}
+	stop(worker.Warm)
+	if n, _ := f.eng.PendingCount(context.Background(), "default"); n != 0 {
+		t.Fatalf("pending %d", n)
+	}
+}
