@@ -146,6 +146,21 @@ type Nack struct {
 	Reason string
 }
 
+// Validate reports a Nack no engine accepts: an unknown action, or a Retry
+// whose new envelope is invalid. Every engine's Nack calls it first.
+func (n Nack) Validate() error {
+	switch n.Action {
+	case Retry:
+		if err := n.Envelope.Validate(); err != nil {
+			return fmt.Errorf("nack retry of task %s: %w", n.Delivery.Envelope.ID, err)
+		}
+	case Requeue, DeadLetter:
+	default:
+		return fmt.Errorf("nack of task %s: unknown action %d", n.Delivery.Envelope.ID, n.Action)
+	}
+	return nil
+}
+
 // DeadLetterEntry is one dead-lettered task.
 type DeadLetterEntry struct {
 	Envelope Envelope  `json:"envelope"`

@@ -7,6 +7,8 @@ package registry
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -27,6 +29,21 @@ type WorkerInfo struct {
 	// State is "running", "draining" or "stopped".
 	State   string `json:"state"`
 	Version string `json:"version,omitempty"`
+}
+
+// ValidateHeartbeat reports a heartbeat no registry accepts: an empty
+// namespace or one with whitespace or braces, an empty id, a TTL below
+// 1ms. Every registry's Heartbeat calls it first.
+func ValidateHeartbeat(info WorkerInfo, ttl time.Duration) error {
+	switch {
+	case info.Namespace == "" || strings.ContainsAny(info.Namespace, " \t\r\n{}"):
+		return fmt.Errorf("heartbeat of worker %q: namespace %q is empty or contains whitespace or braces", info.ID, info.Namespace)
+	case info.ID == "":
+		return fmt.Errorf("heartbeat in namespace %q: empty worker id", info.Namespace)
+	case ttl < time.Millisecond:
+		return fmt.Errorf("heartbeat of worker %q: ttl %v is below 1ms", info.ID, ttl)
+	}
+	return nil
 }
 
 // Registry stores heartbeats. Implementations must be safe for concurrent

@@ -347,20 +347,6 @@ func (e *Engine) Ack(ctx context.Context, ds []broker.Delivery) error {
 	return nil
 }
 
-// validateNack checks one Nack item.
-func validateNack(n broker.Nack) error {
-	switch n.Action {
-	case broker.Retry:
-		if err := n.Envelope.Validate(); err != nil {
-			return fmt.Errorf("nack retry of task %s: %w", n.Delivery.Envelope.ID, err)
-		}
-	case broker.Requeue, broker.DeadLetter:
-	default:
-		return fmt.Errorf("nack of task %s: unknown action %d", n.Delivery.Envelope.ID, n.Action)
-	}
-	return nil
-}
-
 // Nack hands deliveries back per their Action. Deliveries whose lease was
 // lost are skipped. Requeued deliveries go back to the head of their queue
 // in the order given.
@@ -369,7 +355,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 		return err
 	}
 	for _, n := range ns {
-		if err := validateNack(n); err != nil {
+		if err := n.Validate(); err != nil {
 			return fmt.Errorf("memory broker: %w", err)
 		}
 	}

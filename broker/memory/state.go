@@ -78,27 +78,12 @@ func cloneState(st result.TaskState) result.TaskState {
 	return st
 }
 
-// validateHeartbeat checks a heartbeat's arguments.
-func validateHeartbeat(info registry.WorkerInfo, ttl time.Duration) error {
-	switch {
-	case info.Namespace == "":
-		return fmt.Errorf("heartbeat of worker %q: empty namespace", info.ID)
-	case info.ID == "":
-		return fmt.Errorf("heartbeat in namespace %q: empty worker id", info.Namespace)
-	case strings.ContainsAny(info.Namespace, " \t\n{}"):
-		return fmt.Errorf("heartbeat of worker %q: namespace %q contains whitespace or braces", info.ID, info.Namespace)
-	case ttl <= 0:
-		return fmt.Errorf("heartbeat of worker %q: ttl %v is not positive", info.ID, ttl)
-	}
-	return nil
-}
-
 // Heartbeat upserts info under (info.Namespace, info.ID), valid for ttl.
 func (e *Engine) Heartbeat(ctx context.Context, info registry.WorkerInfo, ttl time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := validateHeartbeat(info, ttl); err != nil {
+	if err := registry.ValidateHeartbeat(info, ttl); err != nil {
 		return fmt.Errorf("memory registry: %w", err)
 	}
 	if err := e.lock(); err != nil {

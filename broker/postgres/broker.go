@@ -240,20 +240,6 @@ func (e *Engine) Ack(ctx context.Context, ds []broker.Delivery) error {
 	return e.fail(fmt.Sprintf("ack %d deliveries", len(ds)), err)
 }
 
-// validateNack checks one Nack item.
-func validateNack(n broker.Nack) error {
-	switch n.Action {
-	case broker.Retry:
-		if err := n.Envelope.Validate(); err != nil {
-			return fmt.Errorf("nack retry of task %s: %w", n.Delivery.Envelope.ID, err)
-		}
-	case broker.Requeue, broker.DeadLetter:
-	default:
-		return fmt.Errorf("nack of task %s: unknown action %d", n.Delivery.Envelope.ID, n.Action)
-	}
-	return nil
-}
-
 // Nack hands deliveries back in one round trip and one transaction (one
 // statement per kind of action present); each item applies only if its
 // row still carries the delivery's token, so a lost lease creates no
@@ -266,7 +252,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 		return err
 	}
 	for _, n := range ns {
-		if err := validateNack(n); err != nil {
+		if err := n.Validate(); err != nil {
 			return fmt.Errorf("postgres engine: %w", err)
 		}
 	}

@@ -328,20 +328,6 @@ func (b *nackBuilder) run(ctx context.Context, op string) error {
 	return b.e.fail(op, nackScript.Run(ctx, b.e.client, b.keys, args...).Err())
 }
 
-// validateNack checks one Nack item.
-func validateNack(n broker.Nack) error {
-	switch n.Action {
-	case broker.Retry:
-		if err := n.Envelope.Validate(); err != nil {
-			return fmt.Errorf("nack retry of task %s: %w", n.Delivery.Envelope.ID, err)
-		}
-	case broker.Requeue, broker.DeadLetter:
-	default:
-		return fmt.Errorf("nack of task %s: unknown action %d", n.Delivery.Envelope.ID, n.Action)
-	}
-	return nil
-}
-
 // Nack hands deliveries back in one script call: each item is applied only
 // if its lease is still held (so a lost lease creates no duplicate). Retry
 // with a delay goes to the delayed ZSET, without one to the tail of the
@@ -352,7 +338,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 		return err
 	}
 	for _, n := range ns {
-		if err := validateNack(n); err != nil {
+		if err := n.Validate(); err != nil {
 			return fmt.Errorf("redis engine: %w", err)
 		}
 	}

@@ -74,26 +74,13 @@ func (e *Engine) Get(ctx context.Context, id string) (result.TaskState, error) {
 	return st, nil
 }
 
-// validateHeartbeat checks a heartbeat's arguments.
-func validateHeartbeat(info registry.WorkerInfo, ttl time.Duration) error {
-	switch {
-	case info.Namespace == "" || strings.ContainsAny(info.Namespace, " \t\n{}"):
-		return fmt.Errorf("heartbeat of worker %q: namespace %q is empty or contains whitespace or braces", info.ID, info.Namespace)
-	case info.ID == "":
-		return fmt.Errorf("heartbeat in namespace %q: empty worker id", info.Namespace)
-	case ttl < time.Millisecond:
-		return fmt.Errorf("heartbeat of worker %q: ttl %v is below 1ms", info.ID, ttl)
-	}
-	return nil
-}
-
 // Heartbeat upserts info, valid for ttl: the worker's record with that TTL
 // and its id in the namespace's index, in one MULTI/EXEC round trip.
 func (e *Engine) Heartbeat(ctx context.Context, info registry.WorkerInfo, ttl time.Duration) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
-	if err := validateHeartbeat(info, ttl); err != nil {
+	if err := registry.ValidateHeartbeat(info, ttl); err != nil {
 		return fmt.Errorf("redis registry: %w", err)
 	}
 	js, err := json.Marshal(info)

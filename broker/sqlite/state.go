@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/stemhq/stem/registry"
@@ -139,25 +138,12 @@ func (e *Engine) Get(ctx context.Context, id string) (result.TaskState, error) {
 	return st, nil
 }
 
-// validateHeartbeat checks a heartbeat's arguments.
-func validateHeartbeat(info registry.WorkerInfo, ttl time.Duration) error {
-	switch {
-	case info.Namespace == "" || strings.ContainsAny(info.Namespace, " \t\r\n"):
-		return fmt.Errorf("heartbeat of worker %q: namespace %q is empty or contains whitespace", info.ID, info.Namespace)
-	case info.ID == "":
-		return fmt.Errorf("heartbeat in namespace %q: empty worker id", info.Namespace)
-	case ttl < time.Millisecond:
-		return fmt.Errorf("heartbeat of worker %q: ttl %v is below 1ms", info.ID, ttl)
-	}
-	return nil
-}
-
 // Heartbeat upserts info, valid for ttl, in one write transaction.
 func (e *Engine) Heartbeat(ctx context.Context, info registry.WorkerInfo, ttl time.Duration) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
-	if err := validateHeartbeat(info, ttl); err != nil {
+	if err := registry.ValidateHeartbeat(info, ttl); err != nil {
 		return fmt.Errorf("sqlite registry: %w", err)
 	}
 	js, err := json.Marshal(info)
