@@ -138,7 +138,8 @@ func flagSource(cmd *cobra.Command) config.Source {
 func (a *App) lookup(cmd *cobra.Command) (config.Lookup, error) {
 	l := config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}
 	path, _, ok := l.Get("STEM_ENV_FILE")
-	if !ok && a.defaultEnvFile != "" {
+	// STEM_ENV_FILE set but empty means "no env file", not the default.
+	if _, setEmpty := a.lookupEnv("STEM_ENV_FILE"); !ok && !setEmpty && a.defaultEnvFile != "" {
 		if f, err := os.Open(a.defaultEnvFile); err == nil {
 			f.Close()
 			path, ok = a.defaultEnvFile, true

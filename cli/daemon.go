@@ -135,8 +135,9 @@ func expandFlag(flag, tmpl string, v templating.Vars) (string, error) {
 // with slashes, spaces or other characters outside letters, digits and
 // . _ - :, or made of dots only.
 func checkNodeName(name string) error {
-	if !config.ValidName(name) || strings.Trim(name, ".") == "" {
-		return usageErrorf("invalid node name %q: use letters, digits and . _ - : (no spaces or slashes)", name)
+	// The same rule as STEM_WORKER_NODE in worker run: no colon either.
+	if !config.ValidName(name) || strings.Contains(name, ":") || strings.Trim(name, ".") == "" {
+		return usageErrorf("invalid node name %q: use letters, digits and . _ - (no spaces, slashes or colons)", name)
 	}
 	return nil
 }

@@ -19,12 +19,12 @@ func TestChildEnviron(t *testing.T) {
 }
 
 func TestCheckNodeName(t *testing.T) {
-	for _, ok := range []string{"alpha", "a.b", "w-1", "x_y:z", "ünï"} {
+	for _, ok := range []string{"alpha", "a.b", "w-1", "x_y", "ünï"} {
 		if err := checkNodeName(ok); err != nil {
 			t.Errorf("checkNodeName(%q) = %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", "a/b", "a b", ".", "..", "...", "a\nb", "../x"} {
+	for _, bad := range []string{"", "a/b", "a b", ".", "..", "...", "a\nb", "../x", "x:y"} {
 		if err := checkNodeName(bad); ExitCode(err) != ExitUsage {
 			t.Errorf("checkNodeName(%q) = %v, want a usage error", bad, err)
 		}

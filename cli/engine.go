@@ -49,7 +49,8 @@ func openEngineRetrying(ctx context.Context, c config.Config, log logrus.FieldLo
 			}
 			return e, nil
 		}
-		if _, isConfig := err.(*config.Error); isConfig || ctx.Err() != nil {
+		// A bad URL or an unusable store does not get better by waiting.
+		if ExitCode(err) == ExitConfig || ctx.Err() != nil {
 			return nil, err
 		}
 		log.WithError(err).WithFields(logrus.Fields{"attempt": attempt, logging.FieldDelay: delay.String()}).Warn("broker unavailable; retrying")

@@ -66,6 +66,9 @@ Tasks keep arriving in a paused queue; running tasks are not interrupted.
 				}
 			} else {
 				fmt.Fprintf(out, "%s (stored): %s\n", past, strings.Join(qs, ", "))
+				if len(res.Replies) == 0 && len(res.Missing) == 0 && len(res.Unknown) == 0 {
+					fmt.Fprintln(out, "no worker is running: workers read paused queues when they start")
+				}
 				tw := newTable(out)
 				if len(res.Replies) > 0 {
 					fmt.Fprintln(tw, "WORKER\tPAUSED QUEUES")

@@ -70,13 +70,16 @@ type Source struct {
 type Lookup []Source
 
 // Get returns the winning value of key and the display name of where it
-// came from (for errors). ok is false when no source sets it.
+// came from (for errors). ok is false when no source sets it. A source
+// that sets the key to the empty string does not count: `FOO=` in the
+// environment does not hide the env file's FOO (the daemon toolkit reads
+// the env file for the nodes the same way).
 func (l Lookup) Get(key string) (value, from string, ok bool) {
 	for _, s := range l {
 		if s.Get == nil {
 			continue
 		}
-		if v, found := s.Get(key); found {
+		if v, found := s.Get(key); found && v != "" {
 			from = key
 			if s.Display != nil {
 				from = s.Display(key)
@@ -188,15 +191,15 @@ var Vars = []Var{
 	{"STEM_WORKER_MAX_MEMORY_PER_CHILD", "--max-memory-per-child", "0", "recycle an isolation child whose RSS exceeds this after a task (`512MiB`, `1GiB`, bytes; 0: never); twice it kills the child mid-task"},
 	{"STEM_WORKER_TERMINATE_GRACE", "--terminate-grace", "5s", "how long a terminated isolated or exec task has before its process group is killed"},
 	{"STEM_METRICS_ADDR", "--metrics-addr", "", "serve Prometheus metrics on this address (`127.0.0.1:9464`); off when empty"},
-	{"STEM_CONTROL_NAMESPACE", "--namespace", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
+	{"STEM_CONTROL_NAMESPACE", "--namespace (control commands), --control-namespace (worker run)", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
 	{"STEM_CONTROL_TIMEOUT", "--timeout", "5s", "how long control commands wait for replies (they return as soon as every live worker answered)"},
 	{"STEM_CONTROL_SIGNING_KEY", "", "", "when set, control requests are HMAC-signed and workers refuse unsigned or mis-signed ones"},
-	{"STEM_REVOKE_STORE_URL", "--revoke-store-url", "the result backend URL", "durable revoke store: `file:///path` or a bare path, `redis://`, `rediss://`, `postgres://`, `postgresql://`, `memory://`"},
+	{"STEM_REVOKE_STORE_URL", "--revoke-store-url", "the result backend URL", "durable revoke store: `sqlite:///path`, `file:///path` or a bare path, `redis://`, `rediss://`, `postgres://`, `postgresql://`, `memory://`"},
 	{"STEM_REVOKE_SYNC_INTERVAL", "--revoke-sync", "30s", "how often workers re-read revokes and paused queues from their stores"},
 	{"STEM_ROUTING_CONFIG", "--routing-config", "", "routing file (queues, aliases, broadcast channels) for `worker multi` and `routing dump`"},
 	{"STEM_WORKER_COMMAND", "", "this binary's worker run", "the command `worker multi` starts for each node (shell-like quoting)"},
-	{"STEM_WORKER_BROADCASTS", "--broadcast", "", "broadcast channels a node joins (set by `worker multi`; reported in `worker stats`)"},
-	{"STEM_WORKER_LOGFILE", "--logfile", "", "set by `worker multi` in a node's environment: the node's log file"},
+	{"STEM_WORKER_BROADCASTS", "", "", "broadcast channels a node joins (set by `worker multi --broadcast`; reported in `worker stats`)"},
+	{"STEM_WORKER_LOGFILE", "", "", "set by `worker multi` in a node's environment: the node's `--logfile` (informational)"},
 	{"STEM_WORKER_PIDFILE_FD", "", "", "set by `worker multi`: the descriptor through which a node inherits its locked pidfile"},
 	{"STEM_LOG_LEVEL", "--log-level", "info", "panic, fatal, error, warn, info, debug or trace"},
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},

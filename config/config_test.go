@@ -32,6 +32,7 @@ func TestPrecedenceFlagEnvFileDefault(t *testing.T) {
 		{"file", nil, nil, map[string]string{"STEM_WORKER_NODE": "f", "STEM_WORKER_CONCURRENCY": "2"}, "f", 2},
 		{"env beats file", nil, map[string]string{"STEM_WORKER_NODE": "e"}, map[string]string{"STEM_WORKER_NODE": "f"}, "e", 4},
 		{"flag beats env", map[string]string{"STEM_WORKER_NODE": "x"}, map[string]string{"STEM_WORKER_NODE": "e"}, map[string]string{"STEM_WORKER_NODE": "f"}, "x", 4},
+		{"an empty variable does not hide the file", nil, map[string]string{"STEM_WORKER_NODE": ""}, map[string]string{"STEM_WORKER_NODE": "f"}, "f", 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -157,7 +157,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	ro, err := goredis.ParseURL(rawURL)
 	if err != nil {
 		msg := strings.ReplaceAll(err.Error(), rawURL, shown)
-		return nil, fmt.Errorf("redis engine: invalid URL %s: %s (want redis://[user:password@]host:port/db or rediss://...)", shown, msg)
+		return nil, broker.Incompatible(fmt.Errorf("redis engine: invalid URL %s: %s (want redis://[user:password@]host:port/db or rediss://...)", shown, msg))
 	}
 	client := goredis.NewClient(ro)
 	if err := client.Ping(ctx).Err(); err != nil {
