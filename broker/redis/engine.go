@@ -164,7 +164,51 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("redis engine at %s: connect: %w: %w", shown, broker.ErrUnavailable, err)
 	}
+	if err := checkServerVersion(ctx, client, shown); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
 	return newEngine(client, true, shown, opts), nil
+}
+
+// MinServerVersion is the oldest Redis the engine runs on: the claim
+// script pops many elements with one LPOP (Redis 6.2).
+var MinServerVersion = [2]int{6, 2}
+
+// checkServerVersion refuses a server older than MinServerVersion with an
+// error that names both versions (exit 78). A server that does not report
+// its version (a proxy, say) is given the benefit of the doubt.
+func checkServerVersion(ctx context.Context, client *goredis.Client, shown string) error {
+	info, err := client.Info(ctx, "server").Result()
+	if err != nil {
+		return nil
+	}
+	for _, line := range strings.Split(info, "\n") {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:")
+		if !ok {
+			continue
+		}
+		if !versionAtLeast(v, MinServerVersion) {
+			return broker.Incompatible(fmt.Errorf("redis engine at %s: server version %s is older than %d.%d, which stem needs", shown, v, MinServerVersion[0], MinServerVersion[1]))
+		}
+		return nil
+	}
+	return nil
+}
+
+// versionAtLeast reports whether a "major.minor.patch" version is at least
+// min; an unparsable version passes.
+func versionAtLeast(v string, min [2]int) bool {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return true
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return true
+	}
+	return major > min[0] || (major == min[0] && minor >= min[1])
 }
 
 // New builds an Engine on an existing client, for tests and for programs
