@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/brokertest"
 	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/worker"
 )
@@ -23,20 +24,6 @@ import (
 //
 //	go test -run '^$' -bench . -benchtime 2s ./broker/sqlite/
 
-// benchEnvelopes returns n realistic envelopes for queue.
-func benchEnvelopes(queue string, n int) []broker.Envelope {
-	now := time.Now()
-	args := json.RawMessage(`{"user":12345,"template":"welcome","locale":"en"}`)
-	out := make([]broker.Envelope, n)
-	for i := range out {
-		out[i] = broker.Envelope{
-			ID: fmt.Sprintf("0191c6e2-7a3b-7c1d-9e4f-%012d", i), Name: "mail.send", Queue: queue,
-			Args: args, MaxRetries: -1, CreatedAt: now,
-		}
-	}
-	return out
-}
-
 // syncModes are the synchronous settings benchmarked.
 var syncModes = []string{SynchronousFull, SynchronousNormal}
 
@@ -46,7 +33,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 			b.Run(fmt.Sprintf("sync=%s/batch=%d", sync, size), func(b *testing.B) {
 				e := newTestEngine(b, Options{Synchronous: sync})
 				ctx := context.Background()
-				envs := benchEnvelopes("bench", size)
+				envs := brokertest.BenchEnvelopes("bench", size)
 				for b.Loop() {
 					if err := e.PublishBatch(ctx, envs); err != nil {
 						b.Fatal(err)
@@ -59,61 +46,11 @@ func BenchmarkPublishBatch(b *testing.B) {
 }
 
 func BenchmarkClaimAck(b *testing.B) {
-	for _, sync := range syncModes {
-		for _, size := range []int{100, 500} {
-			b.Run(fmt.Sprintf("sync=%s/batch=%d", sync, size), func(b *testing.B) {
-				e := newTestEngine(b, Options{Synchronous: sync})
-				ctx := context.Background()
-				envs := benchEnvelopes("bench", size)
-				p := broker.ClaimParams{Queues: []string{"bench"}, Max: size, Lease: time.Minute}
-				const refill = 20 // batches published (untimed) at a time
-				left, tasks := 0, 0
-				for b.Loop() {
-					if left == 0 {
-						b.StopTimer()
-						for range refill {
-							if err := e.PublishBatch(ctx, envs); err != nil {
-								b.Fatal(err)
-							}
-						}
-						left = refill
-						b.StartTimer()
-					}
-					ds, err := e.Claim(ctx, p)
-					if err != nil || len(ds) != size {
-						b.Fatalf("Claim = %d deliveries, %v", len(ds), err)
-					}
-					if err := e.Ack(ctx, ds); err != nil {
-						b.Fatal(err)
-					}
-					left--
-					tasks += len(ds)
-				}
-				b.ReportMetric(float64(tasks)/b.Elapsed().Seconds(), "tasks/s")
-			})
-		}
-	}
+	brokertest.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, Options{}) })
 }
 
 func BenchmarkSetResults(b *testing.B) {
-	const size = 500
-	e := newTestEngine(b, Options{})
-	ctx := context.Background()
-	states := make([]result.TaskState, size)
-	now := time.Now()
-	for i := range states {
-		states[i] = result.TaskState{
-			ID: fmt.Sprintf("0191c6e2-7a3b-7c1d-9e4f-%012d", i), Name: "mail.send", Queue: "bench",
-			State: result.Succeeded, Result: json.RawMessage(`{"ok":true}`), Worker: "alpha@host",
-			StartedAt: now, FinishedAt: now, UpdatedAt: now,
-		}
-	}
-	for b.Loop() {
-		if err := e.Set(ctx, states); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "states/s")
+	brokertest.BenchSetResults(b, newTestEngine(b, Options{}))
 }
 
 // BenchmarkWorkerBurnDown pre-loads no-op tasks and times one real worker
@@ -136,7 +73,7 @@ func benchBurnDown(b *testing.B, e *Engine, n int) {
 	for b.Loop() {
 		b.StopTimer()
 		for i := 0; i < n; i += 500 {
-			envs := benchEnvelopes("default", min(500, n-i))
+			envs := brokertest.BenchEnvelopes("default", min(500, n-i))
 			for j := range envs {
 				envs[j].ID = fmt.Sprintf("t-%d", i+j)
 				envs[j].Name = "noop"
@@ -260,7 +197,7 @@ func BenchmarkTwoWorkersOneFile(b *testing.B) {
 		engines := []*Engine{openTestEngine(b, path, Options{}), openTestEngine(b, path, Options{})}
 		ctx := context.Background()
 		for i := 0; i < n; i += 500 {
-			envs := benchEnvelopes("default", 500)
+			envs := brokertest.BenchEnvelopes("default", 500)
 			for j := range envs {
 				envs[j].ID = fmt.Sprintf("t-%d", i+j)
 				envs[j].Name = "noop"
