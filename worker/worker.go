@@ -693,6 +693,13 @@ func (w *Worker) dispatch() {
 			w.handBack(r)
 			continue
 		}
+		// A shutdown may have begun while this waited for the slot: a task
+		// that has not started is handed back, not started.
+		if w.currentMode() != 0 {
+			w.slots.release()
+			w.handBack(r)
+			continue
+		}
 		// Set before the task is seen running (inspect reads them then).
 		now := w.cfg.Now()
 		r.startedAt = now
