@@ -18,8 +18,9 @@
 //     becomes claimable again: at-least-once.
 //   - Ack removes finished deliveries; Nack hands them back (retry after a
 //     delay, requeue without counting an attempt, or dead-letter).
-//   - ExtendLease moves a lease deadline in place; it never re-publishes a
-//     copy, so a long task never runs twice while its worker lives.
+//   - ExtendLease raises a lease deadline in place (never lowers it); it
+//     never re-publishes a copy. Lease deadlines are computed by the
+//     broker's clock (Redis TIME, SQL now()), never the client's.
 package broker
 
 import (
@@ -186,10 +187,13 @@ type Broker interface {
 	// was already lost (redelivered elsewhere) is skipped, so no duplicate
 	// is created.
 	Nack(ctx context.Context, ns []Nack) error
-	// ExtendLease moves the lease of each delivery to now+d in place. A
-	// lease past its deadline that no claim has taken yet is still
-	// extended. It returns a *LeaseLostError naming the tasks whose lease
-	// was already lost; the others were extended.
+	// ExtendLease raises the lease deadline of each delivery to
+	// max(current deadline, now+d) in place, now by the broker's clock: it
+	// never shortens a lease. A lease past its deadline that no claim has
+	// taken yet is still extended. It returns a *LeaseLostError naming the
+	// tasks whose lease was already lost (and any the broker restored
+	// from the caller's copy after losing its data); the others were
+	// extended.
 	ExtendLease(ctx context.Context, ds []Delivery, d time.Duration) error
 	// PendingCount returns how many tasks of the queue are ready to be
 	// claimed now: ready ones plus delayed ones already due, not leased.
@@ -231,11 +235,34 @@ func (e *incompatibleError) Unwrap() []error { return []error{e.err, ErrIncompat
 // an engine (broker, result backend, registry).
 var ErrClosed = errors.New("broker closed")
 
-// LeaseLostError names the tasks whose lease was lost before an extension.
+// LeaseLostError is what ExtendLease returns when some leases were not
+// simply extended: IDs names the tasks whose lease was lost (another claim
+// holds them, or they are gone); Restored names tasks the broker had lost
+// with its data (a Redis restart without persistence) and re-created,
+// leased to the caller, from the caller's copy: those are extended, not
+// lost. When IDs is empty the call succeeded for every delivery.
 type LeaseLostError struct {
-	IDs []string
+	IDs      []string
+	Restored []string
 }
 
 func (e *LeaseLostError) Error() string {
+	if len(e.IDs) == 0 {
+		return fmt.Sprintf("no lease lost; %d task(s) restored after the broker lost them: %s", len(e.Restored), strings.Join(e.Restored, ", "))
+	}
 	return fmt.Sprintf("lease lost for %d task(s): %s", len(e.IDs), strings.Join(e.IDs, ", "))
+}
+
+// LeasesLost returns the ids of tasks whose lease err reports lost, and
+// whether err is such a report at all (nil err: none lost, true). Any
+// other error means nothing is known of the leases.
+func LeasesLost(err error) ([]string, bool) {
+	if err == nil {
+		return nil, true
+	}
+	var l *LeaseLostError
+	if errors.As(err, &l) {
+		return l.IDs, true
+	}
+	return nil, false
 }

@@ -27,6 +27,7 @@ func runBroker(t *testing.T, newEngine NewEngine) {
 		{"LeaseExpiryRedelivers", testLeaseExpiryRedelivers},
 		{"ExtendLease", testExtendLease},
 		{"ExtendLeaseLost", testExtendLeaseLost},
+		{"ExtendLeaseNeverShortens", testExtendLeaseNeverShortens},
 		{"AckRemoves", testAckRemoves},
 		{"NackRetryDelay", testNackRetryDelay},
 		{"NackRetryNoDelay", testNackRetryNoDelay},
@@ -333,6 +334,36 @@ func testExtendLease(t *testing.T, newEngine NewEngine) {
 	}
 	if n := pending(t, b, testQueue); n != 0 {
 		t.Fatalf("PendingCount after extension = %d, want 0", n)
+	}
+	ack(t, b, ds...)
+}
+
+// testExtendLeaseNeverShortens: a handler asking for 1s under a long
+// lease must not let another claim take the task before the long lease
+// runs out (ExtendLease is max(current, now+d)).
+func testExtendLeaseNeverShortens(t *testing.T, newEngine NewEngine) {
+	b := brokerOf(t, newEngine)
+	publish(t, b, envelope("long", testQueue))
+	ds := claim(t, b, params(1, time.Minute))
+	if len(ds) != 1 {
+		t.Fatalf("claimed %d, want 1", len(ds))
+	}
+	short := 200 * time.Millisecond
+	if err := b.ExtendLease(testContext(t), ds, short); err != nil {
+		t.Fatalf("ExtendLease(%v) under a 1m lease: %v", short, err)
+	}
+	// Wait (with Claim's own Wait) well past the short deadline: the
+	// one-minute lease must still hold.
+	start := time.Now()
+	got := claimWithin(t, b, params(10, time.Minute), 5*short+time.Second)
+	if len(got) != 0 {
+		t.Fatalf("another claim took the task %v after ExtendLease(%v) shortened a 1m lease", deliveryIDs(got), short)
+	}
+	if time.Since(start) < short {
+		t.Fatalf("claimWithin returned before the short deadline")
+	}
+	if n := pending(t, b, testQueue); n != 0 {
+		t.Fatalf("PendingCount = %d after a shortening extension, want 0", n)
 	}
 	ack(t, b, ds...)
 }

@@ -390,7 +390,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 	return nil
 }
 
-// ExtendLease moves the lease of each delivery to now+d in place. It
+// ExtendLease raises the lease of each delivery to max(current, now+d) in place (never lowers it). It
 // returns a *broker.LeaseLostError naming the tasks whose lease was lost.
 func (e *Engine) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.Duration) error {
 	if err := ctx.Err(); err != nil {
@@ -411,8 +411,10 @@ func (e *Engine) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.D
 			lost = append(lost, dl.Envelope.ID)
 			continue
 		}
-		l.deadline = deadline
-		heap.Fix(&e.leaseQ, l.index)
+		if deadline.After(l.deadline) {
+			l.deadline = deadline
+			heap.Fix(&e.leaseQ, l.index)
+		}
 	}
 	if len(lost) > 0 {
 		return &broker.LeaseLostError{IDs: lost}

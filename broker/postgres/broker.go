@@ -325,7 +325,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 	return e.fail(fmt.Sprintf("nack %d deliveries", len(ns)), e.pool.SendBatch(ctx, b).Close())
 }
 
-// ExtendLease moves each delivery's lease deadline to now+d (by the
+// ExtendLease raises each delivery's lease deadline to max(current, now+d) (by the
 // server's clock) in place, in one statement. Tasks whose lease was lost
 // are named by the returned *broker.LeaseLostError; the others were
 // extended.

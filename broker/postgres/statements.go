@@ -117,11 +117,11 @@ USING unnest($1::text[]) AS q(name)
 WHERE dl.queue = q.name AND dl.id <= (
     SELECT id FROM {schema}.dead_letters WHERE queue = q.name ORDER BY id DESC OFFSET $2 LIMIT 1)`
 
-	// tplExtend moves the lease of delivered rows that still carry their
-	// tokens to now + $3 ms.
+	// tplExtend raises the lease of delivered rows that still carry their
+	// tokens to now + $3 ms by the server's clock (never lowers it).
 	// Params: $1 ids int8[], $2 tokens text[], $3 lease in ms int8.
 	// Returns: the token of each extended row.
-	tplExtend = `UPDATE {schema}.tasks AS t SET lease_until = now() + $3::int8 * interval '1 millisecond'
+	tplExtend = `UPDATE {schema}.tasks AS t SET lease_until = greatest(t.lease_until, now() + $3::int8 * interval '1 millisecond')
 FROM unnest($1::int8[], $2::text[]) AS d(id, token)
 WHERE t.id = d.id AND t.token = d.token
 RETURNING t.token`

@@ -138,7 +138,7 @@ func (e *Engine) Claim(ctx context.Context, p broker.ClaimParams) ([]broker.Deli
 			return nil, nil
 		}
 		if next >= 0 {
-			left = min(left, max(time.Until(time.UnixMilli(next)), time.Millisecond))
+			left = min(left, max(time.Duration(next)*time.Millisecond, time.Millisecond))
 		}
 		if !e.wake.allConfirmed(w) {
 			left = min(left, unconfirmedPoll)
@@ -161,31 +161,30 @@ func (e *Engine) Claim(ctx context.Context, p broker.ClaimParams) ([]broker.Deli
 // claimOnce runs claimScript once. It returns the deliveries and, when
 // there are none, the earliest ETA or lease deadline in ms (-1 if none).
 func (e *Engine) claimOnce(ctx context.Context, p broker.ClaimParams) ([]broker.Delivery, int64, error) {
-	now := time.Now()
-	deadlineMs := now.Add(p.Lease).UnixMilli()
-	keys := make([]string, 0, 3*len(p.Queues))
+	keys := make([]string, 0, 4*len(p.Queues))
 	for _, q := range p.Queues {
-		keys = append(keys, e.keys.ready(q), e.keys.delayed(q), e.keys.leased(q))
+		keys = append(keys, e.keys.ready(q), e.keys.delayed(q), e.keys.leased(q), e.keys.epoch(q))
 	}
 	res, err := claimScript.Run(ctx, e.client, keys,
-		now.UnixMilli(), deadlineMs, p.Max, e.nextTag(), promoteLimit).Slice()
+		p.Lease.Milliseconds(), p.Max, e.nextTag(), promoteLimit, e.nextTag()).Slice()
 	if err != nil {
 		return nil, -1, e.fail(fmt.Sprintf("claim from %v", p.Queues), err)
 	}
 	nq := len(p.Queues)
-	if len(res) < 1+nq {
+	if len(res) < 2+nq {
 		return nil, -1, fmt.Errorf("redis engine at %s: claim from %v: malformed script reply of %d elements", e.url, p.Queues, len(res))
 	}
 	next, _ := res[0].(int64)
-	if len(res) == 1+nq {
+	if len(res) == 2+nq {
 		return nil, next, nil
 	}
-	leaseUntil := time.UnixMilli(deadlineMs)
-	out := make([]broker.Delivery, 0, len(res)-1-nq)
+	now, _ := res[1].(int64)
+	leaseUntil := time.UnixMilli(now).Add(p.Lease)
+	out := make([]broker.Delivery, 0, len(res)-2-nq)
 	var corrupt []corruptToken
-	pos := 1 + nq
+	pos := 2 + nq
 	for qi, q := range p.Queues {
-		count, _ := res[1+qi].(int64)
+		count, _ := res[2+qi].(int64)
 		for range count {
 			tok, _ := res[pos].(string)
 			pos++
@@ -292,7 +291,7 @@ type nackBuilder struct {
 }
 
 func newNackBuilder(e *Engine, n int) *nackBuilder {
-	return &nackBuilder{e: e, keyIdx: map[string]int{}, items: make([]any, 0, 6*n), channels: map[string]bool{}}
+	return &nackBuilder{e: e, keyIdx: map[string]int{}, items: make([]any, 0, 7*n), channels: map[string]bool{}}
 }
 
 func (b *nackBuilder) key(k string) int {
@@ -305,9 +304,10 @@ func (b *nackBuilder) key(k string) int {
 	return i
 }
 
-// add appends one item: the lease (queue, token) and what to do with it.
-func (b *nackBuilder) add(action, queue, token, target, value string, score int64) {
-	b.items = append(b.items, action, b.key(b.e.keys.leased(queue)), token, b.key(target), value, score)
+// add appends one item: the lease (queue, token) and what to do with it;
+// delay is in ms and used by nackDelay only.
+func (b *nackBuilder) add(action, queue, token, target, value string, delay int64) {
+	b.items = append(b.items, action, b.key(b.e.keys.leased(queue)), b.key(b.e.keys.epoch(queue)), token, b.key(target), value, delay)
 	b.n++
 }
 
@@ -319,8 +319,8 @@ func (b *nackBuilder) run(ctx context.Context, op string) error {
 	if b.n == 0 {
 		return nil
 	}
-	args := make([]any, 0, 2+len(b.items)+len(b.channels))
-	args = append(args, b.e.opts.DeadLetterCap, b.n)
+	args := make([]any, 0, 3+len(b.items)+len(b.channels))
+	args = append(args, b.e.opts.DeadLetterCap, b.n, b.e.nextTag())
 	args = append(args, b.items...)
 	for c := range b.channels {
 		args = append(args, c)
@@ -363,7 +363,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 					tag = e.nextTag()
 				}
 				member := tag + "." + strconv.Itoa(i) + "|" + string(payload)
-				b.add(nackDelay, q, n.Delivery.Token, e.keys.delayed(tq), member, now.Add(n.Delay).UnixMilli())
+				b.add(nackDelay, q, n.Delivery.Token, e.keys.delayed(tq), member, max(n.Delay.Milliseconds(), 1))
 			} else {
 				b.add(nackPush, q, n.Delivery.Token, e.keys.ready(tq), string(payload), 0)
 			}
@@ -396,9 +396,12 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 	return b.run(ctx, fmt.Sprintf("nack %d deliveries", len(ns)))
 }
 
-// ExtendLease moves each delivery's lease deadline to now+d in place, in
-// one script call. Tasks whose lease was lost are named by the returned
-// *broker.LeaseLostError; the others were extended.
+// ExtendLease raises each delivery's lease deadline to max(current, now+d)
+// by the server's clock, in place, in one script call. Tasks whose lease
+// was taken by another claim are named by the returned
+// *broker.LeaseLostError; deliveries the server lost with its data (a
+// restart without persistence) are restored, leased to the caller, from
+// the caller's copy (see extendScript); the others were extended.
 func (e *Engine) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.Duration) error {
 	if err := e.checkOpen(); err != nil {
 		return err
@@ -411,32 +414,40 @@ func (e *Engine) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.D
 	}
 	var keys []string
 	keyIdx := map[string]int{}
-	args := make([]any, 0, 1+2*len(ds))
-	args = append(args, time.Now().Add(d).UnixMilli())
+	args := make([]any, 0, 2+2*len(ds))
+	args = append(args, max(d.Milliseconds(), 1), e.nextTag())
 	for _, dl := range ds {
 		k := e.keys.leased(dl.Envelope.Queue)
 		i, ok := keyIdx[k]
 		if !ok {
-			keys = append(keys, k)
-			i = len(keys)
+			keys = append(keys, k, e.keys.epoch(dl.Envelope.Queue))
+			i = len(keys) - 1
 			keyIdx[k] = i
 		}
 		args = append(args, i, dl.Token)
 	}
-	lost, err := extendScript.Run(ctx, e.client, keys, args...).Int64Slice()
+	res, err := extendScript.Run(ctx, e.client, keys, args...).Slice()
 	if err != nil {
 		return e.fail(fmt.Sprintf("extend %d lease(s)", len(ds)), err)
 	}
-	if len(lost) == 0 {
-		return nil
+	if len(res) != 3 {
+		return fmt.Errorf("redis engine at %s: extend leases: malformed script reply of %d elements", e.url, len(res))
 	}
-	ids := make([]string, 0, len(lost))
-	for _, p := range lost {
-		if p >= 1 && int(p) <= len(ds) {
-			ids = append(ids, ds[p-1].Envelope.ID)
+	pick := func(v any) []string {
+		ps, _ := v.([]any)
+		ids := make([]string, 0, len(ps))
+		for _, x := range ps {
+			if p, ok := x.(int64); ok && p >= 1 && int(p) <= len(ds) {
+				ids = append(ids, ds[p-1].Envelope.ID)
+			}
 		}
+		return ids
 	}
-	return &broker.LeaseLostError{IDs: ids}
+	lost, restored := pick(res[1]), pick(res[2])
+	if len(lost) > 0 || len(restored) > 0 {
+		return &broker.LeaseLostError{IDs: lost, Restored: restored}
+	}
+	return nil
 }
 
 // PendingCount returns how many tasks of queue are ready now: the ready

@@ -33,8 +33,17 @@
 // the claim script reported, and every 250 ms while its subscription is not
 // yet confirmed, so a lost wake-up costs latency, never a task.
 //
-// Clocks: lease deadlines and ETAs are compared with the claiming client's
-// clock; hosts are expected to run NTP, with skew far below lease durations.
+// Clocks: lease deadlines, expired-lease reclaims and retry times use the
+// server's clock (TIME inside the scripts), so a client's skew never
+// shortens or stretches a lease. ETAs given by producers are absolute
+// times from the producer's clock.
+//
+// Data loss: every delivery token carries its queue's epoch (a random
+// value kept in the queue's epoch key). When the server loses its data (a
+// restart without persistence), the epoch key is gone and the next script
+// sets a new one; a worker still holding a delivery of the old epoch gets
+// it restored, leased to it, at its next renewal, and its retries and
+// hand-backs are applied rather than dropped (see extendScript).
 //
 // Failures: go-redis reconnects by itself. A command that fails on the
 // network returns an error wrapping broker.ErrUnavailable, with the URL's

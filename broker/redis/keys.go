@@ -30,6 +30,14 @@ func (k keys) delayed(queue string) string { return k.queueTag(queue) + ":delaye
 // their lease deadline in ms.
 func (k keys) leased(queue string) string { return k.queueTag(queue) + ":leased" }
 
+// epoch is the STRING naming the queue's current data epoch: a random
+// value the scripts create when it is missing. Every delivery token starts
+// with the epoch of its claim, so a token whose epoch differs from the
+// queue's current one proves the server lost the queue's data (a restart
+// without persistence, a flush) rather than that another worker took the
+// lease; see extendScript.
+func (k keys) epoch(queue string) string { return k.queueTag(queue) + ":epoch" }
+
 // dead is the LIST of dead-letter entry JSON, newest first, capped.
 func (k keys) dead(queue string) string { return k.queueTag(queue) + ":dead" }
 

@@ -7,43 +7,80 @@ import goredis "github.com/redis/go-redis/v9"
 // when the server has lost its script cache (restart, SCRIPT FLUSH). No
 // script is run inside a pipeline, so that fallback always applies.
 //
-// Members of the delayed and leased ZSETs are "<tag>|<envelope JSON>": the
-// tag (made of [0-9a-z.:] only, so never containing '|') makes each member
+// Members of the delayed ZSETs are "<tag>|<envelope JSON>", members of the
+// leased ZSETs (delivery tokens) "<epoch>:<tag>|<envelope JSON>": the tag
+// (made of [0-9a-z.] only) and the epoch (hex) never contain '|' or ':', and
+// the tag makes each member
 // unique, so two identical envelopes never collapse into one member, and a
 // redelivery of the same envelope gets a new token. The payload is
 // everything after the first '|'. The ready LIST holds bare envelope JSON.
 
+// Every script that reads the clock uses the server's (TIME), so lease
+// deadlines and retry times never depend on a client's clock. On Redis 6.2,
+// redis.replicate_commands() makes TIME legal before writes (effects
+// replication; the default and a no-op on 7.x).
+//
+// luaPrelude defines helpers every clock- or epoch-reading script shares:
+// now_ms() reads TIME; epoch(key, candidate) returns the queue's epoch,
+// setting it to candidate when missing; tok_epoch(tok) is the epoch part of
+// a token ("<epoch>:<tag>|<payload>", "" for tokens without one).
+const luaPrelude = `
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function epoch(key, candidate)
+  local e = redis.call('GET', key)
+  if not e then
+    redis.call('SET', key, candidate)
+    e = candidate
+  end
+  return e
+end
+local function tok_epoch(tok)
+  local bar = string.find(tok, '|', 1, true) or (#tok + 1)
+  local colon = string.find(tok, ':', 1, true)
+  if colon and colon < bar then return string.sub(tok, 1, colon - 1) end
+  return ''
+end
+`
+
 // claimScript moves due delayed tasks to the tail of the ready list, moves
 // expired leases back to the head of the ready list, then leases up to max
-// ready tasks across the queues in priority order.
+// ready tasks across the queues in priority order, all by the server's
+// clock.
 //
-// KEYS: for each queue, in priority order, three keys:
+// KEYS: for each queue, in priority order, four keys:
 //
-//	ready LIST, delayed ZSET, leased ZSET
+//	ready LIST, delayed ZSET, leased ZSET, epoch STRING
 //
 // ARGV:
 //
-//	[1] now, ms since the epoch
-//	[2] lease deadline, ms since the epoch
-//	[3] max: the most deliveries to return (>= 1)
-//	[4] token tag prefix, unique to this call
-//	[5] the most delayed tasks promoted, and expired leases reclaimed, per
+//	[1] lease, ms
+//	[2] max: the most deliveries to return (>= 1)
+//	[3] token tag, unique to this call
+//	[4] the most delayed tasks promoted, and expired leases reclaimed, per
 //	    queue and call (bounds the script's run time)
+//	[5] epoch candidate, set for a queue that has none
 //
-// Returns an array {next, count_1, ..., count_Q, token, token, ...}: next
-// is, when no token is returned, the earliest delayed ETA or lease deadline
-// (ms) among the queues, or -1 when there is none (and -1 whenever tokens
-// are returned); count_i is how many of the tokens came from queue i, in
-// queue order; each token is "<prefix>.<n>|<payload>" and has been added to
-// the queue's leased ZSET with the deadline as score.
-var claimScript = goredis.NewScript(`
-local now = tonumber(ARGV[1])
-local deadline = ARGV[2]
-local want = tonumber(ARGV[3])
-local prefix = ARGV[4]
-local limit = tonumber(ARGV[5])
-local nq = #KEYS / 3
-local out = {-1}
+// Returns an array {next, now, count_1, ..., count_Q, token, token, ...}:
+// next is, when no token is returned, the ms from now until the earliest
+// delayed ETA or lease deadline among the queues (>= 0), or -1 when there
+// is none (and -1 whenever tokens are returned); now is the server's time
+// in ms, from which every returned lease runs; count_i is how many of the
+// tokens came from queue i, in queue order; each token is
+// "<epoch>:<tag>.<n>|<payload>" and has been added to the queue's leased
+// ZSET with now+lease as score.
+var claimScript = goredis.NewScript(luaPrelude + `
+local now = now_ms()
+local deadline = now + tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local prefix = ARGV[3]
+local limit = tonumber(ARGV[4])
+local candidate = ARGV[5]
+local nq = #KEYS / 4
+local out = {-1, now}
 local tokens = {}
 
 local function payload(m)
@@ -51,7 +88,7 @@ local function payload(m)
 end
 
 for q = 1, nq do
-  local ready, delayed, leased = KEYS[3*q-2], KEYS[3*q-1], KEYS[3*q]
+  local ready, delayed, leased = KEYS[4*q-3], KEYS[4*q-2], KEYS[4*q-1]
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
   if #due > 0 then
     local ps = {}
@@ -72,9 +109,10 @@ for q = 1, nq do
   if want > 0 then
     local items = redis.call('LPOP', ready, want)
     if items then
+      local ep = epoch(KEYS[4*q], candidate)
       local args = {}
       for i = 1, #items do
-        local tok = prefix .. '.' .. (#tokens + 1) .. '|' .. items[i]
+        local tok = ep .. ':' .. prefix .. '.' .. (#tokens + 1) .. '|' .. items[i]
         tokens[#tokens + 1] = tok
         args[2*i-1] = deadline
         args[2*i] = tok
@@ -86,57 +124,75 @@ for q = 1, nq do
       want = want - got
     end
   end
-  out[q + 1] = got
+  out[q + 2] = got
 end
 
 if #tokens == 0 then
   local next = -1
   for q = 1, nq do
-    for _, key in ipairs({KEYS[3*q-1], KEYS[3*q]}) do
+    for _, key in ipairs({KEYS[4*q-2], KEYS[4*q-1]}) do
       local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
       if first[2] then
-        local s = tonumber(first[2])
+        local s = math.max(tonumber(first[2]) - now, 0)
         if next < 0 or s < next then next = s end
       end
     end
   end
   out[1] = next
 end
-for i = 1, #tokens do out[nq + 1 + i] = tokens[i] end
+for i = 1, #tokens do out[nq + 2 + i] = tokens[i] end
 return out
 `)
 
-// extendScript moves lease deadlines in place. A token still in its leased
-// ZSET is extended even when its deadline has passed, as long as no claim
-// has reclaimed it yet: nobody else holds it.
+// extendScript raises lease deadlines in place to max(current, now+d) by
+// the server's clock: it never shortens a lease. A token still in its
+// leased ZSET is extended even when its deadline has passed, as long as no
+// claim has reclaimed it yet: nobody else holds it. A token missing from
+// its ZSET whose epoch differs from the queue's current epoch was lost by
+// the server (restart without persistence, flush), not taken by another
+// worker: it is restored, leased to its holder, from the token itself
+// (which carries the envelope). A token missing under the current epoch
+// was reclaimed: its lease is lost.
 //
-// KEYS: the leased ZSETs involved.
+// KEYS: the leased ZSETs and epoch STRINGs involved, in pairs (leased key
+// at an odd position, its queue's epoch key right after it).
 //
 // ARGV:
 //
-//	[1] the new deadline, ms since the epoch
-//	then pairs: key number (1-based index into KEYS), token
+//	[1] d, ms
+//	[2] epoch candidate, set for a queue that has none
+//	then pairs: leased key number (1-based index into KEYS), token
 //
-// Returns an array of the 1-based pair numbers whose token was no longer
-// leased (the lease was lost).
-var extendScript = goredis.NewScript(`
-local deadline = ARGV[1]
-local lost = {}
+// Returns an array {now, lost, restored}: now is the server's time in ms;
+// lost and restored are arrays of 1-based pair numbers.
+var extendScript = goredis.NewScript(luaPrelude + `
+local now = now_ms()
+local deadline = now + tonumber(ARGV[1])
+local candidate = ARGV[2]
+local lost, restored = {}, {}
 local p = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   p = p + 1
-  local key = KEYS[tonumber(ARGV[i])]
-  local tok = ARGV[i+1]
-  if redis.call('ZADD', key, 'XX', 'CH', deadline, tok) == 0 and not redis.call('ZSCORE', key, tok) then
+  local ki = tonumber(ARGV[i])
+  local key, tok = KEYS[ki], ARGV[i+1]
+  local cur = redis.call('ZSCORE', key, tok)
+  if cur then
+    if tonumber(cur) < deadline then
+      redis.call('ZADD', key, 'XX', deadline, tok)
+    end
+  elseif tok_epoch(tok) ~= '' and tok_epoch(tok) ~= epoch(KEYS[ki + 1], candidate) then
+    redis.call('ZADD', key, deadline, tok)
+    restored[#restored + 1] = p
+  else
     lost[#lost + 1] = p
   end
 end
-return lost
+return {now, lost, restored}
 `)
 
 // Nack actions as passed to nackScript.
 const (
-	nackDelay   = "delay"   // ZADD target score value
+	nackDelay   = "delay"   // ZADD target now+delay value
 	nackPush    = "push"    // RPUSH target value
 	nackRequeue = "requeue" // LPUSH target <payload of the token>
 	nackDead    = "dead"    // LPUSH target value, LTRIM to the cap
@@ -144,37 +200,48 @@ const (
 
 // nackScript hands deliveries back, each only if its lease is still held:
 // the token is removed from its leased ZSET and, only if it was there, the
-// action is applied. A lost lease therefore never produces a duplicate.
+// action is applied. A lost lease therefore never produces a duplicate. A
+// token missing under an older epoch than its queue's (the server lost the
+// queue's data: see extendScript) is applied too, so a retry or hand-back
+// decided after such a loss is not dropped.
 //
-// KEYS: the keys involved (leased ZSETs, ready LISTs, delayed ZSETs, dead
-// LISTs), referenced by number from ARGV.
+// KEYS: the keys involved (leased ZSETs, epoch STRINGs, ready LISTs,
+// delayed ZSETs, dead LISTs), referenced by number from ARGV.
 //
 // ARGV:
 //
 //	[1] dead-letter cap (the most entries a dead LIST keeps)
 //	[2] N, the number of items
-//	then N groups of six: action, leased key number, token, target key
-//	    number, value, score (used by "delay" only)
+//	[3] epoch candidate, set for a queue that has none
+//	then N groups of seven: action, leased key number, epoch key number,
+//	    token, target key number, value, delay in ms ("delay" only)
 //	then the wake channels to PUBLISH to when any item was applied
 //
-// Actions: "delay" ZADDs value to the target ZSET with score; "push"
-// RPUSHes value to the target LIST; "requeue" LPUSHes the token's payload
-// to the target LIST; "dead" LPUSHes value to the target LIST and trims it
-// to the cap.
+// Actions: "delay" ZADDs value to the target ZSET with score now+delay by
+// the server's clock; "push" RPUSHes value to the target LIST; "requeue"
+// LPUSHes the token's payload to the target LIST; "dead" LPUSHes value to
+// the target LIST and trims it to the cap.
 //
 // Returns the number of items applied.
-var nackScript = goredis.NewScript(`
+var nackScript = goredis.NewScript(luaPrelude + `
 local cap = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local candidate = ARGV[3]
+local now = nil
 local applied = 0
 for i = 0, n - 1 do
-  local b = 3 + 6*i
-  local action, leased, tok = ARGV[b], KEYS[tonumber(ARGV[b+1])], ARGV[b+2]
-  local target, value = KEYS[tonumber(ARGV[b+3])], ARGV[b+4]
-  if redis.call('ZREM', leased, tok) == 1 then
+  local b = 4 + 7*i
+  local action, leased, tok = ARGV[b], KEYS[tonumber(ARGV[b+1])], ARGV[b+3]
+  local target, value = KEYS[tonumber(ARGV[b+4])], ARGV[b+5]
+  local held = redis.call('ZREM', leased, tok) == 1
+  if not held and tok_epoch(tok) ~= '' then
+    held = tok_epoch(tok) ~= epoch(KEYS[tonumber(ARGV[b+2])], candidate)
+  end
+  if held then
     applied = applied + 1
     if action == 'delay' then
-      redis.call('ZADD', target, ARGV[b+5], value)
+      if not now then now = now_ms() end
+      redis.call('ZADD', target, now + tonumber(ARGV[b+6]), value)
     elseif action == 'push' then
       redis.call('RPUSH', target, value)
     elseif action == 'requeue' then
@@ -186,7 +253,7 @@ for i = 0, n - 1 do
   end
 end
 if applied > 0 then
-  for i = 3 + 6*n, #ARGV do redis.call('PUBLISH', ARGV[i], '1') end
+  for i = 4 + 7*n, #ARGV do redis.call('PUBLISH', ARGV[i], '1') end
 end
 return applied
 `)

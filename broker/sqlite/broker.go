@@ -71,9 +71,10 @@ SELECT ns, queue, task_id, payload, ?, ? FROM stem_tasks WHERE id = ? AND token 
 	sqlTrimDead = `DELETE FROM stem_dead_letters WHERE ns = ? AND queue = ? AND id <= (
     SELECT id FROM stem_dead_letters WHERE ns = ? AND queue = ? ORDER BY id DESC LIMIT 1 OFFSET ?)`
 
-	// sqlExtend moves a lease deadline, if the row still carries the token.
+	// sqlExtend raises a lease deadline (never lowers it), if the row still
+	// carries the token.
 	// Params: deadline (ms), id, token.
-	sqlExtend = `UPDATE stem_tasks SET lease_until = ? WHERE id = ? AND token = ?`
+	sqlExtend = `UPDATE stem_tasks SET lease_until = max(coalesce(lease_until, 0), ?) WHERE id = ? AND token = ?`
 
 	// sqlPending counts the ready rows of a queue (an index range scan).
 	// Params: ns, queue, now (ms).
@@ -466,7 +467,7 @@ func (e *Engine) Nack(ctx context.Context, ns []broker.Nack) error {
 	return nil
 }
 
-// ExtendLease moves each delivery's lease deadline to now+d in place, in
+// ExtendLease raises each delivery's lease deadline to max(current, now+d) in place, in
 // one write transaction. Tasks whose lease was lost are named by the
 // returned *broker.LeaseLostError; the others were extended.
 func (e *Engine) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.Duration) error {

@@ -1,0 +1,163 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/brokertest"
+)
+
+// crashWiped kills the server with SIGKILL, removes its data files (as if
+// it had run without persistence) and starts it again, empty, on the same
+// port.
+func (s *redisServer) crashWiped() {
+	s.t.Helper()
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+	for _, name := range []string{"appendonlydir", "appendonly.aof", "dump.rdb"} {
+		if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	s.start()
+}
+
+// TestLeasedTasksSurviveDataLoss: a server that loses its data while a
+// worker holds deliveries (a crash without persistence) must not lose
+// them. The holder's next renewal restores them, leased to it; its later
+// retry, hand-back and ack behave as if nothing had happened; and another
+// claimer never gets a second copy while the holder's lease runs.
+func TestLeasedTasksSurviveDataLoss(t *testing.T) {
+	brokertest.RequireEnv(t, testURLEnv)
+	t.Parallel()
+	srv := startOwnRedis(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	var envs []broker.Envelope
+	for _, id := range []string{"retry", "requeue", "ack", "extra"} {
+		envs = append(envs, broker.Envelope{ID: id, Name: "n", Queue: "q", MaxRetries: -1})
+	}
+	if err := e.PublishBatch(ctx, envs); err != nil {
+		t.Fatal(err)
+	}
+	held, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 4, Lease: time.Minute})
+	if err != nil || len(held) != 4 {
+		t.Fatalf("Claim = %d, %v", len(held), err)
+	}
+
+	srv.crashWiped()
+
+	// The first renewal after the loss restores every held delivery.
+	var lerr *broker.LeaseLostError
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err = e.ExtendLease(ctx, held, time.Minute)
+		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+			break
+		}
+		pollPause(t)
+	}
+	if !errors.As(err, &lerr) {
+		t.Fatalf("ExtendLease after the server lost its data = %v, want a *LeaseLostError naming restored tasks", err)
+	}
+	if len(lerr.IDs) != 0 {
+		t.Fatalf("ExtendLease after data loss reported leases lost %v; the holder must keep them", lerr.IDs)
+	}
+	restored := slices.Clone(lerr.Restored)
+	slices.Sort(restored)
+	if want := []string{"ack", "extra", "requeue", "retry"}; !slices.Equal(restored, want) {
+		t.Fatalf("restored %v, want %v", restored, want)
+	}
+	if ids, ok := broker.LeasesLost(err); !ok || len(ids) != 0 {
+		t.Fatalf("LeasesLost(%v) = %v, %v; want none lost", err, ids, ok)
+	}
+
+	// A second renewal is an ordinary one.
+	if err := e.ExtendLease(ctx, held, time.Minute); err != nil {
+		t.Fatalf("second ExtendLease after the restore: %v", err)
+	}
+	// Nobody else can claim them while the holder's lease runs.
+	if ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute}); err != nil || len(ds) != 0 {
+		t.Fatalf("another claim after the restore = %d, %v; want none", len(ds), err)
+	}
+
+	byID := map[string]broker.Delivery{}
+	for _, d := range held {
+		byID[d.Envelope.ID] = d
+	}
+	next := byID["retry"].Envelope
+	next.Attempt++
+	if err := e.Nack(ctx, []broker.Nack{
+		{Delivery: byID["retry"], Action: broker.Retry, Envelope: next},
+		{Delivery: byID["requeue"], Action: broker.Requeue},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Ack(ctx, []broker.Delivery{byID["ack"], byID["extra"]}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, d := range ds {
+		got = append(got, d.Envelope.ID)
+	}
+	slices.Sort(got)
+	if want := []string{"requeue", "retry"}; !slices.Equal(got, want) {
+		t.Fatalf("after retry, requeue and acks the queue holds %v, want %v", got, want)
+	}
+}
+
+// TestNackOfReclaimedLeaseStillSkipped: a delivery whose lease expired
+// and was taken by another claim before any data loss stays lost: only
+// tokens of an older epoch are restored.
+func TestNackOfReclaimedLeaseStillSkipped(t *testing.T) {
+	brokertest.RequireEnv(t, testURLEnv)
+	t.Parallel()
+	srv := startOwnRedis(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: 50 * time.Millisecond})
+	if err != nil || len(first) != 1 {
+		t.Fatalf("Claim = %d, %v", len(first), err)
+	}
+	var second []broker.Delivery
+	for len(second) == 0 {
+		second, err = e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute, Wait: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = e.ExtendLease(ctx, first, time.Minute)
+	if ids, ok := broker.LeasesLost(err); !ok || len(ids) != 1 {
+		t.Fatalf("ExtendLease of a reclaimed lease = %v; want it reported lost", err)
+	}
+	if err := e.Nack(ctx, []broker.Nack{{Delivery: first[0], Action: broker.Requeue}}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute}); err != nil || len(ds) != 0 {
+		t.Fatalf("the lost holder's requeue published a duplicate: %d, %v", len(ds), err)
+	}
+}
