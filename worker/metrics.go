@@ -22,6 +22,7 @@ import (
 //	stem_tasks_processed_total, _succeeded_total, _failed_total,
 //	  _retried_total, _revoked_total            task outcomes
 //	stem_task_duration_seconds{task}            handler run time
+//	stem_leases_lost_total                      tasks fenced: lease not renewed in time, or taken
 //	stem_queue_depth{queue}                     ready tasks per consumed queue
 //	stem_child_recycles_total{reason}           isolation children replaced
 type Metrics struct {
@@ -83,12 +84,13 @@ var (
 	descFailed      = prometheus.NewDesc("stem_tasks_failed_total", "Tasks that failed for good.", nil, nil)
 	descRetried     = prometheus.NewDesc("stem_tasks_retried_total", "Task attempts that failed and were retried.", nil, nil)
 	descRevoked     = prometheus.NewDesc("stem_tasks_revoked_total", "Tasks revoked (skipped or terminated).", nil, nil)
+	descLeasesLost  = prometheus.NewDesc("stem_leases_lost_total", "Tasks stopped because their lease could not be renewed in time or was taken by another claim (self-fencing).", nil, nil)
 	descDepth       = prometheus.NewDesc("stem_queue_depth", "Tasks ready in a consumed queue.", []string{"queue"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *workerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConcurrency, descMin, descMax, descInflight, descPrefetched, descProcessed, descSucceeded, descFailed, descRetried, descRevoked, descDepth} {
+	for _, d := range []*prometheus.Desc{descConcurrency, descMin, descMax, descInflight, descPrefetched, descProcessed, descSucceeded, descFailed, descRetried, descRevoked, descLeasesLost, descDepth} {
 		ch <- d
 	}
 }
@@ -115,6 +117,7 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt(descFailed, st.Counters.Failed)
 	cnt(descRetried, st.Counters.Retried)
 	cnt(descRevoked, st.Counters.Revoked)
+	cnt(descLeasesLost, st.Counters.LeasesLost)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for _, q := range w.cfg.Queues {

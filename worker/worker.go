@@ -243,6 +243,9 @@ type Counters struct {
 	Failed    int64 `json:"failed"`
 	Retried   int64 `json:"retried"`
 	Revoked   int64 `json:"revoked"`
+	// LeasesLost counts tasks (running or prefetched) this worker stopped
+	// because it could not prove it still held their lease.
+	LeasesLost int64 `json:"leasesLost"`
 }
 
 // Worker runs tasks. Create it with New, start it with Run.
@@ -265,7 +268,10 @@ type Worker struct {
 	stopping    bool
 
 	startedAt time.Time
-	counters  struct{ processed, succeeded, failed, retried, revoked atomic.Int64 }
+	counters  struct{ processed, succeeded, failed, retried, revoked, leasesLost atomic.Int64 }
+	// monoBase is the origin of the monotonic clock of local lease
+	// deadlines (see lease.go).
+	monoBase time.Time
 
 	shutdownMu sync.Mutex
 	mode       Mode
@@ -300,10 +306,13 @@ type run struct {
 	lastBeat  atomic.Int64 // unix nanos of the last checkpoint
 	// progress is the last TaskContext.Progress value (math.Float64bits).
 	progress atomic.Uint64
-	// leaseUntil is the current lease deadline (unix nanos); d stays
+	// deadline is the lease deadline this worker can prove, on its
+	// monotonic clock (Worker.mono): the send time of the last confirmed
+	// claim or renewal plus the duration granted (lease.go). d stays
 	// immutable so it can be read without the lock.
-	leaseUntil atomic.Int64
-	// lost is set when a renewal found the lease already gone.
+	deadline atomic.Int64
+	// lost is set when the lease is fenced: not renewed in time, or
+	// reported taken by the broker. A lost run never starts.
 	lost atomic.Bool
 }
 
@@ -339,6 +348,7 @@ func New(cfg Config) (*Worker, error) {
 	w.paused.Store(&map[string]bool{})
 	w.capCond = sync.NewCond(&w.mu)
 	w.startedAt = cfg.Now() // set once, before anything (a metrics scrape) can read it
+	w.monoBase = time.Now()
 	w.metrics = cfg.Metrics
 	if w.metrics == nil {
 		w.metrics = NewMetrics()
@@ -413,11 +423,12 @@ func (w *Worker) Stats() Stats {
 // Counters returns the cumulative task counts.
 func (w *Worker) Counters() Counters {
 	return Counters{
-		Processed: w.counters.processed.Load(),
-		Succeeded: w.counters.succeeded.Load(),
-		Failed:    w.counters.failed.Load(),
-		Retried:   w.counters.retried.Load(),
-		Revoked:   w.counters.revoked.Load(),
+		Processed:  w.counters.processed.Load(),
+		Succeeded:  w.counters.succeeded.Load(),
+		Failed:     w.counters.failed.Load(),
+		Retried:    w.counters.retried.Load(),
+		Revoked:    w.counters.revoked.Load(),
+		LeasesLost: w.counters.leasesLost.Load(),
 	}
 }
 
@@ -456,7 +467,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() { defer finishWG.Done(); w.finisher() }()
 	bgWG.Add(4)
 	go func() { defer bgWG.Done(); w.scaler.run(bgCtx) }()
-	go func() { defer bgWG.Done(); w.renewLeases(bgCtx) }()
+	go func() { defer bgWG.Done(); w.keepLeases(bgCtx) }()
 	go func() { defer bgWG.Done(); w.heartbeat(bgCtx) }()
 	go func() { defer bgWG.Done(); w.resyncControlState(bgCtx) }()
 	var ctlWG sync.WaitGroup
@@ -621,6 +632,7 @@ func (w *Worker) fetch(ctx context.Context) {
 			continue
 		}
 		w.claimSince.Store(time.Now().UnixNano())
+		sent := w.mono()
 		ds, err := w.cfg.Broker.Claim(ctx, broker.ClaimParams{Queues: queues, Max: free, Lease: w.cfg.Lease, Wait: w.cfg.ClaimWait})
 		w.claimSince.Store(0)
 		if ctx.Err() != nil {
@@ -651,7 +663,9 @@ func (w *Worker) fetch(ctx context.Context) {
 		for i, d := range ds {
 			rctx, cancel := context.WithCancelCause(context.Background())
 			r := &run{d: d, ctx: rctx, cancel: cancel}
-			r.leaseUntil.Store(d.LeaseUntil.UnixNano())
+			// A claim that waited (ClaimWait) may have leased its tasks
+			// at any moment after sent: sent is the safe lower bound.
+			r.deadline.Store(int64(sent + w.cfg.Lease))
 			w.outstanding[d.Token] = r
 			rs[i] = r
 		}
@@ -678,7 +692,11 @@ func (w *Worker) requeueNow(ds []broker.Delivery) {
 // dispatch starts a handler for each queued delivery as slots free up. When
 // the queue is closed (shutdown), it hands back what was never started.
 func (w *Worker) dispatch() {
+	margin := fenceMargin(w.cfg.Lease)
 	for r := range w.queue {
+		if !r.lost.Load() && w.mono() >= time.Duration(r.deadline.Load())-margin {
+			w.fence(r, "its lease ran out while it waited for a slot")
+		}
 		if r.lost.Load() {
 			// Its lease ran out while it waited (redelivered elsewhere):
 			// running it would run it twice.
@@ -729,12 +747,14 @@ func (w *Worker) dispatch() {
 	}
 }
 
-// settleLost drops a queued run whose lease was lost: no state, and an
-// ack that removes nothing (the redelivered copy has its own token).
+// settleLost drops a queued run whose lease was fenced: no state, and a
+// hand-back, never an ack: when the lease was only unconfirmed (a broker
+// that did not answer in time) the task is still the worker's to give
+// back, and when another claim holds it the broker skips the hand-back.
 func (w *Worker) settleLost(r *run) {
 	if r.state.CompareAndSwap(runQueued, runSettled) {
 		w.log.WithField(logging.FieldTask, r.d.Envelope.ID).Warn("lease lost before the task started; not running it here")
-		w.done <- finish{run: r}
+		w.done <- finish{run: r, action: broker.Requeue}
 	}
 }
 
@@ -840,6 +860,17 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 	if cause := context.Cause(r.ctx); cause != nil && r.ctx.Err() != nil {
 		// Cancelled by the worker (shutdown) or a terminate revoke. A
 		// handler that still succeeded keeps its result.
+		if errors.Is(cause, ErrLeaseLost) && err != nil {
+			// Fenced (lease.go): handed back in case the lease is still
+			// ours after all (the broker skips it when another claim
+			// holds it); no state is written, the next run's "started"
+			// replaces this one.
+			f.hasState = false
+			f.action = broker.Requeue
+			w.counters.processed.Add(-1)
+			logf().WithError(err).Warn("task stopped: its lease was lost; it runs again on whichever worker claims it")
+			return f
+		}
 		if errors.Is(cause, errShutdown) && err != nil {
 			// No state is written: the task is queued again and the next
 			// worker's "started" replaces this one.
@@ -1113,72 +1144,6 @@ func (w *Worker) writeStatesOneByOne(states []result.TaskState) {
 		}
 		cancel()
 	}
-}
-
-// renewLeases extends outstanding leases before they run out.
-func (w *Worker) renewLeases(ctx context.Context) {
-	tick := w.cfg.Lease / 3
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := w.cfg.Now()
-		threshold := now.Add(w.cfg.Lease - tick)
-		w.mu.Lock()
-		var ds []broker.Delivery
-		var rs []*run
-		for _, r := range w.outstanding {
-			if r.state.Load() != runSettled && !r.lost.Load() && r.leaseUntil.Load() < threshold.UnixNano() {
-				ds = append(ds, r.d)
-				rs = append(rs, r)
-			}
-		}
-		w.mu.Unlock()
-		if len(ds) == 0 {
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, tick)
-		err := w.cfg.Broker.ExtendLease(rctx, ds, w.cfg.Lease)
-		cancel()
-		var lost *broker.LeaseLostError
-		if err != nil && !errors.As(err, &lost) {
-			w.log.WithError(err).Warn("lease renewal failed; will retry")
-			continue
-		}
-		lostSet := map[string]bool{}
-		if lost != nil {
-			for _, id := range lost.IDs {
-				lostSet[id] = true
-			}
-			w.log.WithField("tasks", lost.IDs).Warn("lease lost before renewal; these tasks may run again elsewhere")
-		}
-		until := now.Add(w.cfg.Lease)
-		for _, r := range rs {
-			if lostSet[r.d.Envelope.ID] {
-				r.lost.Store(true)
-			} else {
-				r.leaseUntil.Store(until.UnixNano())
-			}
-		}
-	}
-}
-
-// extendLease sets r's lease to now+d, in the broker and in r.leaseUntil
-// (which the renewer reads): the broker sets the deadline, it does not
-// only raise it, so the renewer must know a shorter one too.
-func (w *Worker) extendLease(ctx context.Context, r *run, d time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	until := w.cfg.Now().Add(d).UnixNano()
-	if err := w.cfg.Broker.ExtendLease(ctx, []broker.Delivery{r.d}, d); err != nil {
-		return fmt.Errorf("extend lease of task %s: %w", r.d.Envelope.ID, err)
-	}
-	r.leaseUntil.Store(until)
-	return nil
 }
 
 // Info returns the worker's registry record.

@@ -276,6 +276,7 @@ func TestLeaseRenewalKeepsLongTaskSingle(t *testing.T) {
 		select {
 		case <-time.After(2500 * time.Millisecond):
 		case <-tc.Context().Done():
+			return nil, tc.Heartbeat() // stopped: the task must not succeed
 		}
 		return nil, nil
 	}, worker.TaskOptions{})
