@@ -25,6 +25,9 @@ import (
 //	stranger PIDFILE   start a process that is not a node ("sleep"), write
 //	                   its PID to PIDFILE as a stale pidfile would (unlocked,
 //	                   written an hour ago), and set $STRANGER_PID
+//	forge PIDFILE      like stranger, but the pidfile is fresh and this test
+//	                   process holds its lock until the script ends, as an
+//	                   attacker who can write in the pid directory would
 //	alive PID          succeed if PID is a live process (! alive: if not)
 //
 // The condition [redis] holds when STEM_TEST_REDIS_URL is set (passed to
@@ -57,6 +60,7 @@ func TestScriptsDaemon(t *testing.T) {
 	}
 	p.Cmds["stranger"] = cmdStranger
 	p.Cmds["alive"] = cmdAlive
+	p.Cmds["forge"] = cmdForge
 	testscript.Run(t, p)
 }
 
@@ -107,4 +111,18 @@ func cmdAlive(ts *testscript.TestScript, neg bool, args []string) {
 	if alive == neg {
 		ts.Fatalf("PID %d alive: %v", pid, alive)
 	}
+}
+
+func cmdForge(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: forge PIDFILE")
+	}
+	cmdStranger(ts, false, args)
+	path := ts.MkAbs(args[0])
+	now := time.Now()
+	ts.Check(os.Chtimes(path, now, now))
+	f, err := os.Open(path)
+	ts.Check(err)
+	ts.Defer(func() { f.Close() })
+	ts.Check(syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB))
 }

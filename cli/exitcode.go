@@ -6,6 +6,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/daemon"
 )
 
 // The exit codes of every stem command. This is the one table; the README's
@@ -26,6 +27,11 @@ const (
 	ExitInternal = 70
 	// ExitPartial: some targets did not answer.
 	ExitPartial = 75
+	// ExitRefused: a pidfile, pid directory or logfile that stem refuses
+	// to use: unsafe (a symlink, another user's, writable by group or
+	// others) or not proving that its process is the node
+	// (daemon.RefusedError). Nothing was signalled.
+	ExitRefused = 77
 	// ExitConfig: bad configuration (env file, URL, variable, tasks or
 	// routing file).
 	ExitConfig = 78
@@ -48,6 +54,7 @@ var ExitCodes = []struct {
 	{ExitUnavailable, "unavailable: broker unreachable, or no worker replied"},
 	{ExitInternal, "internal error"},
 	{ExitPartial, "partial reply: some targets did not answer"},
+	{ExitRefused, "refused: a pidfile, pid directory or logfile that is unsafe (symlink, another user's, group/world-writable) or whose lock or identity does not match its process; nothing was signalled"},
 	{ExitConfig, "configuration error: bad variable, env file, URL, tasks or routing file"},
 	{ExitRestart, "`worker run` stopped for a warm restart (SIGHUP, `systemctl reload`); the unit starts it again"},
 }
@@ -92,7 +99,10 @@ func ExitCode(err error) int {
 		return ee.Code
 	}
 	var ce *config.Error
+	var re *daemon.RefusedError
 	switch {
+	case errors.As(err, &re):
+		return ExitRefused
 	case errors.As(err, &ce), errors.Is(err, broker.ErrIncompatible):
 		return ExitConfig
 	case errors.Is(err, broker.ErrUnavailable):

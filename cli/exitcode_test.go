@@ -7,6 +7,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/daemon"
 )
 
 // TestExitCode checks the one place that maps errors to exit codes.
@@ -24,6 +25,7 @@ func TestExitCode(t *testing.T) {
 		{"wrapped config", fmt.Errorf("load: %w", config.Errorf("f:1: x")), ExitConfig},
 		{"unavailable", fmt.Errorf("redis://h: %w", broker.ErrUnavailable), ExitUnavailable},
 		{"incompatible store", fmt.Errorf("sqlite /x.db: %w", broker.ErrIncompatible), ExitConfig},
+		{"refused pidfile", fmt.Errorf("alpha: %w", &daemon.RefusedError{What: "pidfile", Path: "/run/stem/a.pid", Reason: "r"}), ExitRefused},
 		{"other", errors.New("surprise"), ExitInternal},
 	}
 	for _, tt := range tests {

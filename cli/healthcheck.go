@@ -44,7 +44,9 @@ intervals, has not run out, in state "running"). That one needs the broker.
 
 Exit codes (the same with --json and --quiet): 0 healthy; 3 no pidfile (not
 running); 1 unhealthy: invalid-pid, process-not-running, pid-reused,
-pidfile-unreadable, not-ready; 69 broker-unavailable (--readiness only).
+pidfile-unreadable, not-ready; 69 broker-unavailable (--readiness only); 77
+pidfile-refused (the pidfile or its directory is unsafe, or its lock is not
+held by the process it names, or that process runs another program).
 
 --json prints {"status", "node", "pid", "pidfile", "logfile", "timestamp"
 (process start, RFC 3339), "uptimeSeconds", "error" (code), "message"};
@@ -146,6 +148,8 @@ func healthcheckCode(r healthcheck.Result) int {
 		return ExitNotRunning
 	case r.Error == codeBrokerUnavailable:
 		return ExitUnavailable
+	case r.Error == healthcheck.CodePidfileRefused:
+		return ExitRefused
 	}
 	return ExitFailure
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -56,14 +57,19 @@ STEM_WORKER_PIDFILE, STEM_WORKER_LOGFILE (and STEM_WORKER_QUEUES,
 STEM_WORKER_BROADCASTS with --queue, --broadcast) plus the env file's
 variables; its stdout and stderr are appended to its logfile.
 
-Pidfiles are created exclusively and stay locked while the node runs; before
-any signal the process's identity (start time) is checked, so a reused PID
-is never signalled.
+Pidfiles are created exclusively (mode 0640) and stay locked while the node
+runs; they record the process's start time, the boot id and the program
+started. Before any signal, the pidfile and its directory must belong to you
+or root and not be writable by group or others, the PID must itself hold the
+pidfile's lock, and its start time, boot and program must match the record;
+otherwise nothing is signalled. Pidfiles and logfiles that are symbolic links
+are refused.
 
 Exit codes: 0 done; 1 a node failed (already running, did not stop); status
 follows LSB (0 all running, 3 not running, 1 dead with a pidfile left); 64
-bad node name, template or flag; 78 bad env file, routing file, alias or
-STEM_WORKER_COMMAND.`,
+bad node name, template or flag; 77 a pidfile, its directory or a logfile was
+refused (unsafe, or not held by the process it names); 78 bad env file,
+routing file, alias or STEM_WORKER_COMMAND.`,
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&o.pidfile, "pidfile", defaultPidfileTemplate, "pidfile path template")
@@ -263,10 +269,15 @@ func dedupe(s []string) []string {
 
 // reportResults prints one line per node: successes on stdout, failures as
 // "stem: ..." on stderr. It returns the command's error: nil when every
-// node succeeded, else exit 1 (the lines already say why).
+// node succeeded, exit 77 when a pidfile or logfile was refused, else exit
+// 1 (the lines already say why).
 func reportResults(out, errw io.Writer, results []daemon.Result) error {
-	failed := 0
+	failed, refused := 0, false
 	for _, r := range results {
+		var re *daemon.RefusedError
+		if errors.As(r.Err, &re) {
+			refused = true
+		}
 		if r.Stale != "" && r.Err == nil {
 			fmt.Fprintf(out, "%s: removed stale pidfile (%s)\n", r.Node, oneLine(r.Stale))
 		}
@@ -281,8 +292,21 @@ func reportResults(out, errw io.Writer, results []daemon.Result) error {
 		}
 		fmt.Fprintln(out, line)
 	}
-	if failed > 0 {
+	switch {
+	case refused:
+		return &ExitError{Code: ExitRefused}
+	case failed > 0:
 		return &ExitError{Code: ExitFailure}
 	}
 	return nil
+}
+
+// nodeError is the command's error for a node that failed outside
+// reportResults (start --no-detach): exit 77 for a refusal, else 1.
+func nodeError(err error) error {
+	var re *daemon.RefusedError
+	if errors.As(err, &re) {
+		return withCode(ExitRefused, err)
+	}
+	return withCode(ExitFailure, err)
 }

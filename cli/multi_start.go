@@ -35,7 +35,7 @@ logfile only when --logfile is given; otherwise it stays on stdout/stderr
 			}
 			var s daemon.Supervisor
 			if o.noDetach {
-				return withCode(ExitFailure, s.Exec(nodes[0]))
+				return nodeError(s.Exec(nodes[0]))
 			}
 			results := make([]daemon.Result, len(nodes))
 			for i, n := range nodes {

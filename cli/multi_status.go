@@ -13,8 +13,8 @@ import (
 // array, one element per node, in the order given).
 type multiStatusJSON struct {
 	Node string `json:"node"`
-	// Status: running, not-running, dead, pid-reused, invalid-pidfile or
-	// unknown.
+	// Status: running, not-running, dead, pid-reused, invalid-pidfile,
+	// unknown or refused.
 	Status  string `json:"status"`
 	PID     int    `json:"pid,omitempty"`
 	Pidfile string `json:"pidfile"`
@@ -32,6 +32,7 @@ var statusNames = map[daemon.State]string{
 	daemon.Reused:     "pid-reused",
 	daemon.Invalid:    "invalid-pidfile",
 	daemon.Unknown:    "unknown",
+	daemon.Refused:    "refused",
 }
 
 func newMultiStatusCmd(a *App, o *multiOptions) *cobra.Command {
@@ -44,7 +45,9 @@ them).
 
 Exit codes follow LSB: 0 every node runs; 1 some node is dead with its
 pidfile left (the process is gone, the PID was reused, or the pidfile is
-garbage or unreadable); otherwise 3, some node is not running.`,
+garbage or unreadable); otherwise 3, some node is not running. A pidfile
+that is refused (unsafe, or locked by another process than the one it
+names, or naming a process that runs another program) makes it exit 77.`,
 		Args: nodeArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			nodes, err := o.paths(args, time.Now())
@@ -58,6 +61,9 @@ garbage or unreadable); otherwise 3, some node is not running.`,
 			for _, n := range nodes {
 				r := s.Status(n)
 				switch c := r.State.LSBCode(); {
+				case r.State == daemon.Refused:
+					code = ExitRefused
+				case code == ExitRefused:
 				case c == 0:
 				case c == ExitNotRunning && code == ExitOK:
 					code = ExitNotRunning

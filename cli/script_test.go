@@ -111,7 +111,8 @@ func cmdSignal(ts *testscript.TestScript, neg bool, args []string) {
 		if err != nil {
 			return false
 		}
-		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		first, _, _ := strings.Cut(string(b), "\n") // the PID is the first line
+		pid, err = strconv.Atoi(strings.TrimSpace(first))
 		return err == nil && pid > 0
 	})
 	if !ok {

@@ -197,9 +197,12 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	if c.Pidfile != "" {
 		pf, err := daemon.CreatePidfile(c.Pidfile, os.Getpid())
 		var exists *daemon.ExistsError
+		var refused *daemon.RefusedError
 		switch {
 		case errors.As(err, &exists):
 			return withCode(ExitFailure, fmt.Errorf("already running: %w", err))
+		case errors.As(err, &refused):
+			return withCode(ExitRefused, err)
 		case err != nil:
 			return withCode(ExitConfig, err)
 		}

@@ -4,9 +4,9 @@
 //
 // # Pidfiles
 //
-// A pidfile holds one line, the PID in decimal, so that other tools
-// (systemd's PIDFile=, start-stop-daemon, shell scripts) can read it. It
-// is created exclusively and stays locked (flock(2), exclusive) for as long
+// A pidfile holds the PID in decimal on its first line, so that other
+// tools (systemd's PIDFile=, start-stop-daemon, head -n1) can read it. It
+// is created exclusively, mode 0640 (package fileperm), and stays locked (flock(2), exclusive) for as long
 // as its node runs:
 //
 //   - the file is first written under a temporary name, opened with
@@ -25,18 +25,46 @@
 // (`stem worker run --pidfile`, through CreatePidfile) adopts the one multi
 // wrote when it already names its PID, so both may be used together.
 //
+// Below the PID, a pidfile records the process's start time (clock ticks
+// since boot), the boot id and the program started (device and inode of
+// the file execve runs: the command, or a script's interpreter). A pidfile
+// of the old one-line format is still read.
+//
 // # Identity
 //
-// Before any signal is sent, the process is identified: Inspect requires
-// the pidfile to be locked and the process to have started no later than
-// the pidfile was written (start time from /proc/<pid>/stat, converted to
-// wall time with /proc/stat's btime, with StartSlack for clock steps). An
-// unlocked pidfile naming a live process is a reused PID: the node that
-// wrote it is gone. Signal then re-checks the start time through a pidfd,
-// so a PID recycled in between is never signalled. Liveness follows
-// kill(pid, 0): EPERM (another user's process) is alive, ESRCH and zombies
-// are dead. The proc root is a parameter (Proc.Root) so tests use
-// fixtures.
+// A pidfile names a stem worker or nothing: the pid directory may be
+// writable by the service user, whose task code could plant a pidfile there
+// naming any process and hold it locked. Before any signal, and before
+// status or healthcheck report a node running, Inspect checks (see its
+// doc): the pidfile and its directory belong to this user or root and are
+// not writable by group or others, and the pidfile is not a symlink
+// (CheckPath); it is locked; the process it names holds that lock itself
+// (HoldsLock); and the process has the recorded start time, boot id and
+// program. A pidfile failing the ownership, holder or identity checks is
+// Refused (RefusedError): neither signalled nor removed.
+//
+// Why the holder check reads /proc/<pid>/fdinfo. stem locks pidfiles with
+// flock(2): the lock belongs to an open file description, which the node
+// inherits from multi (fd 3) or keeps across exec, so it outlives multi
+// and dies with the node. That rules out traditional POSIX (fcntl) locks,
+// which belong to a process and are not inherited by a child. And the
+// holder PID the kernel shows is useless here: in /proc/locks a flock's PID
+// is the process that took the lock (multi, long gone), an OFD lock's is
+// -1 on many kernels, and F_OFD_GETLK reports l_pid -1 (only F_GETLK on a
+// POSIX lock gives a real PID). What does identify the holder is
+// /proc/<pid>/fdinfo/<fd>: the kernel lists a lock there only when it
+// belongs to that descriptor's open file description. So HoldsLock looks
+// for a descriptor of the named process that refers to the pidfile's inode
+// and whose fdinfo shows the FLOCK write lock. An attacker can lock a file
+// but cannot make an unrelated process hold a descriptor to it.
+//
+// A PID is recycled only after its process is gone, and a gone node's lock
+// is released, so an unlocked pidfile naming a live process is a reused PID
+// (Reused, stale: removed, never signalled). Signal then re-checks the
+// start time through a pidfd, so a PID recycled in between is never
+// signalled. Liveness follows kill(pid, 0): EPERM (another user's process)
+// is alive, ESRCH and zombies are dead. The proc root is a parameter
+// (Proc.Root) so tests use fixtures.
 //
 // # sd_notify
 //

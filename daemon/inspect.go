@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -25,9 +26,14 @@ const (
 	Invalid
 	// Unknown: the pidfile or the process could not be read.
 	Unknown
+	// Refused: the pidfile cannot be trusted (see RefusedError): it or its
+	// directory is unsafe, or its lock is held by another process than the
+	// one it names, or that process runs another program than the one
+	// recorded. Nothing is signalled and the file is left alone.
+	Refused
 )
 
-var stateNames = [...]string{"not running", "running", "dead", "pid reused", "invalid pidfile", "unknown"}
+var stateNames = [...]string{"not running", "running", "dead", "pid reused", "invalid pidfile", "unknown", "refused"}
 
 func (s State) String() string {
 	if int(s) < len(stateNames) {
@@ -37,14 +43,15 @@ func (s State) String() string {
 }
 
 // LSBCode is the LSB `status` exit code of the state: 0 running, 3 not
-// running, 1 dead with a pidfile left (dead, reused, invalid), 4 unknown.
+// running, 1 dead with a pidfile left (dead, reused, invalid), 4 unknown
+// or refused.
 func (s State) LSBCode() int {
 	switch s {
 	case Running:
 		return 0
 	case NotRunning:
 		return 3
-	case Unknown:
+	case Unknown, Refused:
 		return 4
 	}
 	return 1
@@ -70,19 +77,37 @@ type Inspection struct {
 // moves when the wall clock is stepped; the slack absorbs small steps.
 const StartSlack = 2 * time.Second
 
-// Inspect reads the pidfile at path and checks the process it names. A
-// node is Running only if its pidfile is locked (every stem pidfile is,
-// for as long as its node runs), names a live process, and that process
-// started no later than the pidfile was written (within StartSlack). A
-// pidfile failing either test while naming a live process is Reused: the
-// lock is released when the node dies, and a process that started after
-// the pidfile was written cannot be the one that wrote it.
+// Inspect reads the pidfile at path and checks the process it names; see
+// the package documentation for the checks and their order. A node is
+// Running only if
+//
+//   - the pidfile and its directory pass CheckPath (owner, mode, no
+//     symbolic link), else Refused;
+//   - the pidfile names a live process, else Dead;
+//   - the pidfile is locked, else Reused (the lock goes when the node
+//     dies, so the PID now names another process);
+//   - that process itself holds the lock (HoldsLock), else Refused: someone
+//     else locked a pidfile naming a process that is not theirs;
+//   - in the current format, the process has the recorded start time, boot
+//     id and program, else Refused; in the old one-line format, it started
+//     no later than the pidfile was written (within StartSlack), else
+//     Refused.
+//
+// An unlocked pidfile naming a live process that started after it was
+// written (or, in the current format, at another time than recorded, or
+// during another boot) is Reused.
 func (p Proc) Inspect(path string) Inspection {
+	if err := CheckPath(path, os.Geteuid()); err != nil {
+		return Inspection{State: Refused, Err: err}
+	}
 	info, err := ReadPidfile(path)
 	var ie *InvalidPidfileError
+	var re *RefusedError
 	switch {
 	case errors.Is(err, ErrPidfileMissing):
 		return Inspection{State: NotRunning, Err: fmt.Errorf("pidfile %s does not exist", path)}
+	case errors.As(err, &re):
+		return Inspection{State: Refused, Err: err}
 	case errors.As(err, &ie):
 		return Inspection{State: Invalid, Err: err}
 	case err != nil:
@@ -108,16 +133,63 @@ func (p Proc) Inspect(path string) Inspection {
 		return in
 	}
 	in.Process = proc
-	switch {
-	case proc.Start.After(info.Written.Add(StartSlack)):
+	mismatch := p.identityMismatch(info, proc)
+	if !info.Locked {
 		in.State = Reused
-		in.Err = fmt.Errorf("pidfile %s names PID %d, but that process (%s) started at %s, after the pidfile was written at %s: the PID was reused",
-			path, info.PID, proc.Comm, proc.Start.UTC().Format("2006-01-02T15:04:05Z"), info.Written.UTC().Format("2006-01-02T15:04:05.000Z"))
-	case !info.Locked:
-		in.State = Reused
-		in.Err = fmt.Errorf("pidfile %s names PID %d (%s), but no process holds the pidfile's lock, so the node that wrote it is gone and the PID was reused", path, info.PID, proc.Comm)
-	default:
-		in.State = Running
+		if mismatch != "" {
+			in.Err = fmt.Errorf("pidfile %s names PID %d, but %s: the PID was reused", path, info.PID, mismatch)
+		} else {
+			in.Err = fmt.Errorf("pidfile %s names PID %d (%s), but no process holds the pidfile's lock, so the node that wrote it is gone and the PID was reused", path, info.PID, proc.Comm)
+		}
+		return in
 	}
+	held, err := p.HoldsLock(info.PID, info.Dev, info.Ino)
+	switch {
+	case errors.Is(err, ErrNoProcess):
+		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
+		return in
+	case err != nil:
+		in.State, in.Err = Refused, &RefusedError{What: "pidfile", Path: path, Reason: err.Error() + "; not signalled"}
+		return in
+	case !held:
+		in.State = Refused
+		in.Err = &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("it is locked, but not by PID %d (%s), the process it names; it was not written for that process, which is not signalled", info.PID, proc.Comm)}
+		return in
+	case mismatch != "":
+		in.State = Refused
+		in.Err = &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("PID %d holds its lock, but %s; not signalled", info.PID, mismatch)}
+		return in
+	}
+	in.State = Running
 	return in
+}
+
+// identityMismatch compares the process the pidfile names with what the
+// pidfile records, and says how they differ ("" when they do not). A
+// pidfile of the old format records only its write time.
+func (p Proc) identityMismatch(info PidfileInfo, proc ProcessInfo) string {
+	const layout = "2006-01-02T15:04:05Z"
+	r := info.Record
+	if r == nil {
+		if proc.Start.After(info.Written.Add(StartSlack)) {
+			return fmt.Sprintf("that process (%s) started at %s, after the pidfile was written at %s",
+				proc.Comm, proc.Start.UTC().Format(layout), info.Written.UTC().Format("2006-01-02T15:04:05.000Z"))
+		}
+		return ""
+	}
+	if boot, err := p.BootID(); err != nil || boot != r.BootID {
+		return fmt.Sprintf("the pidfile was written during another boot (boot id %s)", r.BootID)
+	}
+	if proc.StartTicks != r.StartTicks {
+		return fmt.Sprintf("that process (%s) started at %s (%d ticks after boot), not at %d ticks as recorded",
+			proc.Comm, proc.Start.UTC().Format(layout), proc.StartTicks, r.StartTicks)
+	}
+	exe, err := p.Exe(info.PID)
+	if err != nil {
+		return fmt.Sprintf("its program cannot be checked (%v)", err)
+	}
+	if !exe.Same(r.Exe) {
+		return fmt.Sprintf("it runs %s, not %s that was started (if the node's command replaces itself with another program, make that program the command)", exe, r.Exe)
+	}
+	return ""
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stemhq/stem/internal/fileperm"
 )
 
 // Node is one worker process that a Supervisor manages.
@@ -67,14 +69,15 @@ func (s Supervisor) killWait() time.Duration {
 	return s.KillWait
 }
 
-// MakeDirs creates the directories of n's pidfile and logfile.
+// MakeDirs creates the directories of n's pidfile and logfile, mode 0750
+// (minus the umask). Existing directories are left as they are.
 func MakeDirs(n Node) error {
 	for _, f := range []struct{ what, path string }{{"pidfile", n.Pidfile}, {"logfile", n.Logfile}} {
 		if f.path == "" {
 			continue
 		}
 		dir := filepath.Dir(f.path)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := os.MkdirAll(dir, fileperm.Dir); err != nil {
 			return fmt.Errorf("cannot create %s directory %s: %w", f.what, dir, unwrapPath(err))
 		}
 	}
@@ -102,10 +105,37 @@ func (s Supervisor) clean(n Node) (stale string, res *Result) {
 			return "", &Result{Node: n.Name, State: in.State, Err: fmt.Errorf("%s: %w", n.Name, err)}
 		}
 		return in.Err.Error(), nil
-	case in.State == Unknown:
-		return "", &Result{Node: n.Name, State: Unknown, Err: fmt.Errorf("%s: %w", n.Name, in.Err)}
+	case in.State == Unknown || in.State == Refused:
+		return "", &Result{Node: n.Name, State: in.State, Err: fmt.Errorf("%s: %w", n.Name, in.Err)}
 	}
 	return "", nil
+}
+
+// openLog opens (creating it 0640) the logfile path for appending, never
+// through a symbolic link.
+func openLog(path string) (*os.File, error) {
+	f, _, err := fileperm.OpenFile(path, os.O_WRONLY|os.O_APPEND)
+	var se *fileperm.SymlinkError
+	if errors.As(err, &se) {
+		return nil, &RefusedError{What: "logfile", Path: path, Reason: "it is a symbolic link; stem opens logfiles with O_NOFOLLOW (remove the link)"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot open logfile %s: %w", path, unwrapPath(err))
+	}
+	return f, nil
+}
+
+// commandExe identifies the program cmd will run, for the pidfile's
+// record; the zero ExeID (Commit then reads /proc) when it cannot.
+func commandExe(path, dir string) ExeID {
+	if !filepath.IsAbs(path) && dir != "" {
+		path = filepath.Join(dir, path)
+	}
+	id, err := ResolveExe(path)
+	if err != nil {
+		return ExeID{}
+	}
+	return id
 }
 
 // Start launches n detached: in its own session, stdin from /dev/null,
@@ -128,9 +158,9 @@ func (s Supervisor) Start(n Node) Result {
 	if err := MakeDirs(n); err != nil {
 		return fail(err)
 	}
-	logf, err := os.OpenFile(n.Logfile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	logf, err := openLog(n.Logfile)
 	if err != nil {
-		return fail(fmt.Errorf("cannot open logfile %s: %w", n.Logfile, unwrapPath(err)))
+		return fail(err)
 	}
 	defer logf.Close()
 	pf, err := PreparePidfile(n.Pidfile)
@@ -144,6 +174,9 @@ func (s Supervisor) Start(n Node) Result {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pf.File()}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cmd.Err == nil {
+		pf.SetExe(commandExe(cmd.Path, n.Dir))
+	}
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("starting %s: %w", n.Argv[0], unwrapPath(err)))
 	}
@@ -221,7 +254,7 @@ func (s Supervisor) stop(n Node, sig syscall.Signal, timeout time.Duration) Resu
 			r.Err = fmt.Errorf("%s: %w", n.Name, err)
 		}
 		return r
-	case in.State == Unknown:
+	case in.State == Unknown || in.State == Refused:
 		r.Err = fmt.Errorf("%s: %w", n.Name, in.Err)
 		return r
 	}
@@ -262,23 +295,6 @@ func (s Supervisor) gone(n Node, r Result, msg string) Result {
 	return r
 }
 
-func removeIfNames(path string, pid int) error {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading pidfile: %w", err)
-	}
-	if got, err := parsePID(path, data); err != nil || got != pid {
-		return nil
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing pidfile: %w", err)
-	}
-	return nil
-}
-
 // Exec runs n in the foreground by replacing the current process with it
 // (execve), so the node keeps this process's PID: under systemd or another
 // supervisor it is the main process, receives signals directly, and its
@@ -306,7 +322,11 @@ func (s Supervisor) Exec(n Node) error {
 	if err := MakeDirs(n); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
-	pf, err := CreatePidfile(n.Pidfile, os.Getpid())
+	exe, err := ResolveExe(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
+	pf, err := createPidfile(n.Pidfile, os.Getpid(), exe)
 	if err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
@@ -320,10 +340,10 @@ func (s Supervisor) Exec(n Node) error {
 		env = append(env, PidfileFDEnv+"="+strconv.Itoa(fd))
 	}
 	if n.Logfile != "" {
-		logf, err := os.OpenFile(n.Logfile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		logf, err := openLog(n.Logfile)
 		if err != nil {
 			pf.Remove()
-			return fmt.Errorf("%s: cannot open logfile %s: %w", n.Name, n.Logfile, unwrapPath(err))
+			return fmt.Errorf("%s: %w", n.Name, err)
 		}
 		for _, target := range []int{1, 2} {
 			if err := unix.Dup3(int(logf.Fd()), target, 0); err != nil {

@@ -50,7 +50,7 @@ func cleanupNodes(t *testing.T, s Supervisor, nodes ...Node) {
 func TestSupervisorLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	var s Supervisor
-	script := `echo "started $STEM_WORKER_NODE fd=$STEM_WORKER_PIDFILE_FD notify=${NOTIFY_SOCKET:-none}"; echo oops >&2; exec sleep 1000`
+	script := `echo "started $STEM_WORKER_NODE fd=$STEM_WORKER_PIDFILE_FD notify=${NOTIFY_SOCKET:-none}"; echo oops >&2; trap 'kill $!; exit 0' TERM; sleep 1000 & wait`
 	nodes := []Node{node(dir, "alpha", script, "NOTIFY_SOCKET=/run/systemd/notify"), node(dir, "beta", script)}
 	cleanupNodes(t, s, nodes...)
 	for _, n := range nodes {
@@ -92,7 +92,7 @@ func TestSupervisorStopEscalatesToKill(t *testing.T) {
 	dir := t.TempDir()
 	var s Supervisor
 	// An ignored signal stays ignored across exec: sleep ignores SIGTERM.
-	n := node(dir, "stubborn", `trap "" TERM; echo up; exec sleep 1000`)
+	n := node(dir, "stubborn", `trap "" TERM; echo up; while :; do sleep 0.1; done`)
 	cleanupNodes(t, s, n)
 	if r := s.Start(n); r.Err != nil {
 		t.Fatal(r.Err)
@@ -110,7 +110,8 @@ func TestSupervisorStopEscalatesToKill(t *testing.T) {
 func TestSupervisorKill(t *testing.T) {
 	dir := t.TempDir()
 	var s Supervisor
-	n := node(dir, "k", `exec sleep 1000`)
+	n := node(dir, "k", "")
+	n.Argv = []string{"sleep", "1000"}
 	cleanupNodes(t, s, n)
 	r := s.Start(n)
 	if r.Err != nil {
@@ -164,7 +165,8 @@ func TestSupervisorRefusesStranger(t *testing.T) {
 func TestSupervisorStartCleansStale(t *testing.T) {
 	dir := t.TempDir()
 	var s Supervisor
-	n := node(dir, "alpha", "exec sleep 1000")
+	n := node(dir, "alpha", "")
+	n.Argv = []string{"sleep", "1000"}
 	cleanupNodes(t, s, n)
 	must(t, os.MkdirAll(filepath.Dir(n.Pidfile), 0o755))
 	must(t, os.WriteFile(n.Pidfile, []byte("garbage\n"), 0o644))

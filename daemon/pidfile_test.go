@@ -215,6 +215,35 @@ func TestRemoveLeavesAnotherNodesPidfile(t *testing.T) {
 	}
 }
 
+// holdFD makes fixture process pid (under root) hold a descriptor on path with a
+// flock lock, as /proc shows it: fd/N links to the file, fdinfo/N has a
+// FLOCK line naming its inode.
+func holdFD(t *testing.T, root string, pid int, path string) {
+	t.Helper()
+	dir := filepath.Join(root, fmt.Sprint(pid))
+	must(t, os.MkdirAll(filepath.Join(dir, "fd"), 0o755))
+	must(t, os.MkdirAll(filepath.Join(dir, "fdinfo"), 0o755))
+	fd := 3
+	for ; ; fd++ {
+		if _, err := os.Lstat(filepath.Join(dir, "fd", fmt.Sprint(fd))); err != nil {
+			break
+		}
+	}
+	must(t, os.Symlink(path, filepath.Join(dir, "fd", fmt.Sprint(fd))))
+	var st syscall.Stat_t
+	must(t, syscall.Stat(path, &st))
+	info := fmt.Sprintf("pos:\t0\nflags:\t02\nlock:\t1: FLOCK  ADVISORY  WRITE 1 fe:00:%d 0 EOF\n", st.Ino)
+	must(t, os.WriteFile(filepath.Join(dir, "fdinfo", fmt.Sprint(fd)), []byte(info), 0o644))
+}
+
+// fakeExe makes fixture process pid run the program at target.
+func fakeExe(t *testing.T, root string, pid int, target string) {
+	t.Helper()
+	dir := filepath.Join(root, fmt.Sprint(pid))
+	must(t, os.MkdirAll(dir, 0o755))
+	must(t, os.Symlink(target, filepath.Join(dir, "exe")))
+}
+
 func TestInspect(t *testing.T) {
 	written := time.Unix(1700000100, 0)
 	// Boot at 1700000000; PID 10 started 50 s after boot, PID 11 200 s after.
@@ -223,6 +252,15 @@ func TestInspect(t *testing.T) {
 		11: statLine(11, "stranger", 'S', 20000),
 		12: statLine(12, "zombie", 'Z', 5000),
 	})
+	const boot = "6c14ad05-f92e-4ba4-967d-3a5e45872351"
+	must(t, os.MkdirAll(filepath.Join(root, "sys/kernel/random"), 0o755))
+	must(t, os.WriteFile(filepath.Join(root, "sys/kernel/random/boot_id"), []byte(boot+"\n"), 0o644))
+	sh, err := ResolveExe("/bin/sh")
+	must(t, err)
+	sleep, err := exec.LookPath("sleep")
+	must(t, err)
+	fakeExe(t, root, 10, "/bin/sh")
+	fakeExe(t, root, 11, sleep)
 	p := Proc{Root: root, Kill: func(pid int, sig syscall.Signal) error {
 		if pid >= 10 && pid <= 12 {
 			return nil
@@ -242,6 +280,10 @@ func TestInspect(t *testing.T) {
 		}
 		return path
 	}
+	v2 := func(pid int, start uint64, boot string, exe ExeID) string {
+		return string(formatPidfile(pid, Record{StartTicks: start, BootID: boot, Exe: exe}))
+	}
+	held := func(pid int, path string) string { holdFD(t, root, pid, path); return path }
 	tests := []struct {
 		name  string
 		path  string
@@ -249,14 +291,23 @@ func TestInspect(t *testing.T) {
 		msg   string
 		lsb   int
 	}{
-		{"running", write("run.pid", "10\n", true), Running, "", 0},
+		{"running", held(10, write("run.pid", "10\n", true)), Running, "", 0},
+		{"running, current format", held(10, write("run2.pid", v2(10, 5000, boot, sh), true)), Running, "", 0},
 		{"missing", filepath.Join(dir, "none.pid"), NotRunning, "does not exist", 3},
 		{"dead", write("dead.pid", "13\n", true), Dead, "not running", 1},
 		{"zombie", write("zombie.pid", "12\n", true), Dead, "not running", 1},
-		{"started after the pidfile", write("late.pid", "11\n", true), Reused, "after the pidfile was written", 1},
+		{"started after the pidfile", write("late.pid", "11\n", false), Reused, "after the pidfile was written", 1},
+		{"old format, started after the pidfile, holds the lock", held(11, write("late-held.pid", "11\n", true)), Refused, "after the pidfile was written", 4},
 		{"unlocked", write("unlocked.pid", "10\n", false), Reused, "lock", 1},
+		{"locked by someone else", write("forged.pid", "10\n", true), Refused, "locked, but not by PID 10", 4},
+		{"forged in the current format", write("forged2.pid", v2(10, 5000, boot, sh), true), Refused, "locked, but not by PID 10", 4},
+		{"another start time, unlocked", write("ticks.pid", v2(10, 4999, boot, sh), false), Reused, "not at 4999 ticks as recorded: the PID was reused", 1},
+		{"another start time, held", held(10, write("ticks-held.pid", v2(10, 4999, boot, sh), true)), Refused, "not at 4999 ticks", 4},
+		{"another boot", held(10, write("boot.pid", v2(10, 5000, "other-boot", sh), true)), Refused, "another boot", 4},
+		{"another program", held(11, write("exe.pid", v2(11, 20000, boot, sh), true)), Refused, "runs " + sleep, 4},
 		{"garbage", write("garbage.pid", "abc\n", false), Invalid, "not a PID", 1},
 		{"empty", write("empty.pid", "", false), Invalid, "empty", 1},
+		{"bad record", write("record.pid", "10\nstem-pidfile 2\nstart x\n", false), Invalid, "bad start line", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -270,15 +321,19 @@ func TestInspect(t *testing.T) {
 				}
 				return
 			}
-			if in.Err == nil || !strings.Contains(in.Err.Error(), tt.msg) || !strings.Contains(in.Err.Error(), tt.path) {
-				t.Fatalf("Inspect error = %v, want %q naming the file", in.Err, tt.msg)
+			if in.Err == nil || !strings.Contains(in.Err.Error(), tt.msg) || !strings.Contains(in.Err.Error(), tt.path) || strings.Contains(in.Err.Error(), "\n") {
+				t.Fatalf("Inspect error = %v, want one line with %q naming the file", in.Err, tt.msg)
+			}
+			var re *RefusedError
+			if (tt.state == Refused) != errors.As(in.Err, &re) {
+				t.Fatalf("Inspect error = %#v: RefusedError exactly when refused", in.Err)
 			}
 		})
 	}
 }
 
 func TestStateStrings(t *testing.T) {
-	for s := NotRunning; s <= Unknown; s++ {
+	for s := NotRunning; s <= Refused; s++ {
 		if strings.HasPrefix(s.String(), "State(") {
 			t.Errorf("state %d has no name", s)
 		}

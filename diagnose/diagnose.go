@@ -222,7 +222,7 @@ func checkPidfile(r *Report, in Input) {
 	case daemon.Invalid:
 		r.add(CheckPidfile, Error, "%v: remove it (`stem worker multi start` replaces it)", ins.Err)
 		return
-	case daemon.Unknown:
+	case daemon.Unknown, daemon.Refused:
 		r.add(CheckPidfile, Error, "%v", ins.Err)
 		return
 	}

@@ -39,6 +39,10 @@ const (
 	// CodePidfileUnreadable: the pidfile or /proc could not be read
 	// (permissions, say).
 	CodePidfileUnreadable = "pidfile-unreadable"
+	// CodePidfileRefused: the pidfile is refused (daemon.Refused): it or
+	// its directory is unsafe, or its lock is not held by the process it
+	// names, or that process runs another program than the one recorded.
+	CodePidfileRefused = "pidfile-refused"
 	// CodeNotReady: the process runs but the readiness check failed.
 	CodeNotReady = "not-ready"
 )
@@ -113,6 +117,8 @@ func (p Probe) Check(ctx context.Context, t Target) Result {
 		r.Error = CodeNotRunning
 	case daemon.Reused:
 		r.Error = CodePidReused
+	case daemon.Refused:
+		r.Error = CodePidfileRefused
 	default:
 		r.Error = CodePidfileUnreadable
 	}

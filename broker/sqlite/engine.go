@@ -74,6 +74,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -88,6 +89,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/internal/fileperm"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
 )
@@ -246,6 +248,9 @@ func Open(ctx context.Context, target string, opts Options) (*Engine, error) {
 	if err := checkPath(path); err != nil {
 		return nil, broker.Incompatible(err)
 	}
+	if err := createPrivate(path); err != nil {
+		return nil, broker.Incompatible(err)
+	}
 	if err := probe(ctx, path, opts); err != nil {
 		return nil, err
 	}
@@ -392,6 +397,39 @@ func checkPath(path string) error {
 		return fmt.Errorf("sqlite engine: database %s is not readable and writable by this user (uid %d): %w", path, os.Getuid(), err)
 	}
 	return nil
+}
+
+// createPrivate creates the database file, empty, mode 0640 minus the
+// umask, before SQLite does: SQLite would create it 0644 (world-readable),
+// and gives its -wal and -shm files the database's mode. An existing
+// database keeps its mode, unless it is world-writable: then it loses the
+// world-write bit (see package fileperm).
+// A database path may be a symbolic link (unlike a pidfile's).
+func createPrivate(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, fileperm.CreateMode())
+	created := err == nil
+	if errors.Is(err, fs.ErrExist) {
+		f, err = os.OpenFile(path, os.O_RDWR, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // a dangling symlink: SQLite reports it
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("sqlite engine: database %s: %w", path, unwrapPathError(err))
+	}
+	defer f.Close()
+	if err := fileperm.Fix(f, created); err != nil {
+		return fmt.Errorf("sqlite engine: database %s: %w", path, err)
+	}
+	return nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // dsn is the modernc.org/sqlite data source name of path: a file: URI

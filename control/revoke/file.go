@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/stemhq/stem/internal/fileperm"
 )
 
 // FileStore keeps revokes in a file of newline-delimited JSON, one Entry
@@ -268,19 +270,20 @@ type fileContent struct {
 }
 
 // load reads and parses the file, reporting problems through Warn. A
-// missing file is empty. mode is the file's permission bits (0644 when it
-// does not exist), which a rewrite keeps.
+// missing file is empty. mode is what a rewrite gives the file (see
+// package fileperm): 0640 minus the umask for a new file, the file's own
+// mode without the world-write bit for an existing one.
 func (s *FileStore) load() (fileContent, fs.FileMode, error) {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fileContent{recs: map[key]Entry{}}, 0o644, nil
+		return fileContent{recs: map[key]Entry{}}, fileperm.CreateMode(), nil
 	}
 	if err != nil {
 		return fileContent{}, 0, fmt.Errorf("revoke file %s: %w", s.path, err)
 	}
-	mode := fs.FileMode(0o644)
+	mode := fileperm.CreateMode()
 	if fi, err := os.Stat(s.path); err == nil {
-		mode = fi.Mode().Perm()
+		mode = fileperm.KeepMode(fi.Mode())
 	}
 	f, problems := parseFile(s.path, data)
 	for _, p := range problems {

@@ -398,3 +398,48 @@ func TestFileHelperProcess(t *testing.T) {
 	}
 	fmt.Println("helper done")
 }
+
+// TestFileModesUnderUmaskZero: the revoke file and its lock sidecar are
+// created 0640 even with umask 0; an existing file keeps its mode, except
+// that a world-writable one loses the world-write bit. It changes the
+// process umask, so it must not run in parallel with other tests.
+func TestFileModesUnderUmaskZero(t *testing.T) {
+	old := unix.Umask(0)
+	t.Cleanup(func() { unix.Umask(old) })
+	ctx := context.Background()
+	upsert := func(s *revoke.FileStore, id string) {
+		t.Helper()
+		if _, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: id, Version: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mode := func(path string) fs.FileMode {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	path := filepath.Join(t.TempDir(), "revokes")
+	s, err := revoke.OpenFile(path, revoke.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	upsert(s, "a")
+	for _, p := range []string{path, path + ".lock"} {
+		if m := mode(p); m != 0o640 {
+			t.Errorf("%s: mode %04o, want 0640", p, m)
+		}
+	}
+	for _, tt := range []struct{ before, after fs.FileMode }{{0o644, 0o644}, {0o600, 0o600}, {0o666, 0o664}} {
+		if err := os.Chmod(path, tt.before); err != nil {
+			t.Fatal(err)
+		}
+		upsert(s, fmt.Sprintf("m%o", tt.before))
+		if m := mode(path); m != tt.after {
+			t.Errorf("existing file of mode %04o: %04o after a write, want %04o", tt.before, m, tt.after)
+		}
+	}
+}

@@ -7,9 +7,12 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stemhq/stem/internal/fileperm"
 )
 
-// lockFile takes an exclusive flock(2) on path (created if missing) and
+// lockFile takes an exclusive flock(2) on path (created if missing, mode
+// 0640 minus the umask; never through a symlink) and
 // returns the function that releases it. Each call opens its own
 // descriptor, so two calls exclude each other even within one process.
 //
@@ -18,7 +21,7 @@ import (
 // goroutine closes the descriptor as soon as flock returns, which releases
 // the lock if it was taken.
 func lockFile(ctx context.Context, path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, _, err := fileperm.OpenFile(path, os.O_RDWR)
 	if err != nil {
 		return nil, fmt.Errorf("revoke file lock: %w", err)
 	}
