@@ -195,7 +195,7 @@ func renderTemplate(s Spec) []byte {
 	w.set("RestartSec", "2s")
 	// A bad command line (64) or configuration (78) does not heal by
 	// itself: no restart loop.
-	w.set("RestartPreventExitStatus", "64 78")
+	w.set("RestartPreventExitStatus", "64 77 78")
 	w.set("RestartForceExitStatus", strconv.Itoa(RestartExitStatus))
 	w.set("SuccessExitStatus", strconv.Itoa(RestartExitStatus))
 	w.set("TimeoutStartSec", seconds(s.StartTimeout))
