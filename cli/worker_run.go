@@ -97,6 +97,8 @@ logs each attempt.`,
 	bindEnv(fs, "max-memory-per-child", "STEM_WORKER_MAX_MEMORY_PER_CHILD")
 	fs.Duration("terminate-grace", 0, "time a terminated isolated or exec task has before its process group is killed")
 	bindEnv(fs, "terminate-grace", "STEM_WORKER_TERMINATE_GRACE")
+	fs.Duration("unknown-task-ttl", 0, "hand back tasks no handler here knows, for a worker that knows them; dead-letter them after this long")
+	bindEnv(fs, "unknown-task-ttl", "STEM_UNKNOWN_TASK_TTL")
 	fs.String("metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464")
 	bindEnv(fs, "metrics-addr", "STEM_METRICS_ADDR")
 	fs.String("signals", "", "signal to shutdown-mode mapping, e.g. "+DefaultSignals)
@@ -292,7 +294,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		Broker: eng.Broker, Results: eng.Results, Registry: eng.Registry, Handlers: handlers,
 		Node: c.Node, Hostname: hostname, Namespace: c.ControlNamespace, Queues: c.Queues,
 		Concurrency: c.Concurrency, Prefetch: c.Prefetch, Lease: c.Lease, Heartbeat: c.Heartbeat,
-		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version,
+		ShutdownGrace: c.ShutdownGrace, Logger: log, Version: Version, UnknownTaskTTL: c.UnknownTaskTTL,
 		// Hard shutdown waits long enough for exec tasks' process groups to
 		// be killed (SIGTERM, then SIGKILL after the terminate grace).
 		HardWait: c.TerminateGrace + time.Second,

@@ -190,6 +190,7 @@ var Vars = []Var{
 	{"STEM_WORKER_MAX_TASKS_PER_CHILD", "--max-tasks-per-child", "0", "recycle an isolation child after this many tasks (0: never)"},
 	{"STEM_WORKER_MAX_MEMORY_PER_CHILD", "--max-memory-per-child", "0", "recycle an isolation child whose RSS exceeds this after a task (`512MiB`, `1GiB`, bytes; 0: never); twice it kills the child mid-task"},
 	{"STEM_WORKER_TERMINATE_GRACE", "--terminate-grace", "5s", "how long a terminated isolated or exec task has before its process group is killed"},
+	{"STEM_UNKNOWN_TASK_TTL", "--unknown-task-ttl", "1h", "a task whose name this worker does not know is handed back (with backoff, no attempt counted) for a worker that knows it; dead-lettered with reason `unknown task` once this long has passed since a worker first saw it unknown"},
 	{"STEM_METRICS_ADDR", "--metrics-addr", "", "serve Prometheus metrics on this address (`127.0.0.1:9464`); off when empty"},
 	{"STEM_CONTROL_NAMESPACE", "--namespace (control commands), --control-namespace (worker run)", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
 	{"STEM_CONTROL_TIMEOUT", "--timeout", "5s", "how long control commands wait for replies (they return as soon as every live worker answered)"},
@@ -496,6 +497,7 @@ type Config struct {
 	MaxTasksPerChild int
 	MaxChildMemory   int64
 	TerminateGrace   time.Duration
+	UnknownTaskTTL   time.Duration
 	MetricsAddr      string
 	ControlNamespace string
 	ControlTimeout   time.Duration
@@ -550,6 +552,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.MaxTasksPerChild = r.Int("STEM_WORKER_MAX_TASKS_PER_CHILD", 0, 0, 1<<30)
 	c.MaxChildMemory = r.Bytes("STEM_WORKER_MAX_MEMORY_PER_CHILD", 0)
 	c.TerminateGrace = r.Duration("STEM_WORKER_TERMINATE_GRACE", 5*time.Second)
+	c.UnknownTaskTTL = r.Duration("STEM_UNKNOWN_TASK_TTL", time.Hour)
 	c.MetricsAddr = r.String("STEM_METRICS_ADDR", "")
 	c.ControlNamespace = r.String("STEM_CONTROL_NAMESPACE", c.Namespace)
 	c.ControlTimeout = r.Duration("STEM_CONTROL_TIMEOUT", 5*time.Second)

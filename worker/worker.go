@@ -157,6 +157,12 @@ type Config struct {
 	Autoscale AutoscaleConfig
 	// Metrics, when set, receives the worker's metrics.
 	Metrics *Metrics
+
+	// UnknownTaskTTL is how long a task whose name no handler of this
+	// worker knows is handed back (with backoff, no attempt counted) for a
+	// worker that knows it, before it is dead-lettered with the reason
+	// "unknown task" (default 1h; see unknown.go).
+	UnknownTaskTTL time.Duration
 }
 
 // WithDefaults fills unset fields.
@@ -208,6 +214,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.RevokeSync <= 0 {
 		c.RevokeSync = 30 * time.Second
+	}
+	if c.UnknownTaskTTL <= 0 {
+		c.UnknownTaskTTL = time.Hour
 	}
 	c.Isolation = c.Isolation.WithDefaults()
 	c.Autoscale = c.Autoscale.WithDefaults(c.Concurrency)
@@ -289,6 +298,10 @@ type Worker struct {
 	// returns just as a hard shutdown gives up on it).
 	doneMu     sync.RWMutex
 	doneClosed bool
+
+	// unknownLogged rate-limits the hand-back log of unknown task names.
+	unknownMu     sync.Mutex
+	unknownLogged map[string]time.Time
 
 	// claimSince is when the fetcher entered Claim (unix nanos), 0 while
 	// it is not inside Claim; Alive uses it.
@@ -705,6 +718,10 @@ func (w *Worker) dispatch() {
 		}
 		if e, ok := w.revokedEntry(r.d.Envelope.ID); ok {
 			w.settleRevoked(r, e)
+			continue
+		}
+		if _, known := w.cfg.Handlers.Lookup(r.d.Envelope.Name); !known {
+			w.settleUnknown(r)
 			continue
 		}
 		if w.currentMode() != 0 || !w.slots.acquire() {

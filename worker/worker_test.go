@@ -224,18 +224,52 @@ func TestExhaustedRetriesDeadLetter(t *testing.T) {
 	}
 }
 
-func TestUnknownTaskFailsClearly(t *testing.T) {
+// TestUnknownTaskHandedBack: a worker without a handler for a task name
+// (an old worker during a rolling deploy) hands the task back without
+// counting an attempt, and a worker that knows the name runs it.
+func TestUnknownTaskHandedBack(t *testing.T) {
 	f := setup(t)
-	w := f.worker(nil)
+	old := f.worker(func(c *worker.Config) { c.Handlers = worker.NewRegistry(); c.Node = "old" })
+	stopOld := f.start(old)
+	ids := f.publish("new.task", 1, func(e *broker.Envelope) { e.MaxRetries = 0 })
+	// The old worker sees it and hands it back (it is delayed, not dead).
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		n, _ := f.eng.PendingCount(context.Background(), "default")
+		return n == 0 && old.Stats().Outstanding == 0
+	}, "the old worker did not hand the unknown task back")
+	if dl, _ := f.eng.DeadLetters(context.Background(), "default", 10); len(dl) != 0 {
+		t.Fatalf("an unknown task was dead-lettered at once: %+v", dl)
+	}
+	f.reg.MustRegister("new.task", func(tc worker.TaskContext, _ json.RawMessage) (any, error) { return "ran", nil }, worker.TaskOptions{})
+	knows := f.worker(func(c *worker.Config) { c.Node = "new" })
+	stopNew := f.start(knows)
+	st := f.waitState(ids, result.Succeeded, 10*time.Second)[0]
+	stopOld(worker.Warm)
+	stopNew(worker.Warm)
+	if st.Attempt != 0 || st.Worker != knows.ID() {
+		t.Fatalf("state %+v: want attempt 0 on %s", st, knows.ID())
+	}
+}
+
+// TestUnknownTaskDeadLetteredAfterTTL: when no worker knows the name
+// within UnknownTaskTTL, the task fails with the reason "unknown task" and
+// is dead-lettered (never dropped).
+func TestUnknownTaskDeadLetteredAfterTTL(t *testing.T) {
+	f := setup(t)
+	w := f.worker(func(c *worker.Config) { c.UnknownTaskTTL = 500 * time.Millisecond })
 	stop := f.start(w)
 	ids := f.publish("no.such.task", 1, func(e *broker.Envelope) { e.MaxRetries = 3 })
-	st := f.waitState(ids, result.Failed, 5*time.Second)[0]
+	st := f.waitState(ids, result.Failed, 10*time.Second)[0]
 	stop(worker.Warm)
-	if st.Error != `no handler registered for task "no.such.task" on worker n@h` {
-		t.Fatalf("error %q", st.Error)
+	if !strings.HasPrefix(st.Error, `unknown task: no worker had a handler for task "no.such.task" within 500ms`) || st.Attempt != 0 {
+		t.Fatalf("state %+v", st)
 	}
-	if dl, _ := f.eng.DeadLetters(context.Background(), "default", 10); len(dl) != 1 {
+	dl, _ := f.eng.DeadLetters(context.Background(), "default", 10)
+	if len(dl) != 1 || !strings.HasPrefix(dl[0].Reason, worker.ReasonUnknownTask) {
 		t.Fatalf("dead letters %+v", dl)
+	}
+	if dl[0].Envelope.Headers[worker.HeaderUnknownSince] == "" {
+		t.Fatalf("dead letter lacks the %s header: %+v", worker.HeaderUnknownSince, dl[0].Envelope)
 	}
 }
 

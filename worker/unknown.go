@@ -1,0 +1,99 @@
+package worker
+
+import (
+	"fmt"
+	"maps"
+	"strconv"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/logging"
+	"github.com/stemhq/stem/result"
+)
+
+// Tasks whose name this worker has no handler for
+//
+// During a rolling deploy a task of a new name can reach a worker that
+// still runs the old code. Such a task is not this worker's to fail: it is
+// handed back (a Retry nack that keeps the attempt count) with an
+// exponential backoff from 1s to 1m, so a worker that knows the name
+// claims it, and it is dead-lettered with the reason "unknown task" only
+// once Config.UnknownTaskTTL has passed since a worker first saw it
+// unknown. The envelope carries that moment and the number of hand-backs
+// in two headers, so the TTL holds across workers.
+
+// Envelope headers of a task handed back as unknown.
+const (
+	// HeaderUnknownSince is when a worker first found no handler for the
+	// task (RFC 3339, UTC).
+	HeaderUnknownSince = "stem-unknown-since"
+	// HeaderUnknownHandbacks counts hand-backs for an unknown name.
+	HeaderUnknownHandbacks = "stem-unknown-handbacks"
+)
+
+// ReasonUnknownTask is the dead-letter reason of a task no worker knew
+// within Config.UnknownTaskTTL.
+const ReasonUnknownTask = "unknown task"
+
+// unknownLogEvery bounds how often the hand-back of one task name is
+// logged (a deploy can hand back thousands of tasks a second).
+const unknownLogEvery = 10 * time.Second
+
+// settleUnknown hands back, or dead-letters after the TTL, a queued run
+// whose task name no handler here knows.
+func (w *Worker) settleUnknown(r *run) {
+	if !r.state.CompareAndSwap(runQueued, runSettled) {
+		return
+	}
+	env := r.d.Envelope
+	now := w.cfg.Now()
+	since := now
+	if t, err := time.Parse(time.RFC3339Nano, env.Headers[HeaderUnknownSince]); err == nil && !t.After(now) {
+		since = t
+	}
+	handbacks, _ := strconv.Atoi(env.Headers[HeaderUnknownHandbacks])
+	fields := logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name}
+	if now.Sub(since) >= w.cfg.UnknownTaskTTL {
+		msg := fmt.Sprintf("%s: no worker had a handler for task %q within %s (first seen unknown at %s; last on worker %s)",
+			ReasonUnknownTask, env.Name, w.cfg.UnknownTaskTTL, since.UTC().Format(time.RFC3339), w.id)
+		st := result.TaskState{
+			ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Failed, Attempt: env.Attempt, Worker: w.id,
+			EnqueuedAt: env.CreatedAt, Error: msg, FinishedAt: now, UpdatedAt: now,
+		}
+		w.counters.processed.Add(1)
+		w.counters.failed.Add(1)
+		w.log.WithFields(fields).Error(msg)
+		w.done <- finish{run: r, hasState: true, state: st, action: broker.DeadLetter, reason: msg}
+		return
+	}
+	next := env
+	next.Headers = maps.Clone(env.Headers)
+	if next.Headers == nil {
+		next.Headers = map[string]string{}
+	}
+	next.Headers[HeaderUnknownSince] = since.UTC().Format(time.RFC3339Nano)
+	next.Headers[HeaderUnknownHandbacks] = strconv.Itoa(handbacks + 1)
+	delay := Backoff(handbacks, time.Second, time.Minute)
+	if w.shouldLogUnknown(env.Name, now) {
+		w.log.WithFields(fields).WithField(logging.FieldDelay, delay.String()).
+			Warnf("no handler for task %q on this worker; handed back for a worker that knows it (no attempt counted; dead-lettered %s after it was first seen unknown)", env.Name, w.cfg.UnknownTaskTTL)
+	}
+	w.done <- finish{run: r, action: broker.Retry, retryEnv: next, delay: delay}
+}
+
+// shouldLogUnknown reports whether a hand-back of name is to be logged
+// now: at most once per unknownLogEvery per name.
+func (w *Worker) shouldLogUnknown(name string, now time.Time) bool {
+	w.unknownMu.Lock()
+	defer w.unknownMu.Unlock()
+	if w.unknownLogged == nil {
+		w.unknownLogged = map[string]time.Time{}
+	}
+	if last, ok := w.unknownLogged[name]; ok && now.Sub(last) < unknownLogEvery {
+		return false
+	}
+	w.unknownLogged[name] = now
+	return true
+}
