@@ -20,9 +20,10 @@
 // state when both are pending), then acks or nacks the deliveries in one
 // batch, and only then frees their outstanding capacity. Under light load a
 // batch is one task and latency is a round trip; under heavy load batches
-// grow by themselves. The lease renewer extends every outstanding lease
-// (prefetched ones too) before it runs out; the heartbeater refreshes the
-// registry record.
+// grow by themselves. The lease keeper (lease.go) renews every outstanding
+// lease (prefetched ones too) at half the lease and fences a task whose
+// renewal it cannot confirm in time, so that it stops before another
+// worker may claim it; the heartbeater refreshes the registry record.
 //
 // # Shutdown order
 //
