@@ -55,6 +55,7 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 				EnvFile:          envFile,
 				LoadEnvFile:      config.LoadEnvFile,
 				Getenv:           a.lookupEnv,
+				Environ:          a.environ,
 				DefaultCommand:   defaultCommandText(),
 				DefaultBrokerURL: config.DefaultBrokerURL(a.lookupEnv),
 				CheckBrokerURL:   func(raw string) error { return config.CheckURL(raw, engine.Schemes) },
@@ -72,16 +73,29 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 				}
 			}
 			if o.connect {
-				in.Connect = func(ctx context.Context, raw string) error {
-					c, err := config.Load(config.Lookup{config.MapSource("diagnose", map[string]string{"STEM_BROKER_URL": raw})}, 1)
+				in.Connect = func(ctx context.Context, raw string) (*broker.Durability, error) {
+					vars := map[string]string{"STEM_BROKER_URL": raw}
+					if v, ok := env.get("STEM_REDIS_REQUIRE_AOF"); ok {
+						vars["STEM_REDIS_REQUIRE_AOF"] = v
+					}
+					c, err := config.Load(config.Lookup{config.MapSource("diagnose", vars)}, 1)
 					if err != nil {
-						return err
+						return nil, err
 					}
 					eng, err := openEngine(ctx, c)
 					if err != nil {
-						return err
+						return nil, err
 					}
-					return eng.Close()
+					defer eng.Close()
+					dr, ok := eng.Broker.(broker.DurabilityReporter)
+					if !ok {
+						return nil, nil
+					}
+					d, err := dr.Durability(ctx)
+					if err != nil {
+						return nil, nil // reachable, but cannot tell: a warning
+					}
+					return &d, nil
 				}
 			}
 			rep := diagnose.Run(cmd.Context(), in)
