@@ -231,7 +231,9 @@ func TestCommandAndBroker(t *testing.T) {
 		{"bad URL", map[string]string{"STEM_BROKER_URL": "amqp://secret@h"}, nil, Info, "", Error, "unsupported scheme", ""},
 		{"password redacted", map[string]string{"STEM_BROKER_URL": "redis://:secret@h/0"}, nil, Info, "", Info, "xxxxx", ""},
 		{"connect fails", map[string]string{"STEM_BROKER_URL": "redis://h/0"}, func(context.Context, string) (*broker.Durability, error) { return nil, errors.New("refused") }, Info, "", Info, "", Error},
-		{"connect works", map[string]string{"STEM_BROKER_URL": "memory://"}, func(context.Context, string) (*broker.Durability, error) { return &broker.Durability{Durable: true, Detail: "appendonly yes"}, nil }, Info, "", Info, "", Info},
+		{"connect works", map[string]string{"STEM_BROKER_URL": "memory://"}, func(context.Context, string) (*broker.Durability, error) {
+			return &broker.Durability{Durable: true, Detail: "appendonly yes"}, nil
+		}, Info, "", Info, "", Info},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -347,7 +349,9 @@ func TestDurabilityCheck(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := Run(context.Background(), Input{
-				Getenv:  func(k string) (string, bool) { return map[string]string{"STEM_BROKER_URL": "redis://:s3cr3t@h/0"}[k], k == "STEM_BROKER_URL" },
+				Getenv: func(k string) (string, bool) {
+					return map[string]string{"STEM_BROKER_URL": "redis://:s3cr3t@h/0"}[k], k == "STEM_BROKER_URL"
+				},
 				Connect: func(context.Context, string) (*broker.Durability, error) { return tt.d, nil },
 			})
 			c := find(t, r, CheckDurability)
