@@ -21,8 +21,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/joho/godotenv"
-
 	"github.com/stemhq/stem/broker"
 )
 
@@ -101,48 +99,6 @@ func EnvSource(getenv func(string) (string, bool)) Source {
 // MapSource returns a Source backed by a map.
 func MapSource(name string, m map[string]string) Source {
 	return Source{Name: name, Get: func(k string) (string, bool) { v, ok := m[k]; return v, ok }}
-}
-
-// LoadEnvFile parses an env file with godotenv. Errors name the file and,
-// where the parser says, the line; a missing file is an error too.
-func LoadEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, &Error{Key: "env file " + path, Msg: errorText(err)}
-	}
-	defer f.Close()
-	m, err := godotenv.Parse(f)
-	if err != nil {
-		return nil, &Error{Key: "env file " + path, Msg: envFileLine(path, err)}
-	}
-	return m, nil
-}
-
-// envFileLine turns godotenv's message into one that names the line when it
-// can find the offending text in the file.
-func envFileLine(path string, err error) string {
-	msg := err.Error()
-	data, rerr := os.ReadFile(path)
-	if rerr != nil {
-		return msg
-	}
-	// godotenv reports e.g. `unexpected character "-" in variable name near "FOO-BAR=1\n..."`.
-	if i := strings.Index(msg, `near "`); i >= 0 {
-		near := msg[i+len(`near "`):]
-		if uq, qerr := strconv.Unquote(`"` + strings.TrimSuffix(near, `"`) + `"`); qerr == nil {
-			near = uq
-		}
-		first := strings.SplitN(near, "\n", 2)[0]
-		if first != "" {
-			for n, line := range strings.Split(string(data), "\n") {
-				if strings.Contains(line, first) {
-					short := msg[:i]
-					return fmt.Sprintf("line %d: %s(%q)", n+1, short, strings.TrimSpace(line))
-				}
-			}
-		}
-	}
-	return msg
 }
 
 func errorText(err error) string {

@@ -267,8 +267,8 @@ func TestLoadEnvFile(t *testing.T) {
 	bad := filepath.Join(dir, "bad.env")
 	os.WriteFile(bad, []byte("A=1\nB=2\nFOO-BAR=3\n"), 0o600)
 	_, err = LoadEnvFile(bad)
-	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "line 3") {
-		t.Fatalf("want an error naming %s and line 3, got %v", bad, err)
+	if err == nil || !strings.Contains(err.Error(), bad+":3: ") {
+		t.Fatalf("want an error naming %s:3, got %v", bad, err)
 	}
 	_, err = LoadEnvFile(filepath.Join(dir, "missing.env"))
 	if err == nil || !strings.Contains(err.Error(), "missing.env: no such file") {
