@@ -35,9 +35,14 @@ func newDiagnoseCmd(a *App) *cobra.Command {
   logfile                        is writable
   env-file                       parses (errors give the line)
   env-file-permissions           readable by others while holding a secret
+  environment-secrets            a STEM_* variable of the environment holds a
+                                 secret (named, never shown)
   worker-command                 STEM_WORKER_COMMAND parses and is executable
   broker-url                     STEM_BROKER_URL is well-formed
   broker-connection              with --connect only: the broker answers
+  broker-durability              with --connect only: the broker keeps tasks
+                                 across a crash (an error when it does not:
+                                 Redis without AOF, memory://, ...)
 
 The pidfile and logfile may be templates (%n is --node). Variables are read
 from the environment first, then the env file. No network call is made

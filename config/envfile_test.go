@@ -70,3 +70,12 @@ func TestEnvFileAccepts(t *testing.T) {
 		}
 	}
 }
+
+// TestPackagedEnvFileParses: the env file the packages install passes the
+// same checks as any other.
+func TestPackagedEnvFileParses(t *testing.T) {
+	t.Parallel()
+	if _, err := LoadEnvFile(filepath.Join("..", "packaging", "stem.env")); err != nil {
+		t.Fatal(err)
+	}
+}
