@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/worker"
@@ -213,7 +214,9 @@ func Execute(root *cobra.Command) int {
 	}
 	var ee *ExitError
 	if !(asExit(err, &ee) && ee.Err == nil) {
-		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", oneLine(err.Error()))
+		// The last line of defence: whatever wrapped a URL or a driver
+		// error, no password reaches the terminal.
+		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", broker.RedactText(oneLine(err.Error())))
 		if code == ExitUsage && cmd != nil {
 			fmt.Fprintf(root.ErrOrStderr(), "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}

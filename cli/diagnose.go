@@ -35,9 +35,14 @@ func newDiagnoseCmd(a *App) *cobra.Command {
   logfile                        is writable
   env-file                       parses (errors give the line)
   env-file-permissions           readable by others while holding a secret
+  environment-secrets            a STEM_* variable of the environment holds a
+                                 secret (named, never shown)
   worker-command                 STEM_WORKER_COMMAND parses and is executable
   broker-url                     STEM_BROKER_URL is well-formed
   broker-connection              with --connect only: the broker answers
+  broker-durability              with --connect only: the broker keeps tasks
+                                 across a crash (an error when it does not:
+                                 Redis without AOF, memory://, ...)
 
 The pidfile and logfile may be templates (%n is --node). Variables are read
 from the environment first, then the env file. No network call is made
@@ -55,6 +60,7 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 				EnvFile:          envFile,
 				LoadEnvFile:      config.LoadEnvFile,
 				Getenv:           a.lookupEnv,
+				Environ:          a.environ,
 				DefaultCommand:   defaultCommandText(),
 				DefaultBrokerURL: config.DefaultBrokerURL(a.lookupEnv),
 				CheckBrokerURL:   func(raw string) error { return config.CheckURL(raw, engine.Schemes) },
@@ -72,16 +78,29 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 				}
 			}
 			if o.connect {
-				in.Connect = func(ctx context.Context, raw string) error {
-					c, err := config.Load(config.Lookup{config.MapSource("diagnose", map[string]string{"STEM_BROKER_URL": raw})}, 1)
+				in.Connect = func(ctx context.Context, raw string) (*broker.Durability, error) {
+					vars := map[string]string{"STEM_BROKER_URL": raw}
+					if v, ok := env.get("STEM_REDIS_REQUIRE_AOF"); ok {
+						vars["STEM_REDIS_REQUIRE_AOF"] = v
+					}
+					c, err := config.Load(config.Lookup{config.MapSource("diagnose", vars)}, 1)
 					if err != nil {
-						return err
+						return nil, err
 					}
 					eng, err := openEngine(ctx, c)
 					if err != nil {
-						return err
+						return nil, err
 					}
-					return eng.Close()
+					defer eng.Close()
+					dr, ok := eng.Broker.(broker.DurabilityReporter)
+					if !ok {
+						return nil, nil
+					}
+					d, err := dr.Durability(ctx)
+					if err != nil {
+						return nil, nil // reachable, but cannot tell: a warning
+					}
+					return &d, nil
 				}
 			}
 			rep := diagnose.Run(cmd.Context(), in)

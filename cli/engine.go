@@ -18,13 +18,20 @@ import (
 )
 
 func engineOptions(c config.Config) engine.Options {
-	return engine.Options{BrokerURL: c.BrokerURL, ResultURL: c.ResultBackendURL, Namespace: c.Namespace, ResultTTL: c.ResultTTL}
+	return engine.Options{BrokerURL: c.BrokerURL, ResultURL: c.ResultBackendURL, Namespace: c.Namespace, ResultTTL: c.ResultTTL, RedisRequireAOF: c.RedisRequireAOF}
 }
 
 // openEngine opens the configured engine once: a broker that does not answer
 // is an error (exit 69) naming the redacted URL. With the default broker (a
 // SQLite file in the per-user state directory), the directory is created.
+// What the engine finds wrong but works with (a Redis without AOF) is not
+// reported: short-lived commands stay quiet, `worker run` logs it
+// (openEngineRetrying), `worker diagnose --connect` checks it.
 func openEngine(ctx context.Context, c config.Config) (*engine.Engine, error) {
+	return openEngineWarn(ctx, c, nil)
+}
+
+func openEngineWarn(ctx context.Context, c config.Config, warn func(error)) (*engine.Engine, error) {
 	if c.BrokerDefaulted {
 		dir := filepath.Dir(strings.TrimPrefix(c.BrokerURL, "sqlite://"))
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -33,7 +40,9 @@ func openEngine(ctx context.Context, c config.Config) (*engine.Engine, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return engine.Open(ctx, engineOptions(c))
+	o := engineOptions(c)
+	o.Warn = warn
+	return engine.Open(ctx, o)
 }
 
 // openEngineRetrying opens the engine, retrying with backoff while the
@@ -42,7 +51,7 @@ func openEngine(ctx context.Context, c config.Config) (*engine.Engine, error) {
 func openEngineRetrying(ctx context.Context, c config.Config, log logrus.FieldLogger) (*engine.Engine, error) {
 	delay := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		e, err := openEngine(ctx, c)
+		e, err := openEngineWarn(ctx, c, func(err error) { log.WithError(err).Warn("broker") })
 		if err == nil {
 			if attempt > 1 {
 				log.WithField(logging.FieldURL, broker.RedactURL(c.BrokerURL)).Info("broker reachable")

@@ -21,8 +21,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/joho/godotenv"
-
 	"github.com/stemhq/stem/broker"
 )
 
@@ -103,48 +101,6 @@ func MapSource(name string, m map[string]string) Source {
 	return Source{Name: name, Get: func(k string) (string, bool) { v, ok := m[k]; return v, ok }}
 }
 
-// LoadEnvFile parses an env file with godotenv. Errors name the file and,
-// where the parser says, the line; a missing file is an error too.
-func LoadEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, &Error{Key: "env file " + path, Msg: errorText(err)}
-	}
-	defer f.Close()
-	m, err := godotenv.Parse(f)
-	if err != nil {
-		return nil, &Error{Key: "env file " + path, Msg: envFileLine(path, err)}
-	}
-	return m, nil
-}
-
-// envFileLine turns godotenv's message into one that names the line when it
-// can find the offending text in the file.
-func envFileLine(path string, err error) string {
-	msg := err.Error()
-	data, rerr := os.ReadFile(path)
-	if rerr != nil {
-		return msg
-	}
-	// godotenv reports e.g. `unexpected character "-" in variable name near "FOO-BAR=1\n..."`.
-	if i := strings.Index(msg, `near "`); i >= 0 {
-		near := msg[i+len(`near "`):]
-		if uq, qerr := strconv.Unquote(`"` + strings.TrimSuffix(near, `"`) + `"`); qerr == nil {
-			near = uq
-		}
-		first := strings.SplitN(near, "\n", 2)[0]
-		if first != "" {
-			for n, line := range strings.Split(string(data), "\n") {
-				if strings.Contains(line, first) {
-					short := msg[:i]
-					return fmt.Sprintf("line %d: %s(%q)", n+1, short, strings.TrimSpace(line))
-				}
-			}
-		}
-	}
-	return msg
-}
-
 func errorText(err error) string {
 	var pe *os.PathError
 	if errors.As(err, &pe) {
@@ -195,6 +151,7 @@ var Vars = []Var{
 	{"STEM_CONTROL_NAMESPACE", "--namespace (control commands), --control-namespace (worker run)", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
 	{"STEM_CONTROL_TIMEOUT", "--timeout", "5s", "how long control commands wait for replies (they return as soon as every live worker answered)"},
 	{"STEM_CONTROL_SIGNING_KEY", "", "", "when set, control requests are HMAC-signed and workers refuse unsigned or mis-signed ones"},
+	{"STEM_REDIS_REQUIRE_AOF", "", "false", "Redis broker: refuse to start (exit 78) when the server has AOF persistence off (`appendonly no`, a crash loses tasks) instead of logging a warning"},
 	{"STEM_REVOKE_STORE_URL", "--revoke-store-url", "the result backend URL", "durable revoke store: `sqlite:///path`, `file:///path` or a bare path, `redis://`, `rediss://`, `postgres://`, `postgresql://`, `memory://`"},
 	{"STEM_REVOKE_SYNC_INTERVAL", "--revoke-sync", "30s", "how often workers re-read revokes and paused queues from their stores"},
 	{"STEM_ROUTING_CONFIG", "--routing-config", "", "routing file (queues, aliases, broadcast channels) for `worker multi` and `routing dump`"},
@@ -502,6 +459,7 @@ type Config struct {
 	ControlNamespace string
 	ControlTimeout   time.Duration
 	SigningKey       string
+	RedisRequireAOF  bool
 	RevokeSync       time.Duration
 	LogLevel         string
 	LogFormat        string
@@ -557,6 +515,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.ControlNamespace = r.String("STEM_CONTROL_NAMESPACE", c.Namespace)
 	c.ControlTimeout = r.Duration("STEM_CONTROL_TIMEOUT", 5*time.Second)
 	c.SigningKey = r.String("STEM_CONTROL_SIGNING_KEY", "")
+	c.RedisRequireAOF = r.Bool("STEM_REDIS_REQUIRE_AOF", false)
 	c.RevokeSync = r.Duration("STEM_REVOKE_SYNC_INTERVAL", 30*time.Second)
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}, {"STEM_CONTROL_NAMESPACE", c.ControlNamespace}} {
 		if !validName(kv.v) || strings.Contains(kv.v, ":") {

@@ -84,6 +84,7 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_CONTROL_NAMESPACE":           "ctl",
 		"STEM_CONTROL_TIMEOUT":             "750ms",
 		"STEM_CONTROL_SIGNING_KEY":         "k3y",
+		"STEM_REDIS_REQUIRE_AOF":           "true",
 		"STEM_REVOKE_STORE_URL":            "/var/lib/stem/revokes.jsonl",
 		"STEM_REVOKE_SYNC_INTERVAL":        "10s",
 		"STEM_LOG_LEVEL":                   "debug",
@@ -112,7 +113,7 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_AUTOSCALE_TICK": c.AutoscaleTick, "STEM_WORKER_SCALE_UP_COOLDOWN": c.UpCooldown, "STEM_WORKER_SCALE_DOWN_COOLDOWN": c.DownCooldown,
 		"STEM_WORKER_MAX_TASKS_PER_CHILD": c.MaxTasksPerChild, "STEM_WORKER_MAX_MEMORY_PER_CHILD": c.MaxChildMemory,
 		"STEM_WORKER_TERMINATE_GRACE": c.TerminateGrace, "STEM_UNKNOWN_TASK_TTL": c.UnknownTaskTTL, "STEM_METRICS_ADDR": c.MetricsAddr, "STEM_CONTROL_NAMESPACE": c.ControlNamespace,
-		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey,
+		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey, "STEM_REDIS_REQUIRE_AOF": c.RedisRequireAOF,
 		"STEM_REVOKE_STORE_URL":     "(read by control/revoke.ResolveURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": c.RevokeSync, "STEM_LOG_LEVEL": c.LogLevel,
 		"STEM_LOG_FORMAT": c.LogFormat,
@@ -128,7 +129,7 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_AUTOSCALE_TICK": 250 * time.Millisecond, "STEM_WORKER_SCALE_UP_COOLDOWN": time.Duration(0), "STEM_WORKER_SCALE_DOWN_COOLDOWN": time.Minute,
 		"STEM_WORKER_MAX_TASKS_PER_CHILD": 500, "STEM_WORKER_MAX_MEMORY_PER_CHILD": int64(512 << 20),
 		"STEM_WORKER_TERMINATE_GRACE": 3 * time.Second, "STEM_METRICS_ADDR": "127.0.0.1:9464", "STEM_CONTROL_NAMESPACE": "ctl",
-		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REVOKE_STORE_URL": "(read by control/revoke.ResolveURL, tested there)",
+		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REDIS_REQUIRE_AOF": true, "STEM_REVOKE_STORE_URL": "(read by control/revoke.ResolveURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": 10 * time.Second,
 		"STEM_LOG_LEVEL":            "debug", "STEM_LOG_FORMAT": "json",
 	}
@@ -268,8 +269,8 @@ func TestLoadEnvFile(t *testing.T) {
 	bad := filepath.Join(dir, "bad.env")
 	os.WriteFile(bad, []byte("A=1\nB=2\nFOO-BAR=3\n"), 0o600)
 	_, err = LoadEnvFile(bad)
-	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "line 3") {
-		t.Fatalf("want an error naming %s and line 3, got %v", bad, err)
+	if err == nil || !strings.Contains(err.Error(), bad+":3: ") {
+		t.Fatalf("want an error naming %s:3, got %v", bad, err)
 	}
 	_, err = LoadEnvFile(filepath.Join(dir, "missing.env"))
 	if err == nil || !strings.Contains(err.Error(), "missing.env: no such file") {

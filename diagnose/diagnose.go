@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +28,7 @@ import (
 	"github.com/google/shlex"
 	"golang.org/x/sys/unix"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/daemon"
 )
 
@@ -62,9 +62,11 @@ const (
 	CheckLogfile     = "logfile"
 	CheckEnvFile     = "env-file"
 	CheckEnvSecrets  = "env-file-permissions"
+	CheckEnvironment = "environment-secrets"
 	CheckCommand     = "worker-command"
 	CheckBrokerURL   = "broker-url"
 	CheckBrokerReach = "broker-connection"
+	CheckDurability  = "broker-durability"
 )
 
 // Check is one result.
@@ -82,8 +84,10 @@ type Report struct {
 	Warnings int     `json:"warnings"`
 }
 
+// add records a check. Its message passes through broker.RedactText, so
+// no check shows a password whatever value or error it quotes.
 func (r *Report) add(name string, l Level, format string, args ...any) {
-	r.Checks = append(r.Checks, Check{Name: name, Level: l, Message: fmt.Sprintf(format, args...)})
+	r.Checks = append(r.Checks, Check{Name: name, Level: l, Message: broker.RedactText(fmt.Sprintf(format, args...))})
 	switch l {
 	case Error:
 		r.Errors++
@@ -105,6 +109,9 @@ type Input struct {
 	// Getenv looks up the process environment. Variables are looked up
 	// there first, then in the env file; an empty value counts as unset.
 	Getenv func(key string) (string, bool)
+	// Environ lists the process environment ("KEY=value"), for the
+	// environment-secrets check; nil skips it.
+	Environ func() []string
 	// DefaultCommand describes the command multi runs without
 	// STEM_WORKER_COMMAND, for the message.
 	DefaultCommand string
@@ -114,8 +121,10 @@ type Input struct {
 	CheckBrokerURL func(raw string) error
 	// RedactURL hides a URL's password for messages.
 	RedactURL func(raw string) string
-	// Connect, when set, tries the broker (--connect).
-	Connect func(ctx context.Context, brokerURL string) error
+	// Connect, when set, tries the broker (--connect). It returns the
+	// broker's durability when the engine reports it (nil when it cannot
+	// say), for the broker-durability check.
+	Connect func(ctx context.Context, brokerURL string) (*broker.Durability, error)
 	// Proc reads /proc; zero is the real system.
 	Proc daemon.Proc
 	// LookPath finds the worker command; nil means exec.LookPath.
@@ -138,6 +147,9 @@ func Run(ctx context.Context, in Input) Report {
 		checkLogfile(&r, in.Logfile)
 	}
 	env := checkEnvFile(&r, in)
+	if in.Environ != nil {
+		checkEnvironment(&r, in.Environ())
+	}
 	get := func(key string) (string, bool) {
 		if in.Getenv != nil {
 			if v, ok := in.Getenv(key); ok && v != "" {
@@ -294,26 +306,41 @@ func checkEnvFile(r *Report, in Input) map[string]string {
 var secretName = regexp.MustCompile(`(?i)(PASSWORD|PASSWD|SECRET|SIGNING_KEY|PRIVATE_KEY|API_KEY|TOKEN)`)
 
 // Secrets returns the sorted names of the variables in env that hold a
-// secret: a URL with a password, or a name that says password, secret,
-// signing key, private key, API key or token. Values are never returned.
+// secret: a URL or connection string with something broker.RedactURL
+// hides (a password in the user info, ?password=, ?sslpassword=, ...),
+// or a name that says password, secret, signing key, private key, API key
+// or token. Values are never returned.
 func Secrets(env map[string]string) []string {
 	var out []string
 	for k, v := range env {
 		if v == "" {
 			continue
 		}
-		if secretName.MatchString(k) {
+		if secretName.MatchString(k) || broker.HasSecret(v) {
 			out = append(out, k)
-			continue
-		}
-		if u, err := url.Parse(v); err == nil && u.User != nil {
-			if _, ok := u.User.Password(); ok {
-				out = append(out, k)
-			}
 		}
 	}
 	sort.Strings(out)
 	return out
+}
+
+// checkEnvironment reports the STEM_* variables of the process
+// environment that hold a secret, by name only.
+func checkEnvironment(r *Report, environ []string) {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "STEM_") {
+			env[k] = v
+		}
+	}
+	secrets := Secrets(env)
+	if len(secrets) == 0 {
+		r.add(CheckEnvironment, Info, "no STEM_* variable of the environment holds a secret")
+		return
+	}
+	r.add(CheckEnvironment, Warning, "the environment holds secrets (%s): a worker started from it passes them to every process it starts, "+
+		"and shell histories and process listings keep them; put them in the env file (/etc/stem/stem.env, mode 0640, owner root:stem) and unset them here",
+		strings.Join(secrets, ", "))
 }
 
 func checkCommand(r *Report, in Input, get func(string) (string, bool)) {
@@ -379,9 +406,18 @@ func checkBroker(ctx context.Context, r *Report, in Input, get func(string) (str
 	if in.Connect == nil {
 		return
 	}
-	if err := in.Connect(ctx, raw); err != nil {
+	d, err := in.Connect(ctx, raw)
+	if err != nil {
 		r.add(CheckBrokerReach, Error, "cannot reach %s: %v", shown, err)
 		return
 	}
 	r.add(CheckBrokerReach, Info, "connected to %s", shown)
+	switch {
+	case d == nil:
+		r.add(CheckDurability, Warning, "%s did not say whether it keeps tasks across a crash (its persistence settings could not be read)", shown)
+	case d.Durable:
+		r.add(CheckDurability, Info, "%s keeps tasks across a crash: %s", shown, d.Detail)
+	default:
+		r.add(CheckDurability, Error, "%s may lose tasks in a crash: %s", shown, d.Detail)
+	}
 }

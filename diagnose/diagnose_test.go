@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/daemon"
 )
 
@@ -181,12 +182,15 @@ func TestSecrets(t *testing.T) {
 	got := Secrets(map[string]string{
 		"STEM_BROKER_URL":         "redis://user:pw@h/0",
 		"STEM_RESULT_BACKEND_URL": "redis://user@h/0",
+		"STEM_REVOKE_STORE_URL":   "postgres://u@h/db?sslmode=require&sslpassword=pw",
+		"PG_URL":                  "postgres://u@h/db?PassWord=pw",
+		"PG_DSN":                  "host=h password=pw",
 		"DB_PASSWORD":             "x",
 		"GITHUB_TOKEN":            "x",
 		"EMPTY_SECRET":            "",
 		"PLAIN":                   "value",
 	})
-	want := []string{"DB_PASSWORD", "GITHUB_TOKEN", "STEM_BROKER_URL"}
+	want := []string{"DB_PASSWORD", "GITHUB_TOKEN", "PG_DSN", "PG_URL", "STEM_BROKER_URL", "STEM_REVOKE_STORE_URL"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Secrets = %v, want %v", got, want)
 	}
@@ -212,7 +216,7 @@ func TestCommandAndBroker(t *testing.T) {
 	tests := []struct {
 		name      string
 		env       map[string]string
-		connect   func(context.Context, string) error
+		connect   func(context.Context, string) (*broker.Durability, error)
 		cmdLevel  Level
 		cmdMsg    string
 		urlLevel  Level
@@ -226,8 +230,10 @@ func TestCommandAndBroker(t *testing.T) {
 		{"unbalanced quotes", map[string]string{"STEM_WORKER_COMMAND": `stem "worker run`}, nil, Error, "does not parse", Info, "", ""},
 		{"bad URL", map[string]string{"STEM_BROKER_URL": "amqp://secret@h"}, nil, Info, "", Error, "unsupported scheme", ""},
 		{"password redacted", map[string]string{"STEM_BROKER_URL": "redis://:secret@h/0"}, nil, Info, "", Info, "xxxxx", ""},
-		{"connect fails", map[string]string{"STEM_BROKER_URL": "redis://h/0"}, func(context.Context, string) error { return errors.New("refused") }, Info, "", Info, "", Error},
-		{"connect works", map[string]string{"STEM_BROKER_URL": "memory://"}, func(context.Context, string) error { return nil }, Info, "", Info, "", Info},
+		{"connect fails", map[string]string{"STEM_BROKER_URL": "redis://h/0"}, func(context.Context, string) (*broker.Durability, error) { return nil, errors.New("refused") }, Info, "", Info, "", Error},
+		{"connect works", map[string]string{"STEM_BROKER_URL": "memory://"}, func(context.Context, string) (*broker.Durability, error) {
+			return &broker.Durability{Durable: true, Detail: "appendonly yes"}, nil
+		}, Info, "", Info, "", Info},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -296,5 +302,62 @@ func TestReportCountsAndJSON(t *testing.T) {
 		if l.Tag() != tag {
 			t.Errorf("%s.Tag() = %s", l, l.Tag())
 		}
+	}
+}
+
+// TestEnvironmentSecrets: a STEM_* variable of the process environment that
+// holds a password is named, never shown, with a recommendation; other
+// variables are none of stem's business.
+func TestEnvironmentSecrets(t *testing.T) {
+	tests := []struct {
+		name    string
+		environ []string
+		level   Level
+		msg     string
+	}{
+		{"none", []string{"HOME=/root", "STEM_BROKER_URL=redis://h/0", "GITHUB_TOKEN=s3cr3t"}, Info, "no STEM_* variable"},
+		{"query password", []string{"STEM_BROKER_URL=postgres://u@h/db?password=s3cr3t"}, Warning, "(STEM_BROKER_URL)"},
+		{"user info and key", []string{"STEM_RESULT_BACKEND_URL=redis://:s3cr3t@h/0", "STEM_CONTROL_SIGNING_KEY=s3cr3t"}, Warning, "(STEM_CONTROL_SIGNING_KEY, STEM_RESULT_BACKEND_URL)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Run(context.Background(), Input{Getenv: noEnv, Environ: func() []string { return tt.environ }})
+			c := find(t, r, CheckEnvironment)
+			if c.Level != tt.level || !strings.Contains(c.Message, tt.msg) || strings.Contains(c.Message, "s3cr3t") {
+				t.Fatalf("environment-secrets = %+v, want %s %q", c, tt.level, tt.msg)
+			}
+			if tt.level == Warning && !strings.Contains(c.Message, "env file") {
+				t.Fatalf("environment-secrets gives no recommendation: %q", c.Message)
+			}
+		})
+	}
+}
+
+// TestDurabilityCheck: with --connect, a broker that may lose tasks in a
+// crash is an error naming the setting; one that cannot tell is a warning.
+func TestDurabilityCheck(t *testing.T) {
+	tests := []struct {
+		name  string
+		d     *broker.Durability
+		level Level
+		msg   string
+	}{
+		{"durable", &broker.Durability{Durable: true, Detail: "appendonly yes, appendfsync everysec"}, Info, "keeps tasks across a crash: appendonly yes"},
+		{"not durable", &broker.Durability{Detail: "appendonly no (aof_enabled:0)"}, Error, "may lose tasks in a crash: appendonly no"},
+		{"unknown", nil, Warning, "did not say"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := Run(context.Background(), Input{
+				Getenv: func(k string) (string, bool) {
+					return map[string]string{"STEM_BROKER_URL": "redis://:s3cr3t@h/0"}[k], k == "STEM_BROKER_URL"
+				},
+				Connect: func(context.Context, string) (*broker.Durability, error) { return tt.d, nil },
+			})
+			c := find(t, r, CheckDurability)
+			if c.Level != tt.level || !strings.Contains(c.Message, tt.msg) || strings.Contains(c.Message, "s3cr3t") {
+				t.Fatalf("broker-durability = %+v, want %s %q", c, tt.level, tt.msg)
+			}
+		})
 	}
 }

@@ -42,6 +42,12 @@ type Options struct {
 	ResultURL string
 	Namespace string
 	ResultTTL time.Duration
+	// RedisRequireAOF makes a Redis engine refuse a server with AOF
+	// persistence off (exit 78) instead of warning.
+	RedisRequireAOF bool
+	// Warn receives what an engine finds wrong at open but works with (a
+	// Redis without AOF); nil drops it.
+	Warn func(error)
 }
 
 // Engine holds the opened roles. Control and Pauses are nil when the
@@ -109,7 +115,14 @@ type opened struct {
 
 func (o *opened) Close() error { return o.close() }
 
+// open opens the engine of raw. Its errors pass through
+// broker.RedactError, so no driver's message shows raw's secrets.
 func open(ctx context.Context, raw string, o Options) (*opened, error) {
+	x, err := openURL(ctx, raw, o)
+	return x, broker.RedactError(err, raw)
+}
+
+func openURL(ctx context.Context, raw string, o Options) (*opened, error) {
 	if err := config.CheckURL(raw, Schemes); err != nil {
 		return nil, &config.Error{Key: "URL", Value: broker.RedactURL(raw), Msg: err.Error()}
 	}
@@ -132,7 +145,7 @@ func open(ctx context.Context, raw string, o Options) (*opened, error) {
 		}
 		return &opened{broker: p, results: p, registry: p, control: p, close: p.Close}, nil
 	default:
-		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
+		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL, RequireAOF: o.RedisRequireAOF, Warn: o.Warn})
 		if err != nil {
 			return nil, err
 		}

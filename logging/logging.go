@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/stemhq/stem/broker"
 )
 
 // Field names used across stem's log lines.
@@ -57,15 +59,51 @@ func New(w io.Writer, o Options) (*logrus.Logger, error) {
 		return nil, fmt.Errorf("log level %q: %w", lvl, err)
 	}
 	l.SetLevel(level)
+	var f logrus.Formatter
 	switch ResolveFormat(o.Format, o.JournalStream) {
 	case "json":
-		l.SetFormatter(&logrus.JSONFormatter{})
+		f = &logrus.JSONFormatter{}
 	case "journal":
-		l.SetFormatter(&JournalFormatter{})
+		f = &JournalFormatter{}
 	default:
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
+		f = &logrus.TextFormatter{FullTimestamp: true, DisableColors: true}
 	}
+	l.SetFormatter(redacting{f})
 	return l, nil
+}
+
+// redacting passes the message and every string, error or Stringer field
+// of each entry through broker.RedactText before formatting, so no log
+// line shows a password, whichever code logged the URL or the driver
+// error that quoted it.
+type redacting struct{ inner logrus.Formatter }
+
+func (r redacting) Format(e *logrus.Entry) ([]byte, error) {
+	c := *e
+	c.Message = broker.RedactText(e.Message)
+	c.Data = make(logrus.Fields, len(e.Data))
+	for k, v := range e.Data {
+		c.Data[k] = redactValue(v)
+	}
+	return r.inner.Format(&c)
+}
+
+func redactValue(v any) any {
+	var s string
+	switch x := v.(type) {
+	case string:
+		return broker.RedactText(x)
+	case error:
+		s = x.Error()
+	case fmt.Stringer:
+		s = x.String()
+	default:
+		return v
+	}
+	if clean := broker.RedactText(s); clean != s {
+		return clean
+	}
+	return v
 }
 
 // ResolveFormat turns "auto" into "journal" or "text".

@@ -45,3 +45,23 @@ func TestFormats(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+// TestNoPasswordInLogLines checks that a URL or driver error with a
+// password, logged as the message, a field or an error, never shows the
+// password in any format.
+func TestNoPasswordInLogLines(t *testing.T) {
+	for _, format := range []string{"text", "json", "journal"} {
+		var b bytes.Buffer
+		l, err := New(&b, Options{Format: format})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.WithField(FieldURL, "postgres://u@h/db?sslmode=disable&password=s3cr3t").
+			WithError(errors.New("connect to redis://:s3cr3t@h:6379/0: refused")).
+			Warn("cannot open postgres://u:s3cr3t@h/db or host=h password=s3cr3t")
+		out := b.String()
+		if strings.Contains(out, "s3cr3t") || !strings.Contains(out, "xxxxx") {
+			t.Errorf("%s: log line shows the password or redacts nothing:\n%s", format, out)
+		}
+	}
+}

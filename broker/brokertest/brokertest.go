@@ -2,7 +2,9 @@
 // broker.Broker semantics (publish, claim with leases, ack, nack, lease
 // extension, delayed delivery, dead letters, waiting claims, close), the
 // result.Backend semantics (round trip, not found, Newer ordering, TTL) and
-// the registry.Registry semantics (heartbeat, sorted list, TTL, remove).
+// the registry.Registry semantics (heartbeat, sorted list, TTL, remove)
+// and broker.DurabilityReporter (the broker says whether it survives a
+// crash).
 //
 // An implementation runs it from its own _test.go:
 //
@@ -63,6 +65,7 @@ func Run(t *testing.T, newEngine NewEngine) {
 	t.Run("Broker", func(t *testing.T) { runBroker(t, newEngine) })
 	t.Run("Results", func(t *testing.T) { runResults(t, newEngine) })
 	t.Run("Registry", func(t *testing.T) { runRegistry(t, newEngine) })
+	t.Run("Durability", func(t *testing.T) { runDurability(t, newEngine) })
 }
 
 // RequireEnv returns the value of the environment variable name, which

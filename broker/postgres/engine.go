@@ -62,7 +62,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,14 +201,20 @@ var ErrSchemaTooNew = broker.Incompatible(errors.New("database schema is newer t
 // yields an error wrapping broker.ErrUnavailable; errors never show the
 // password.
 func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
+	x, err := open(ctx, rawURL, opts)
+	// Drivers may quote the URL or its password in their errors.
+	return x, broker.RedactError(err, rawURL)
+}
+
+func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := redactURL(rawURL)
+	shown := broker.RedactURL(rawURL)
 	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
-		msg := strings.ReplaceAll(err.Error(), rawURL, shown)
+		msg := broker.RedactError(err, rawURL).Error()
 		return nil, fmt.Errorf("postgres engine: invalid URL %s: %s (want postgres://[user[:password]@]host[:port]/dbname[?param=value...])", shown, msg)
 	}
 	if !strings.Contains(rawURL, "pool_max_conns") {
@@ -246,16 +251,6 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	lcfg.RuntimeParams["application_name"] = cfg.ConnConfig.RuntimeParams["application_name"] + "-listener"
 	e.listen = newListener(lcfg, e.channel)
 	return e, nil
-}
-
-// redactURL hides the password of rawURL. A keyword/value connection
-// string ("host=... password=...") is not shown at all.
-func redactURL(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Scheme == "" {
-		return "(connection string not shown)"
-	}
-	return broker.RedactURL(rawURL)
 }
 
 // Namespace returns the namespace in use.

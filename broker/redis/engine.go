@@ -58,7 +58,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +98,12 @@ type Options struct {
 	// DeadLetterCap is the most dead letters kept per queue;
 	// DefaultDeadLetterCap when zero.
 	DeadLetterCap int
+	// RequireAOF makes Open refuse a server with AOF persistence off
+	// (ErrAOFRequired, exit 78) instead of warning about it.
+	RequireAOF bool
+	// Warn receives what Open finds wrong but works with: a server with
+	// AOF off, whose crash loses tasks. Nil drops the warnings.
+	Warn func(error)
 }
 
 // WithDefaults returns o with every unset field given its default.
@@ -157,15 +162,24 @@ var (
 // optional user, password and database number, as goredis.ParseURL reads
 // them) and checks it with a PING. A server that cannot be reached yields an
 // error wrapping broker.ErrUnavailable; errors never show the password.
+// Open reads INFO persistence: with AOF off (a crash loses the tasks) it
+// warns through opts.Warn, or refuses with ErrAOFRequired when
+// opts.RequireAOF is set.
 func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
+	x, err := open(ctx, rawURL, opts)
+	// Drivers may quote the URL or its password in their errors.
+	return x, broker.RedactError(err, rawURL)
+}
+
+func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := redactURL(rawURL)
+	shown := broker.RedactURL(rawURL)
 	ro, err := goredis.ParseURL(rawURL)
 	if err != nil {
-		msg := strings.ReplaceAll(err.Error(), rawURL, shown)
+		msg := broker.RedactError(err, rawURL).Error()
 		return nil, broker.Incompatible(fmt.Errorf("redis engine: invalid URL %s: %s (want redis://[user:password@]host:port/db or rediss://...)", shown, msg))
 	}
 	client := goredis.NewClient(ro)
@@ -174,6 +188,10 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("redis engine at %s: connect: %w: %w", shown, broker.ErrUnavailable, err)
 	}
 	if err := checkServerVersion(ctx, client, shown); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	if err := checkAOF(ctx, client, shown, opts); err != nil {
 		_ = client.Close()
 		return nil, err
 	}
@@ -247,15 +265,6 @@ func newEngine(client *goredis.Client, owns bool, shown string, opts Options) *E
 	}
 	e.wake = newNotifier(client)
 	return e
-}
-
-// redactURL hides the password of rawURL. A URL that does not parse is not
-// shown at all, since broker.RedactURL would return it unchanged.
-func redactURL(rawURL string) string {
-	if _, err := url.Parse(rawURL); err != nil {
-		return "(unparsable URL, not shown)"
-	}
-	return broker.RedactURL(rawURL)
 }
 
 // Namespace returns the key prefix in use.

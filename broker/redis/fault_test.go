@@ -28,11 +28,19 @@ type redisServer struct {
 	dir    string
 	cmd    *exec.Cmd
 	exited chan error
+	extra  []string // more redis-server arguments; later ones win
 }
 
 // startOwnRedis starts a private redis-server. It needs the redis-server
 // binary; without it the test is skipped, or fails under CI.
 func startOwnRedis(t *testing.T) *redisServer {
+	t.Helper()
+	return startOwnRedisArgs(t)
+}
+
+// startOwnRedisArgs is startOwnRedis with more redis-server arguments
+// ("--appendonly", "no"), which override the defaults.
+func startOwnRedisArgs(t *testing.T, extra ...string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -47,7 +55,7 @@ func startOwnRedis(t *testing.T) *redisServer {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	s := &redisServer{t: t, bin: bin, port: port, dir: t.TempDir()}
+	s := &redisServer{t: t, bin: bin, port: port, dir: t.TempDir(), extra: extra}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -63,10 +71,11 @@ func (s *redisServer) start() {
 		s.t.Fatal(err)
 	}
 	defer logf.Close()
-	s.cmd = exec.Command(s.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "yes", "--appendfsync", "always",
-		"--dir", s.dir)
+		"--dir", s.dir}, s.extra...)
+	s.cmd = exec.Command(s.bin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("start redis-server: %v", err)

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
 )
 
@@ -46,12 +47,18 @@ type Options struct {
 // shows the URL with its password redacted. A server that does not answer
 // is an error wrapping broker.ErrUnavailable.
 func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
+	st, err := openStore(ctx, rawURL, opts)
+	// Drivers may quote the URL or its password in their errors.
+	return st, broker.RedactError(err, rawURL)
+}
+
+func openStore(ctx context.Context, rawURL string, opts Options) (Store, error) {
 	keyName := opts.URLKey
 	if keyName == "" {
 		keyName = "revoke store URL"
 	}
 	bad := func(msg string) error {
-		return &config.Error{Key: keyName, Value: redactURL(rawURL), Msg: msg}
+		return &config.Error{Key: keyName, Value: broker.RedactURL(rawURL), Msg: msg}
 	}
 	raw := strings.TrimSpace(rawURL)
 	if raw == "" {

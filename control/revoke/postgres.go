@@ -87,14 +87,20 @@ func (o PostgresOptions) Validate() error {
 // broker.ErrUnavailable that names the URL with its password redacted.
 // Close closes the connection pool.
 func OpenPostgres(ctx context.Context, rawURL string, opts PostgresOptions) (*PostgresStore, error) {
+	x, err := openPostgres(ctx, rawURL, opts)
+	// Drivers may quote the URL or its password in their errors.
+	return x, broker.RedactError(err, rawURL)
+}
+
+func openPostgres(ctx context.Context, rawURL string, opts PostgresOptions) (*PostgresStore, error) {
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := redactURL(rawURL)
+	shown := broker.RedactURL(rawURL)
 	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
-		return nil, &config.Error{Key: "revoke store URL", Value: shown, Msg: strings.ReplaceAll(err.Error(), rawURL, shown)}
+		return nil, &config.Error{Key: "revoke store URL", Value: shown, Msg: broker.RedactError(err, rawURL).Error()}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

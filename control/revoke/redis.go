@@ -70,15 +70,21 @@ func (o RedisOptions) Validate() error {
 // not answer is an error wrapping broker.ErrUnavailable that names the URL
 // with its password redacted. Close closes the connection pool.
 func OpenRedis(ctx context.Context, rawURL string, opts RedisOptions) (*RedisStore, error) {
+	x, err := openRedis(ctx, rawURL, opts)
+	// Drivers may quote the URL or its password in their errors.
+	return x, broker.RedactError(err, rawURL)
+}
+
+func openRedis(ctx context.Context, rawURL string, opts RedisOptions) (*RedisStore, error) {
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := redactURL(rawURL)
+	shown := broker.RedactURL(rawURL)
 	ro, err := goredis.ParseURL(rawURL)
 	if err != nil {
 		return nil, &config.Error{Key: "revoke store URL", Value: shown,
-			Msg: strings.ReplaceAll(err.Error(), rawURL, shown) + " (want redis://[user:password@]host:port/db or rediss://...)"}
+			Msg: broker.RedactError(err, rawURL).Error() + " (want redis://[user:password@]host:port/db or rediss://...)"}
 	}
 	client := goredis.NewClient(ro)
 	if err := client.Ping(ctx).Err(); err != nil {

@@ -159,7 +159,7 @@ func ParseSQLiteTarget(target string, opts *SQLiteOptions) (string, error) {
 	if schemeOf(target) != "sqlite" {
 		return sqliteAbs(target)
 	}
-	shown := redactURL(target)
+	shown := broker.RedactURL(target)
 	u, err := url.Parse(target)
 	if err != nil {
 		return "", fmt.Errorf("invalid URL %s (want sqlite:///absolute/path.db or sqlite:relative/path.db)", shown)

@@ -6,10 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"slices"
-
-	"github.com/stemhq/stem/broker"
 )
 
 // ErrClosed is returned by every Store method called after Close.
@@ -80,14 +77,4 @@ func encodeEntry(e Entry) ([]byte, error) {
 		return nil, fmt.Errorf("revoke entry %s/%s: %w", e.Namespace, e.TaskID, err)
 	}
 	return b, nil
-}
-
-// redactURL hides the password of rawURL for errors. A URL that does not
-// parse is not shown at all, since it might hold a password that
-// broker.RedactURL cannot find.
-func redactURL(rawURL string) string {
-	if _, err := url.Parse(rawURL); err != nil {
-		return "(unparsable URL, not shown)"
-	}
-	return broker.RedactURL(rawURL)
 }
