@@ -195,6 +195,12 @@ func (c Config) WithDefaults() Config {
 	if c.ClaimWait <= 0 {
 		c.ClaimWait = time.Second
 	}
+	if c.Lease > 0 && c.ClaimWait > c.Lease/4 {
+		// A claim that waited counts its leases from when it was sent
+		// (lease.go): a long wait under a short lease would leave little
+		// of the lease the worker can prove.
+		c.ClaimWait = max(c.Lease/4, time.Millisecond)
+	}
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = 5 * time.Second
 	}
