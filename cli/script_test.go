@@ -17,11 +17,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/tasks"
 )
 
 // TestMain makes "stem" available to every testscript of this package: the
 // test binary re-executes itself as the stem command.
 func TestMain(m *testing.M) {
+	// Workers started by the scripts re-execute this binary (as
+	// /proc/self/exe) to supervise exec tasks.
+	tasks.ServeSupervisorIfRequested()
 	testscript.Main(m, map[string]func(){
 		// The exit code is echoed on stderr as "[exit N]" so scripts can
 		// assert it: stderr '\[exit 64\]'.
