@@ -102,7 +102,10 @@ func supervise(args []string) int {
 
 	var status syscall.WaitStatus
 	exited := false
-	reap := func() {
+	// reap collects every exited child and reports whether any child is
+	// left. With none left there is no descendant either: every
+	// descendant's chain of parents starts with a child of ours.
+	reap := func() (childrenLeft bool) {
 		for {
 			var ws syscall.WaitStatus
 			p, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
@@ -110,15 +113,17 @@ func supervise(args []string) int {
 				continue
 			}
 			if p <= 0 || err != nil {
-				return
+				return !errors.Is(err, syscall.ECHILD)
 			}
 			if p == pid {
 				status, exited = ws, true
 			}
 		}
 	}
-	cleanUp := func() {
-		_, _ = proctree.KillTree("/proc", os.Getpid(), 5*time.Second, reap)
+	cleanUp := func(childrenLeft bool) {
+		if childrenLeft { // the common case, a command that leaves nothing, skips the walk of /proc
+			_, _ = proctree.KillTree("/proc", os.Getpid(), 5*time.Second, func() { reap() })
+		}
 		for { // collect every zombie until nothing is left
 			_, err := syscall.Wait4(-1, nil, 0, nil)
 			if errors.Is(err, syscall.EINTR) {
@@ -132,16 +137,16 @@ func supervise(args []string) int {
 	for {
 		select {
 		case <-chld:
-			reap()
+			left := reap()
 			if exited {
-				cleanUp()
+				cleanUp(left)
 				return exitLike(status)
 			}
 		case <-dead:
 			if !exited {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
-			cleanUp()
+			cleanUp(true)
 			return 128 + int(syscall.SIGKILL)
 		case <-caught:
 		}
