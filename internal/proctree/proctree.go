@@ -154,3 +154,34 @@ func KillTree(procRoot string, root int, within time.Duration, reap func()) (int
 		pause = min(2*pause, 5*time.Millisecond)
 	}
 }
+
+// HasChildren reports whether pid has any child process, reading
+// procRoot/<pid>/task/*/children, which is much cheaper than List. ok is
+// false when the kernel does not provide those files (CONFIG_PROC_CHILDREN);
+// call List then.
+func HasChildren(procRoot string, pid int) (has, ok bool) {
+	dir := procRoot + "/" + strconv.Itoa(pid) + "/task"
+	d, err := os.Open(dir)
+	if err != nil {
+		return false, false
+	}
+	defer d.Close()
+	tids, err := d.Readdirnames(-1)
+	if err != nil {
+		return false, false
+	}
+	for _, tid := range tids {
+		b, err := os.ReadFile(dir + "/" + tid + "/children")
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue // the thread exited meanwhile, or no such file at all
+			}
+			return false, false
+		}
+		if len(bytes.TrimSpace(b)) > 0 {
+			return true, true
+		}
+		ok = true
+	}
+	return false, ok
+}
