@@ -165,7 +165,9 @@ func exitLike(ws syscall.WaitStatus) int {
 	}
 	sig := ws.Signal()
 	// The command may have dumped core already; the supervisor must not.
-	_ = unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{})
+	// (prctl, not setrlimit: the packaged unit's system-call filter
+	// refuses @resources.)
+	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	// The kernel's default action, not the Go runtime's handler (which
 	// would print a goroutine dump for SIGQUIT or SIGABRT and exit 2). An
 	// all-zero struct sigaction is SIG_DFL with no flags and an empty mask
