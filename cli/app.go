@@ -27,6 +27,7 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/logging"
+	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -184,10 +185,12 @@ func New(opts ...Option) *cobra.Command {
 // Main runs the command tree with args and returns the process exit code.
 // Errors are printed as one line "stem: ..." on stderr.
 //
-// When the process was started as an isolation child (the worker
-// re-executes its own binary to run isolated handlers), Main serves that
-// child instead and never returns.
+// When the process was started as an isolation child or an exec task's
+// supervisor (the worker re-executes its own binary for both), Main serves
+// that role instead and never returns.
 func Main(args []string, opts ...Option) int {
+	// An exec task's supervisor needs nothing of the CLI.
+	tasks.ServeSupervisorIfRequested()
 	a := newApp(opts)
 	if a.getenv(worker.ChildEnv) == "1" {
 		reg, err := a.childHandlers()

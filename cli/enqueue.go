@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -41,7 +43,8 @@ func newEnqueueCmd(a *App) *cobra.Command {
 Arguments are a JSON value (--args '{"n": 3}') and/or key=value pairs
 (--arg n=3 --arg name=report); a value that parses as JSON is kept as JSON
 (3, true, [1,2]), anything else is a string. --arg pairs are merged into
-the --args object.
+the --args object. --args @FILE reads the JSON from FILE, --args - from
+stdin (for arguments too big for a command line).
 
 --count N publishes N copies in batches (smoke and load tests); with --wait
 it prints how many ended in each state and exits 0 only if all succeeded.
@@ -54,7 +57,9 @@ result or error: exit 0 when the task succeeded, 1 when it failed or was
 revoked, 75 when --timeout passed first.`,
 		Example: `  stem enqueue stem.echo --args '{"hello": "world"}'
   stem enqueue reports.build --arg month=2026-10 --queue reports --wait --timeout 2m
-  stem enqueue stem.sleep --arg duration=5s --countdown 1m`,
+  stem enqueue stem.sleep --arg duration=5s --countdown 1m
+  stem enqueue reports.build --args @/var/lib/reports/request.json
+  produce-args | stem enqueue reports.build --args -`,
 		Args: exactArgs(1, "TASK"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.enqueue(cmd, args[0], o)
@@ -62,7 +67,7 @@ revoked, 75 when --timeout passed first.`,
 	}
 	fs := cmd.Flags()
 	addBrokerFlags(fs)
-	fs.StringVar(&o.args, "args", "", "task arguments as JSON")
+	fs.StringVar(&o.args, "args", "", "task arguments as JSON; @FILE reads them from FILE, - from stdin")
 	fs.StringArrayVar(&o.kv, "arg", nil, "argument key=value (repeatable; JSON values kept as JSON)")
 	fs.StringVar(&o.queue, "queue", "", "queue to publish to")
 	fs.DurationVar(&o.countdown, "countdown", 0, "run no earlier than this long from now")
@@ -91,21 +96,66 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 	}
 }
 
-// buildArgs merges --args and --arg into one JSON value.
-func buildArgs(raw string, kv []string) (json.RawMessage, error) {
+// readArgs resolves --args: @FILE is the content of FILE, - is stdin,
+// anything else the JSON itself. from names the source for messages ("" for
+// the flag's own value). A file that cannot be read, or an empty file or
+// stdin, is a usage error (exit 64).
+func readArgs(v string, stdin io.Reader) (raw, from string, err error) {
+	switch {
+	case v == "-":
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			return "", "", usageErrorf("--args -: read stdin: %v", err)
+		}
+		if len(bytes.TrimSpace(b)) == 0 {
+			return "", "", usageErrorf("--args -: stdin is empty; want a JSON value")
+		}
+		return string(b), "stdin", nil
+	case strings.HasPrefix(v, "@"):
+		path := v[1:]
+		if path == "" {
+			return "", "", usageErrorf("--args @: want a file name after @")
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return "", "", usageErrorf("--args @%s: %v", path, err)
+		}
+		if len(bytes.TrimSpace(b)) == 0 {
+			return "", "", usageErrorf("--args @%s: the file is empty; want a JSON value", path)
+		}
+		return string(b), path, nil
+	}
+	return v, "", nil
+}
+
+// buildArgs merges --args and --arg into one JSON value. from names where
+// raw was read (a file, stdin), or is empty.
+func buildArgs(raw, from string, kv []string) (json.RawMessage, error) {
 	var obj map[string]json.RawMessage
 	var out json.RawMessage
+	of := ""
+	if from != "" {
+		of = " of " + from
+	}
 	if raw != "" {
 		if err := json.Unmarshal([]byte(raw), &out); err != nil {
 			var se *json.SyntaxError
 			if errors.As(err, &se) {
-				return nil, usageErrorf("--args is not valid JSON at byte %d: %v: %s", se.Offset, err, pointAt(raw, int(se.Offset)))
+				return nil, usageErrorf("--args is not valid JSON at byte %d%s: %v: %s", se.Offset, of, err, pointAt(raw, int(se.Offset)))
 			}
-			return nil, usageErrorf("--args is not valid JSON: %v", err)
+			return nil, usageErrorf("--args is not valid JSON%s: %v", of, err)
+		}
+		if from != "" {
+			// Kept as sent, but without a file's trailing newline.
+			out = json.RawMessage(bytes.TrimSpace(out))
 		}
 		if len(kv) > 0 {
 			if err := json.Unmarshal(out, &obj); err != nil {
-				return nil, usageErrorf("--arg needs --args to be a JSON object, got %s", raw)
+				return nil, usageErrorf("--arg needs --args to be a JSON object, got %.80s", raw)
 			}
 		}
 	}
@@ -156,7 +206,11 @@ type enqueueResult struct {
 }
 
 func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error {
-	args, err := buildArgs(o.args, o.kv)
+	raw, from, err := readArgs(o.args, cmd.InOrStdin())
+	if err != nil {
+		return err
+	}
+	args, err := buildArgs(raw, from, o.kv)
 	if err != nil {
 		return err
 	}

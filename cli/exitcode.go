@@ -50,7 +50,7 @@ var ExitCodes = []struct {
 	{ExitOK, "success"},
 	{ExitFailure, "unhealthy, a task that failed (`enqueue --wait`), or a target replied with an error"},
 	{ExitNotRunning, "not running (LSB: `multi status`, `healthcheck`)"},
-	{ExitUsage, "usage error: unknown flag or command, bad argument, malformed `--args`"},
+	{ExitUsage, "usage error: unknown flag or command, bad argument, malformed `--args` or an `--args @FILE` that cannot be read"},
 	{ExitUnavailable, "unavailable: broker unreachable, or no worker replied"},
 	{ExitInternal, "internal error"},
 	{ExitPartial, "partial reply: some targets did not answer"},

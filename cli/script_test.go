@@ -17,11 +17,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/tasks"
 )
 
 // TestMain makes "stem" available to every testscript of this package: the
 // test binary re-executes itself as the stem command.
 func TestMain(m *testing.M) {
+	// Workers started by the scripts re-execute this binary (as
+	// /proc/self/exe) to supervise exec tasks.
+	tasks.ServeSupervisorIfRequested()
 	testscript.Main(m, map[string]func(){
 		// The exit code is echoed on stderr as "[exit N]" so scripts can
 		// assert it: stderr '\[exit 64\]'.
@@ -68,6 +72,8 @@ func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
 			"waitstate":   cmdWaitState,
 			"httpget":     cmdHTTPGet,
 			"notifysock":  cmdNotifySocket,
+			"waitpids":    cmdWaitPIDs,
+			"procsgone":   cmdProcsGone,
 		},
 		RequireExplicitExec: true,
 	}
@@ -238,6 +244,67 @@ func cmdNotifySocket(ts *testscript.TestScript, neg bool, args []string) {
 		<-done
 		logf.Close()
 	})
+}
+
+// readPID returns the pid in FILE (relative to $WORK), or 0.
+func readPID(ts *testscript.TestScript, file string) int {
+	b, err := os.ReadFile(ts.MkAbs(file))
+	if err != nil || !strings.HasSuffix(string(b), "\n") {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// procGone reports whether pid has exited (a zombie counts as exited).
+func procGone(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && len(b) > i+2 && b[i+2] == 'Z'
+}
+
+// cmdWaitPIDs implements `waitpids FILE...`: wait up to 20s until every
+// FILE holds a pid and a newline (written by a task), and SIGKILL those
+// processes when the script ends, so that a failing script leaves nothing.
+func cmdWaitPIDs(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) == 0 {
+		ts.Fatalf("usage: waitpids FILE...")
+	}
+	for _, f := range args {
+		if !testutil.Poll(20*time.Second, func() bool { return readPID(ts, f) > 0 }) {
+			ts.Fatalf("no pid in %s after 20s", f)
+		}
+		pid := readPID(ts, f)
+		ts.Defer(func() {
+			if !procGone(pid) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		})
+	}
+}
+
+// cmdProcsGone implements `procsgone WITHIN FILE...`: fail unless every
+// process named by a pid FILE has exited within WITHIN.
+func cmdProcsGone(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: procsgone WITHIN FILE...")
+	}
+	within, err := time.ParseDuration(args[0])
+	ts.Check(err)
+	deadline := time.Now().Add(within)
+	for _, f := range args[1:] {
+		pid := readPID(ts, f)
+		if pid == 0 {
+			ts.Fatalf("no pid in %s", f)
+		}
+		if !testutil.Poll(time.Until(deadline), func() bool { return procGone(pid) }) {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			ts.Fatalf("process %d (%s: %q) still alive %s later", pid, f, b, within)
+		}
+	}
 }
 
 // TestScripts runs the black-box CLI scripts that need no broker.

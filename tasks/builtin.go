@@ -1,6 +1,59 @@
 // Package tasks provides the tasks that need no Go: the built-in stem.*
 // tasks for smoke tests, and exec tasks defined in a tasks file (YAML), each
 // a command run as a child process in its own process group.
+//
+// # Exec tasks die with their worker
+//
+// No process of an exec task outlives its worker by more than a moment,
+// however the worker died (kill -9, `stem worker multi kill`, the OOM
+// killer, a crash), with or without systemd. The worker does not start the
+// command itself but a supervisor: its own binary re-executed with
+// SupervisorEnv=1 (ServeSupervisorIfRequested, which cli.Main calls first
+// thing), as the leader of a new process group. The supervisor
+//
+//   - holds fd 3, one end of a socket pair whose other end only the worker
+//     holds (close-on-exec, so no other child of the worker inherits it).
+//     The kernel closes it when the worker's process ends, for whatever
+//     reason, so the supervisor reads EOF at that instant. This is why it
+//     holds where PR_SET_PDEATHSIG does not: Go delivers the death signal
+//     when the forking thread exits, which is neither necessary nor
+//     sufficient for the worker's death;
+//   - sets fd 3 close-on-exec, so the command cannot keep the worker
+//     "alive" in its eyes;
+//   - makes itself a child subreaper (PR_SET_CHILD_SUBREAPER), so every
+//     process the command starts stays its descendant when orphaned:
+//     double forks, daemons and processes that left the process group or
+//     session with setsid all reparent to it, not to PID 1;
+//   - starts the command in its process group with stdin, stdout and
+//     stderr passed straight through (nothing is copied), and catches
+//     (never ignores, so the command keeps default dispositions) the
+//     signals a group may receive, so it survives the worker's SIGTERM;
+//   - when the command exits, SIGKILLs what is left of its tree and exits
+//     with the command's status, dying by the same signal when it was
+//     killed by one, so the worker reports "signal: killed" as before;
+//   - on EOF of fd 3, SIGKILLs the command and every descendant, walking
+//     /proc (internal/proctree) until none is left and reaping until wait4
+//     reports ECHILD, then exits.
+//
+// The worker's own stopping is unchanged: on terminate, shutdown or time
+// limit the group gets SIGTERM, then after ExecOptions.KillGrace the worker
+// closes its end of the socket, which kills the whole tree as above (and
+// SIGKILLs the group itself should the supervisor not exit within a
+// second). On lease loss (worker.ErrLeaseLost) the socket is closed at
+// once: another worker may claim the task soon.
+//
+// The guarantee has two exceptions: a process that leaves the supervisor's
+// tree by being started by someone else on the task's behalf (systemd-run,
+// a D-Bus activated service, at, a daemon the task talks to), and a
+// supervisor that is itself SIGKILLed alone (the OOM killer picks the
+// largest process, rarely a supervisor); the worker then SIGKILLs the
+// group, but escaped processes are lost. The cost is one more process per
+// running exec task and its start: see BenchmarkExecTrue.
+//
+// Arguments over MaxEnvArgs (64 KiB) are not put in STEM_TASK_ARGS, which
+// Linux would refuse with E2BIG: STEM_TASK_ARGS is then unset and
+// STEM_TASK_ARGS_SIZE=<bytes> says "too big for the environment; read
+// stdin", where they always arrive.
 package tasks
 
 import (

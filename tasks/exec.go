@@ -2,15 +2,19 @@ package tasks
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/worker"
@@ -24,13 +28,25 @@ type ExecOptions struct {
 	// MaxStderr is the tail of stderr kept for the error (default 4 KiB).
 	MaxStderr int
 	// KillGrace is how long a process group has between SIGTERM (on
-	// terminate, shutdown or time limit) and SIGKILL (default 5s).
+	// terminate, shutdown or time limit) and SIGKILL (default 5s). A task
+	// whose lease is lost (worker.ErrLeaseLost) gets no grace.
 	KillGrace time.Duration
 	// Environ is the base environment (default os.Environ()). NOTIFY_SOCKET
 	// and WATCHDOG_* are always removed: a task must never talk to systemd
 	// on the worker's behalf.
 	Environ []string
+	// Supervisor is the program that serves as the task's supervisor when
+	// started with SupervisorEnv=1 (default /proc/self/exe: this very
+	// binary, even if its file was replaced since it started). It must
+	// call ServeSupervisorIfRequested first thing (cli.Main does).
+	Supervisor string
 }
+
+// MaxEnvArgs is the largest argument document passed in STEM_TASK_ARGS.
+// Larger arguments arrive on stdin only, and STEM_TASK_ARGS_SIZE gives
+// their size instead: Linux refuses a single environment string over
+// 128 KiB (E2BIG) and the whole environment shares the argument space.
+const MaxEnvArgs = 64 << 10
 
 func (o ExecOptions) withDefaults() ExecOptions {
 	if o.MaxStdout <= 0 {
@@ -45,24 +61,33 @@ func (o ExecOptions) withDefaults() ExecOptions {
 	if o.Environ == nil {
 		o.Environ = os.Environ()
 	}
+	if o.Supervisor == "" {
+		o.Supervisor = "/proc/self/exe"
+	}
 	return o
 }
 
-// Exec returns the handler that runs d's command. The command gets the
-// task's arguments as JSON on stdin and in STEM_TASK_ARGS, plus STEM_TASK_ID,
-// STEM_TASK_NAME, STEM_TASK_ATTEMPT and d.Env. Exit 0 succeeds with stdout as
-// the result (as JSON when stdout is JSON, else as a string); any other exit
-// fails with the tail of stderr. When the task's context ends (terminate,
+// Exec returns the handler that runs d's command under a supervisor (see
+// the package documentation). The command gets the task's arguments as
+// JSON on stdin and, up to MaxEnvArgs bytes, in STEM_TASK_ARGS (larger:
+// STEM_TASK_ARGS_SIZE instead), plus STEM_TASK_ID, STEM_TASK_NAME,
+// STEM_TASK_ATTEMPT and d.Env. Exit 0 succeeds with stdout as the result
+// (as JSON when stdout is JSON, else as a string); any other exit fails
+// with the tail of stderr. When the task's context ends (terminate,
 // shutdown, time limit) the whole process group gets SIGTERM and, after
-// KillGrace, SIGKILL.
+// KillGrace, every process of the task SIGKILL; when it ends because the
+// lease was lost (worker.ErrLeaseLost), SIGKILL at once.
 func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 	o = o.withDefaults()
 	return func(tc worker.TaskContext, args json.RawMessage) (any, error) {
 		if len(args) == 0 {
 			args = json.RawMessage("{}")
 		}
-		cmd := exec.Command(d.Command[0], d.Command[1:]...)
-		cmd.Dir = d.Dir
+		// Resolved here, with the worker's PATH, as exec.Command always did.
+		target := exec.Command(d.Command[0], d.Command[1:]...)
+		if target.Err != nil {
+			return nil, fmt.Errorf("start %s: %w", d.Command[0], target.Err)
+		}
 		env := daemon.ChildEnv(o.Environ)
 		for k, v := range d.Env {
 			env = append(env, k+"="+v)
@@ -70,44 +95,51 @@ func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 		env = append(env,
 			"STEM_TASK_ID="+tc.ID(),
 			"STEM_TASK_NAME="+tc.Name(),
-			"STEM_TASK_ARGS="+string(args),
 			fmt.Sprintf("STEM_TASK_ATTEMPT=%d", tc.Attempt()),
 		)
-		cmd.Env = env
-		cmd.Stdin = bytes.NewReader(args)
+		if len(args) > MaxEnvArgs {
+			env = append(env, fmt.Sprintf("STEM_TASK_ARGS_SIZE=%d", len(args)))
+		} else {
+			env = append(env, "STEM_TASK_ARGS="+string(args))
+		}
 		stdout := &headBuffer{max: o.MaxStdout}
 		stderr := &tailBuffer{max: o.MaxStderr}
-		cmd.Stdout, cmd.Stderr = stdout, stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
+		p, err := startSupervised(o.Supervisor, target.Path, d.Command, d.Dir, env, bytes.NewReader(args), stdout, stderr)
+		if err != nil {
 			return nil, fmt.Errorf("start %s: %w", d.Command[0], err)
 		}
-		pgid := cmd.Process.Pid
-		waitDone := make(chan error, 1)
-		go func() { waitDone <- cmd.Wait() }()
-		var err error
+		ctx := tc.Context()
 		select {
-		case err = <-waitDone:
-		case <-tc.Context().Done():
-			_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		case <-p.done:
+		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), worker.ErrLeaseLost) {
+				// Another worker may claim the task soon: no grace.
+				p.kill()
+				break
+			}
+			p.signalGroup(syscall.SIGTERM)
 			t := time.NewTimer(o.KillGrace)
 			select {
-			case err = <-waitDone:
+			case <-p.done:
 			case <-t.C:
-				_ = syscall.Kill(-pgid, syscall.SIGKILL)
-				err = <-waitDone
+				p.kill()
 			}
 			t.Stop()
 		}
+		<-p.done
 		// Whatever the outcome, nothing of the group outlives the task.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		if cerr := tc.Context().Err(); cerr != nil {
+		p.signalGroup(syscall.SIGKILL)
+		err = p.err
+		if cerr := ctx.Err(); cerr != nil {
 			if herr := tc.Heartbeat(); herr != nil {
 				return nil, herr
 			}
 			return nil, cerr
 		}
-		if err != nil {
+		if p.startErr != "" {
+			return nil, fmt.Errorf("start %s: %s", d.Command[0], p.startErr)
+		}
+		if err != nil && !errors.Is(err, exec.ErrWaitDelay) {
 			var ee *exec.ExitError
 			if errors.As(err, &ee) {
 				tail := strings.TrimSpace(stderr.String())
@@ -127,6 +159,74 @@ func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 			return json.RawMessage(trimmed), nil
 		}
 		return string(out), nil
+	}
+}
+
+// supervised is a running supervisor, seen from the worker.
+type supervised struct {
+	cmd      *exec.Cmd
+	pgid     int
+	lifeline *os.File // the worker's end; closing it kills the task
+	done     chan struct{}
+	err      error  // cmd.Wait's, once done is closed
+	startErr string // why the supervisor could not start the command
+}
+
+// startSupervised starts the supervisor of one command: in a process group
+// of its own (the command joins it), with the lifeline socket as its fd 3.
+func startSupervised(supervisor, path string, argv []string, dir string, env []string, stdin io.Reader, stdout, stderr io.Writer) (*supervised, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lifeline socket: %w", err)
+	}
+	ours := os.NewFile(uintptr(fds[0]), "stem-lifeline")
+	theirs := os.NewFile(uintptr(fds[1]), "stem-lifeline-supervisor")
+	cmd := &exec.Cmd{
+		Path: supervisor, Args: append([]string{supervisorArg0, dir, path}, argv...),
+		Env:   append(env, SupervisorEnv+"=1"),
+		Stdin: stdin, Stdout: stdout, Stderr: stderr,
+		ExtraFiles:  []*os.File{theirs},
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		// Only a process that escaped the supervisor's tree can hold the
+		// output open once the supervisor exited; do not wait for it.
+		WaitDelay: time.Second,
+	}
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return nil, err
+	}
+	p := &supervised{cmd: cmd, pgid: cmd.Process.Pid, lifeline: ours, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		// The supervisor is gone, so the socket holds all it wrote.
+		_ = ours.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		b, _ := io.ReadAll(io.LimitReader(ours, 4096))
+		p.startErr = string(b)
+		ours.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// signalGroup signals the supervisor's process group (the supervisor
+// ignores what it catches; the command and its group get it).
+func (p *supervised) signalGroup(sig syscall.Signal) {
+	_ = syscall.Kill(-p.pgid, sig)
+}
+
+// kill has the supervisor SIGKILL every process of the task (closing the
+// lifeline, exactly as the worker's death would) and, should the
+// supervisor not exit within a second, SIGKILLs the process group.
+func (p *supervised) kill() {
+	_ = p.lifeline.Close()
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		p.signalGroup(syscall.SIGKILL)
 	}
 }
 

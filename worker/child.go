@@ -10,6 +10,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stemhq/stem/internal/proctree"
 )
 
 // ChildEnv is the variable that puts a stem binary in child mode: the
@@ -22,17 +26,39 @@ const ChildEnv = "STEM_WORKER_CHILD"
 // ServeChildIfRequested runs the child loop with handlers and exits the
 // process when this process was started as an isolation child; otherwise
 // it returns at once. cli.Main calls it for you.
+//
+// The child is a child subreaper (PR_SET_CHILD_SUBREAPER), so every
+// process its handlers start stays its descendant even when orphaned.
+// When its input pipe ends (the worker closed it, or died however it
+// died: only the worker holds the write end) it SIGKILLs all of them and
+// exits at once, abandoning a running handler.
 func ServeChildIfRequested(handlers *Registry) {
 	if os.Getenv(ChildEnv) != "1" {
 		return
 	}
-	in := os.NewFile(3, "stem-child-in")
-	out := os.NewFile(4, "stem-child-out")
-	if in == nil || out == nil {
+	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err != nil {
 		fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
 		os.Exit(70)
 	}
-	os.Exit(ServeChild(handlers, in, out))
+	if _, err := unix.FcntlInt(4, unix.F_GETFD, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
+		os.Exit(70)
+	}
+	// A handler's subprocesses must not inherit the pipes: one holding
+	// fd 4 would hide the child's death from the worker.
+	unix.CloseOnExec(3)
+	unix.CloseOnExec(4)
+	in := os.NewFile(3, "stem-child-in")
+	out := os.NewFile(4, "stem-child-out")
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "stem child: become a child subreaper: %v\n", err)
+		os.Exit(70)
+	}
+	code := ServeChild(handlers, in, out)
+	if _, err := proctree.KillTree("/proc", os.Getpid(), 5*time.Second, nil); err != nil {
+		fmt.Fprintf(os.Stderr, "stem child: %v\n", err)
+	}
+	os.Exit(code)
 }
 
 // ServeChild runs tasks sent on in, one at a time, and reports on out,

@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/stemhq/stem/daemon"
+	"github.com/stemhq/stem/internal/proctree"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/result"
 )
@@ -87,6 +88,7 @@ const (
 	RecycleKilled    = "killed-after-terminate"
 	RecycleProtocol  = "protocol-error"
 	RecycleOOM       = "memory-limit-during-task"
+	RecycleLeaseLost = "killed-lease-lost"
 )
 
 // child is one child process.
@@ -116,10 +118,16 @@ func (c *child) wait() error {
 	return c.waitErr
 }
 
-// killGroup SIGKILLs the child's process group unless the child was
-// already reaped (its pid may belong to someone else by then).
-func (c *child) killGroup() {
+// killGroup SIGKILLs the processes the child's handlers started (found in
+// procRoot while the child, a subreaper, still holds them as descendants),
+// then the child's process group, unless the child was already reaped
+// (its pid may belong to someone else by then).
+func (c *child) killGroup(procRoot string) {
 	if !c.reaped.Load() {
+		_ = syscall.Kill(c.pid, syscall.SIGSTOP) // no new descendants meanwhile
+		if has, ok := proctree.HasChildren(procRoot, c.pid); has || !ok {
+			_, _ = proctree.KillTree(procRoot, c.pid, time.Second, nil)
+		}
 		_ = syscall.Kill(-c.pid, syscall.SIGKILL)
 	}
 }
@@ -187,7 +195,12 @@ func (p *pool) start() (*child, error) {
 	cmd.Env = append(daemon.ChildEnv(os.Environ()), ChildEnv+"=1")
 	cmd.ExtraFiles = []*os.File{toChildR, fromChildW} // fd 3, fd 4
 	cmd.Stdout, cmd.Stderr = p.cfg.Stderr, p.cfg.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// No Pdeathsig: the child learns of the worker's death from EOF on
+	// fd 3 (only the worker holds its write end, close-on-exec), kills what
+	// its handlers started and exits. A SIGKILL on the worker's death
+	// would kill it before it could, and Go delivers Pdeathsig when the
+	// forking thread exits, not the process.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		toChildR.Close()
 		toChildW.Close()
@@ -303,7 +316,7 @@ func (p *pool) stop(c *child) {
 	select {
 	case <-done:
 	case <-t.C:
-		c.killGroup()
+		c.killGroup(p.cfg.ProcRoot)
 		<-done
 	}
 	c.drain()
@@ -313,7 +326,7 @@ func (p *pool) stop(c *child) {
 // kill kills a child's whole process group and reaps it.
 func (p *pool) kill(c *child) {
 	c.dead.Store(true)
-	c.killGroup()
+	c.killGroup(p.cfg.ProcRoot)
 	c.in.Close()
 	_ = c.wait()
 	c.drain()
@@ -405,6 +418,13 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 		select {
 		case <-done:
 			done = nil
+			if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
+				// Another worker may claim the task soon: no grace.
+				log.Warn("lease of an isolated task lost; killing its child at once")
+				p.countRecycle(RecycleLeaseLost)
+				p.kill(c)
+				return isolatedOutcome{err: fmt.Errorf("%w; child process killed", cause)}
+			}
 			var re *revokedError
 			reason, by := "", ""
 			if cause := context.Cause(ctx); errors.As(cause, &re) {
@@ -489,7 +509,7 @@ func (p *pool) exitState(c *child) string {
 	select {
 	case err = <-done:
 	case <-t.C:
-		c.killGroup()
+		c.killGroup(p.cfg.ProcRoot)
 		err = <-done
 	}
 	p.forget(c)

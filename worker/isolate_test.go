@@ -4,14 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/memory"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
@@ -90,6 +95,24 @@ func isolatedRegistry() *worker.Registry {
 		}
 		return nil, errors.New("no VmRSS")
 	}, iso)
+	// iso.sleepers starts a shell whose grandchildren are a sleep in its
+	// group, one that left the group with setsid, and a setsid orphan;
+	// the child's pid and theirs are written to files in args.dir.
+	r.MustRegister("iso.sleepers", func(tc worker.TaskContext, args json.RawMessage) (any, error) {
+		var a struct{ Dir string }
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(a.Dir, "child"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			return nil, err
+		}
+		cmd := exec.Command("/bin/sh", "-c", sleepersScript(a.Dir))
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		// Handed to no one: the worker must kill it, not the handler.
+		return nil, cmd.Wait()
+	}, worker.TaskOptions{Isolated: true, TimeLimit: time.Hour})
 	r.MustRegister("iso.fail", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
 		return nil, errors.New("child says no")
 	}, iso)
@@ -227,4 +250,110 @@ func TestMemoryGuards(t *testing.T) {
 		t.Fatalf("error %q", st.Error)
 	}
 	f.waitState(f.publish("iso.pid", 1, nil), result.Succeeded, 20*time.Second)
+}
+
+// sleepersScript starts three grandchildren of the isolation child and
+// writes their pids to dir/a, dir/b and dir/c.
+func sleepersScript(dir string) string {
+	f := func(n string) string { return filepath.Join(dir, n) }
+	return fmt.Sprintf(`sleep 300 & echo $! > %s
+setsid sleep 300 & echo $! > %s
+(setsid sleep 300 & echo $! > %s) &
+wait`, f("a"), f("b"), f("c"))
+}
+
+// gone reports whether pid has exited (a zombie counts as exited).
+func gone(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && len(b) > i+2 && b[i+2] == 'Z'
+}
+
+// readPIDs waits until each of dir's files holds a pid, and kills what is
+// left of them when the test ends, whatever its outcome.
+func readPIDs(t *testing.T, dir string, names ...string) []int {
+	t.Helper()
+	pids := make([]int, len(names))
+	for i, n := range names {
+		testutil.Eventually(t, 20*time.Second, func() bool {
+			b, err := os.ReadFile(filepath.Join(dir, n))
+			if err != nil || !strings.HasSuffix(string(b), "\n") {
+				return false
+			}
+			pids[i], err = strconv.Atoi(strings.TrimSpace(string(b)))
+			return err == nil && pids[i] > 0
+		}, "the task never wrote %s", n)
+	}
+	t.Cleanup(func() {
+		for _, p := range pids {
+			if !gone(p) {
+				_ = syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+	})
+	return pids
+}
+
+// isoWorkerEnv puts this test binary in "worker" mode (see TestMain): it
+// runs a worker on an in-memory broker, publishes one iso.sleepers task
+// for the directory named by the variable, and runs until killed.
+const isoWorkerEnv = "STEM_TEST_ISO_WORKER_DIR"
+
+func serveIsoWorkerIfRequested() {
+	dir := os.Getenv(isoWorkerEnv)
+	if dir == "" || os.Getenv(worker.ChildEnv) == "1" {
+		return
+	}
+	eng := memory.New(memory.Options{})
+	w, err := worker.New(worker.Config{Broker: eng, Results: eng, Registry: eng, Handlers: isolatedRegistry(), Node: "doomed", Hostname: "h",
+		Concurrency: 1, Lease: time.Minute, ClaimWait: 50 * time.Millisecond})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(70)
+	}
+	args, _ := json.Marshal(map[string]string{"dir": dir})
+	if err := eng.Publish(context.Background(), broker.Envelope{ID: "t1", Name: "iso.sleepers", Queue: "default", Args: args, MaxRetries: -1, CreatedAt: time.Now()}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(70)
+	}
+	err = w.Run(context.Background())
+	fmt.Fprintln(os.Stderr, "worker stopped:", err)
+	os.Exit(1)
+}
+
+// TestIsolatedTaskDiesWithItsWorker kills -9 a worker (another process)
+// while its isolated task runs a shell with grandchildren, one of which
+// left the process group with setsid: within a second nothing of the task
+// is left, the child included.
+func TestIsolatedTaskDiesWithItsWorker(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	// A race-enabled binary sleeps a second in os.Exit while goroutines
+	// still run (the abandoned handler does): not what is measured here.
+	cmd.Env = append(os.Environ(), isoWorkerEnv+"="+dir, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	pids := readPIDs(t, dir, "child", "a", "b", "c")
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-waited
+	for i, p := range pids {
+		if !testutil.Poll(time.Second, func() bool { return gone(p) }) {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+			t.Fatalf("process %d (%s) of the isolated task outlived its worker by 1s: %s", p, []string{"child", "a", "b", "c"}[i], b)
+		}
+	}
 }

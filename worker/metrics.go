@@ -46,7 +46,7 @@ func NewMetrics() *Metrics {
 		}, []string{"reason"}),
 	}
 	// Every reason is exported from the start, at 0.
-	for _, r := range []string{RecycleMaxTasks, RecycleMaxMemory, RecycleCrashed, RecycleKilled, RecycleProtocol, RecycleOOM} {
+	for _, r := range []string{RecycleMaxTasks, RecycleMaxMemory, RecycleCrashed, RecycleKilled, RecycleProtocol, RecycleOOM, RecycleLeaseLost} {
 		m.recycles.WithLabelValues(r)
 	}
 	m.reg.MustRegister(m.duration, m.recycles, (*workerCollector)(m),

@@ -24,6 +24,7 @@ import (
 func TestMain(m *testing.M) {
 	// Isolation tests re-execute this test binary as the child.
 	worker.ServeChildIfRequested(isolatedRegistry())
+	serveIsoWorkerIfRequested()
 	goleak.VerifyTestMain(m)
 }
 
