@@ -5,11 +5,14 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
 
 func TestMain(m *testing.M) {
-	// Isolated handlers run in this test binary re-executed as a child.
+	// Exec tasks' supervisors and isolated handlers run in this test
+	// binary re-executed.
+	tasks.ServeSupervisorIfRequested()
 	worker.ServeChildIfRequested(childRegistry())
 	goleak.VerifyTestMain(m)
 }
