@@ -54,6 +54,7 @@ func (s *mapStore) List(_ context.Context, ns string) ([]revoke.Entry, error) {
 }
 
 func (s *mapStore) Prune(context.Context, string, time.Time) (int, error) { return 0, nil }
+func (s *mapStore) Trim(context.Context, string, int) (int, error)        { return 0, nil }
 func (s *mapStore) Close() error                                          { return nil }
 
 type ctlFixture struct {
