@@ -102,6 +102,9 @@ type resultJSON struct {
 	Replies   []replyJSON `json:"replies"`
 	Missing   []string    `json:"missing"`
 	Unknown   []string    `json:"unknown"`
+	// Forged names workers whose replies were ignored: with a signing
+	// key, their signature was missing or invalid.
+	Forged []string `json:"forged,omitempty"`
 	// Extra carries command-specific facts (revoke: the stored entries).
 	Extra any `json:"extra,omitempty"`
 }
@@ -110,7 +113,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func toJSON(typ, ns string, res control.Result, extra any) resultJSON {
 	out := resultJSON{Type: typ, RequestID: res.RequestID, Namespace: ns, ElapsedMs: ms(res.Elapsed), Expected: res.Expected,
-		Replies: []replyJSON{}, Missing: nonNil(res.Missing), Unknown: nonNil(res.Unknown), Extra: extra}
+		Replies: []replyJSON{}, Missing: nonNil(res.Missing), Unknown: nonNil(res.Unknown), Forged: res.Forged, Extra: extra}
 	for _, r := range res.Replies {
 		out.Replies = append(out.Replies, replyJSON{Worker: r.Worker, RTTMs: ms(res.RTT[r.Worker]), Error: r.Error, Data: r.Data})
 	}
@@ -136,6 +139,8 @@ func controlExit(typ string, res control.Result) error {
 		return withCode(ExitUnavailable, fmt.Errorf("%s: no worker replied (%s)", typ, strings.Join(silent, ", ")))
 	case len(silent) > 0:
 		return withCode(ExitPartial, fmt.Errorf("%s: %d worker(s) replied, no reply from %s", typ, len(res.Replies), strings.Join(silent, ", ")))
+	case len(refusedBySignature(res)) > 0:
+		return withCode(ExitFailure, fmt.Errorf("%s: refused by %s: not signed with their signing key", typ, strings.Join(refusedBySignature(res), ", ")))
 	case len(res.Errors()) > 0:
 		e := res.Errors()[0]
 		return withCode(ExitFailure, fmt.Errorf("%s: %s replied with an error: %s", typ, e.Worker, e.Error))
@@ -152,6 +157,24 @@ func printFooter(w io.Writer, res control.Result) {
 	for _, u := range res.Unknown {
 		fmt.Fprintf(w, "unknown: %s (no live worker by that node name or id)\n", u)
 	}
+	for _, f := range res.Forged {
+		fmt.Fprintf(w, "ignored a reply claiming to be from %s: not signed with this signing key (forged, or that worker has another key or a stem too old to sign replies)\n", f)
+	}
+	if refused := refusedBySignature(res); len(refused) > 0 {
+		fmt.Fprintf(w, "REFUSED by %s: the request is not signed with their key (set STEM_CONTROL_SIGNING_KEY to the workers' key); nothing was done there\n", strings.Join(refused, ", "))
+	}
+}
+
+// refusedBySignature names the workers that refused a request for its
+// signature (missing, invalid, or a v1 request while they sign).
+func refusedBySignature(res control.Result) []string {
+	var out []string
+	for _, r := range res.Errors() {
+		if r.Error == control.ErrBadSignature.Error() || r.Error == control.ErrOldVersion.Error() {
+			out = append(out, r.Worker)
+		}
+	}
+	return out
 }
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }

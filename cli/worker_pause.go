@@ -3,7 +3,9 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -30,6 +32,11 @@ func newWorkerPauseCmd(a *App, pause bool) *cobra.Command {
 		Long: fmt.Sprintf(`%s consuming the given queues. The state is written to the broker's pause
 store first (it survives worker restarts: a worker reads it at start and
 every STEM_REVOKE_SYNC_INTERVAL), then live workers are told at once.
+With --worker the stored pause is scoped to those workers (node name or
+full id) and no other worker applies it; resume --worker removes only that
+scope's pause, resume without --worker only the namespace-wide one. With
+STEM_CONTROL_SIGNING_KEY the record is signed; workers with a key ignore
+unsigned ones.
 Tasks keep arriving in a paused queue; running tasks are not interrupted.
 `, strings.ToUpper(verb[:1])+verb[1:]) + controlTargetsHelp,
 		Example: fmt.Sprintf("  stem worker %s --queue reports --queue emails", verb),
@@ -52,8 +59,46 @@ Tasks keep arriving in a paused queue; running tasks are not interrupted.
 			if s.eng.Pauses == nil {
 				return withCode(ExitConfig, fmt.Errorf("this broker keeps no pause state"))
 			}
-			if err := s.eng.Pauses.SetPaused(cmd.Context(), s.cfg.ControlNamespace, qs, pause); err != nil {
-				return err
+			// The record's scope is each --worker target as given (a node
+			// name or a full id), or every worker: a worker applies only
+			// the pauses that designate it.
+			scopes := control.ParseTargets(o.workers)
+			if len(scopes) == 0 {
+				scopes = []string{""}
+			}
+			ns, key := s.cfg.ControlNamespace, []byte(s.cfg.SigningKey)
+			if pause {
+				now, by := time.Now().UTC(), defaultRequester()
+				var recs []control.Pause
+				for _, sc := range scopes {
+					for _, q := range qs {
+						p := control.Pause{Namespace: ns, Queue: q, Worker: sc, PausedAt: now, RequestedBy: by}
+						if len(key) > 0 {
+							p = p.Sign(key)
+						}
+						recs = append(recs, p)
+					}
+				}
+				if err := s.eng.Pauses.Pause(cmd.Context(), recs); err != nil {
+					return err
+				}
+			} else {
+				for _, sc := range scopes {
+					if err := s.eng.Pauses.Resume(cmd.Context(), ns, sc, qs); err != nil {
+						return err
+					}
+				}
+			}
+			// Pauses of these queues that still stand under other scopes.
+			var remaining []string
+			if !pause {
+				if ps, err := s.eng.Pauses.Pauses(cmd.Context(), ns); err == nil {
+					for _, p := range ps {
+						if slices.Contains(qs, p.Queue) {
+							remaining = append(remaining, fmt.Sprintf("%s (for %s)", p.Queue, scopeName(p.Worker)))
+						}
+					}
+				}
 			}
 			res, err := s.do(cmd.Context(), typ, worker.QueuesArgs{Queues: qs}, &o.controlOptions)
 			if err != nil {
@@ -61,11 +106,18 @@ Tasks keep arriving in a paused queue; running tasks are not interrupted.
 			}
 			out := cmd.OutOrStdout()
 			if o.jsonOut {
-				if err := writeJSON(out, toJSON(typ, s.cfg.ControlNamespace, res, map[string]any{"queues": qs, "paused": pause})); err != nil {
+				if err := writeJSON(out, toJSON(typ, s.cfg.ControlNamespace, res, map[string]any{"queues": qs, "paused": pause, "scopes": scopes, "signed": len(key) > 0, "stillPaused": remaining})); err != nil {
 					return err
 				}
 			} else {
-				fmt.Fprintf(out, "%s (stored): %s\n", past, strings.Join(qs, ", "))
+				signed := "signed"
+				if len(key) == 0 {
+					signed = "unsigned: workers with a signing key ignore it"
+				}
+				fmt.Fprintf(out, "%s for %s (stored, %s): %s\n", past, scopeList(scopes), signed, strings.Join(qs, ", "))
+				for _, r := range remaining {
+					fmt.Fprintf(out, "still paused: %s; resume it with that --worker\n", r)
+				}
 				if len(res.Replies) == 0 && len(res.Missing) == 0 && len(res.Unknown) == 0 {
 					fmt.Fprintln(out, "no worker is running: workers read paused queues when they start")
 				}
@@ -75,7 +127,7 @@ Tasks keep arriving in a paused queue; running tasks are not interrupted.
 				}
 				for _, r := range res.Replies {
 					if r.Error != "" {
-						fmt.Fprintf(tw, "%s\tERROR: %s\n", r.Worker, r.Error)
+						fmt.Fprintf(tw, "%s\t%s\n", r.Worker, replyErrorCell(r))
 						continue
 					}
 					var st worker.StatsData
@@ -91,6 +143,30 @@ Tasks keep arriving in a paused queue; running tasks are not interrupted.
 	addControlFlags(cmd, &o.controlOptions)
 	cmd.Flags().StringArrayVar(&o.queues, "queue", nil, "queue to "+verb+" (repeatable, comma-separated)")
 	return cmd
+}
+
+// scopeName describes a pause scope.
+func scopeName(scope string) string {
+	if scope == "" {
+		return "every worker"
+	}
+	return scope
+}
+
+func scopeList(scopes []string) string {
+	names := make([]string, len(scopes))
+	for i, sc := range scopes {
+		names[i] = scopeName(sc)
+	}
+	return strings.Join(names, ", ")
+}
+
+// replyErrorCell is the table cell of a reply that carries an error.
+func replyErrorCell(r control.Reply) string {
+	if r.Error == control.ErrBadSignature.Error() || r.Error == control.ErrOldVersion.Error() {
+		return "REFUSED: " + r.Error
+	}
+	return "ERROR: " + r.Error
 }
 
 // durableExit is controlExit for commands whose effect is stored before it

@@ -19,6 +19,16 @@ import (
 	"github.com/stemhq/stem/worker"
 )
 
+// revokeStoreURL is the revoke store's URL, resolved as openRevokeStore
+// does.
+func revokeStoreURL(l config.Lookup) string {
+	url, _ := revoke.ResolveURL(func(k string) (string, bool) {
+		v, _, ok := l.Get(k)
+		return v, ok
+	})
+	return url
+}
+
 // openRevokeStore opens the revoke store: STEM_REVOKE_STORE_URL, else
 // STEM_RESULT_BACKEND_URL, else STEM_BROKER_URL (flags count as their
 // variables). Redis keys go under the deployment's namespace.
@@ -78,8 +88,12 @@ succeeds, and says so.
 
 --terminate also stops a task that is running: its context is cancelled and
 its checkpoints (Heartbeat, ExtendLease, Progress) return ErrTaskRevoked;
-exec tasks get SIGTERM, then SIGKILL. --expires-in lets the record be pruned
-after a while (default: kept until pruned by hand).
+exec tasks get SIGTERM, then SIGKILL. The record expires (and is pruned)
+after --expires-in, by default STEM_RESULT_TTL (24h): once a task's states
+are gone it needs no revoke; --expires-in 0 keeps it until it is among the
+oldest beyond the cap of 100,000 revokes per namespace. With
+STEM_CONTROL_SIGNING_KEY the record is signed; workers with a key ignore
+unsigned or mis-signed records, from the store as from messages.
 ` + controlTargetsHelp,
 		Example: `  stem worker revoke --task 0193c1f0-7d2e-7000-8000-000000000001
   stem worker revoke --task ID1,ID2 --terminate --reason "runaway report" --expires-in 24h`,
@@ -90,7 +104,7 @@ after a while (default: kept until pruned by hand).
 	fs := cmd.Flags()
 	fs.StringArrayVar(&o.tasks, "task", nil, "task id to revoke (repeatable, comma-separated)")
 	fs.BoolVar(&o.terminate, "terminate", false, "also stop the task if it is running")
-	fs.DurationVar(&o.expiresIn, "expires-in", 0, "let the record be pruned after this long (0: keep)")
+	fs.DurationVar(&o.expiresIn, "expires-in", 0, "let the record be pruned after this long (default: STEM_RESULT_TTL; 0: never)")
 	fs.StringVar(&o.reason, "reason", "", "why, recorded with the task's state")
 	fs.StringVar(&o.requester, "requester", "", "who asks (default: user@host)")
 	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
@@ -134,12 +148,20 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 	if requester == "" {
 		requester = defaultRequester()
 	}
+	expiresIn := o.expiresIn
+	if !cmd.Flags().Changed("expires-in") {
+		expiresIn = s.cfg.ResultTTL
+	}
+	key := []byte(s.cfg.SigningKey)
 	entries := make([]revoke.Entry, len(ids))
 	for i, id := range ids {
 		entries[i] = revoke.Entry{Namespace: s.cfg.ControlNamespace, TaskID: id, Version: now.UnixNano(), IssuedAt: now,
 			Terminate: o.terminate, Reason: o.reason, RequestedBy: requester}
-		if o.expiresIn > 0 {
-			entries[i].ExpiresAt = now.Add(o.expiresIn)
+		if expiresIn > 0 {
+			entries[i].ExpiresAt = now.Add(expiresIn)
+		}
+		if len(key) > 0 {
+			entries[i] = entries[i].Sign(key)
 		}
 	}
 	// Durability before visibility: the store first, then the message.
@@ -162,7 +184,15 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 	if o.terminate {
 		what = "revoked with terminate"
 	}
-	fmt.Fprintf(out, "%s (stored): %s\n", what, strings.Join(ids, ", "))
+	signed := "signed"
+	if len(key) == 0 {
+		signed = "unsigned: workers with a signing key ignore it"
+	}
+	expiry := "never expires"
+	if expiresIn > 0 {
+		expiry = "expires " + now.Add(expiresIn).Format(time.RFC3339)
+	}
+	fmt.Fprintf(out, "%s (stored, %s, %s): %s\n", what, signed, expiry, strings.Join(ids, ", "))
 	for i, e := range stored {
 		if e.Version != entries[i].Version {
 			fmt.Fprintf(out, "note: %s already had a newer revoke (by %s, %s); kept it\n", e.TaskID, e.RequestedBy, e.IssuedAt.Format(time.RFC3339))
@@ -176,7 +206,7 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 	fmt.Fprintln(tw, "WORKER\tTERMINATED")
 	for _, r := range res.Replies {
 		if r.Error != "" {
-			fmt.Fprintf(tw, "%s\tERROR: %s\n", r.Worker, r.Error)
+			fmt.Fprintf(tw, "%s\t%s\n", r.Worker, replyErrorCell(r))
 			continue
 		}
 		var d worker.RevokeData

@@ -299,6 +299,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		// be killed (SIGTERM, then SIGKILL after the terminate grace).
 		HardWait: c.TerminateGrace + time.Second,
 		Control:  eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
+		MaxAge: c.ControlMaxAge, RevokeStoreURL: revokeStoreURL(l), PauseStoreURL: c.BrokerURL,
 		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
 		Isolation: worker.IsolationConfig{
 			MaxTasksPerChild: c.MaxTasksPerChild, MaxMemoryPerChildBytes: c.MaxChildMemory, TerminateGrace: c.TerminateGrace,

@@ -150,7 +150,8 @@ var Vars = []Var{
 	{"STEM_METRICS_ADDR", "--metrics-addr", "", "serve Prometheus metrics on this address (`127.0.0.1:9464`); off when empty"},
 	{"STEM_CONTROL_NAMESPACE", "--namespace (control commands), --control-namespace (worker run)", "the worker namespace", "control-plane namespace: which workers control commands reach and where workers register"},
 	{"STEM_CONTROL_TIMEOUT", "--timeout", "5s", "how long control commands wait for replies (they return as soon as every live worker answered)"},
-	{"STEM_CONTROL_SIGNING_KEY", "", "", "when set, control requests are HMAC-signed and workers refuse unsigned or mis-signed ones"},
+	{"STEM_CONTROL_SIGNING_KEY", "", "", "when set, control requests, replies and stored revoke and pause records are HMAC-signed; workers refuse unsigned or mis-signed ones and requesters ignore such replies"},
+	{"STEM_CONTROL_MAX_AGE", "", "30s", "with a signing key: workers refuse control requests sent further than this from their clock (either way) and remember request ids this long, so a captured request cannot be replayed"},
 	{"STEM_REDIS_REQUIRE_AOF", "", "false", "Redis broker: refuse to start (exit 78) when the server has AOF persistence off (`appendonly no`, a crash loses tasks) instead of logging a warning"},
 	{"STEM_REVOKE_STORE_URL", "--revoke-store-url", "the result backend URL", "durable revoke store: `sqlite:///path`, `file:///path` or a bare path, `redis://`, `rediss://`, `postgres://`, `postgresql://`, `memory://`"},
 	{"STEM_REVOKE_SYNC_INTERVAL", "--revoke-sync", "30s", "how often workers re-read revokes and paused queues from their stores"},
@@ -460,6 +461,7 @@ type Config struct {
 	ControlTimeout   time.Duration
 	SigningKey       string
 	RedisRequireAOF  bool
+	ControlMaxAge    time.Duration
 	RevokeSync       time.Duration
 	LogLevel         string
 	LogFormat        string
@@ -516,6 +518,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.ControlTimeout = r.Duration("STEM_CONTROL_TIMEOUT", 5*time.Second)
 	c.SigningKey = r.String("STEM_CONTROL_SIGNING_KEY", "")
 	c.RedisRequireAOF = r.Bool("STEM_REDIS_REQUIRE_AOF", false)
+	c.ControlMaxAge = r.Duration("STEM_CONTROL_MAX_AGE", 30*time.Second)
 	c.RevokeSync = r.Duration("STEM_REVOKE_SYNC_INTERVAL", 30*time.Second)
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}, {"STEM_CONTROL_NAMESPACE", c.ControlNamespace}} {
 		if !validName(kv.v) || strings.Contains(kv.v, ":") {

@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"errors"
-	"sort"
 	"sync"
 )
 
@@ -13,12 +12,14 @@ import (
 type Memory struct {
 	mu     sync.Mutex
 	topics map[string]map[*memSub]struct{}
-	paused map[string]map[string]bool
+	paused map[string]map[pauseKey]Pause
 }
+
+type pauseKey struct{ worker, queue string }
 
 // NewMemory returns an empty in-process transport.
 func NewMemory() *Memory {
-	return &Memory{topics: map[string]map[*memSub]struct{}{}, paused: map[string]map[string]bool{}}
+	return &Memory{topics: map[string]map[*memSub]struct{}{}, paused: map[string]map[pauseKey]Pause{}}
 }
 
 var _ Transport = (*Memory)(nil)
@@ -111,31 +112,40 @@ func (m *Memory) Reply(_ context.Context, ns, replyTo string, msg []byte) error 
 	return nil
 }
 
-// SetPaused implements PauseStore.
-func (m *Memory) SetPaused(_ context.Context, ns string, queues []string, paused bool) error {
+// Pause implements PauseStore.
+func (m *Memory) Pause(_ context.Context, pauses []Pause) error {
+	if err := ValidatePauses(pauses); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.paused[ns] == nil {
-		m.paused[ns] = map[string]bool{}
-	}
-	for _, q := range queues {
-		if paused {
-			m.paused[ns][q] = true
-		} else {
-			delete(m.paused[ns], q)
+	for _, p := range pauses {
+		if m.paused[p.Namespace] == nil {
+			m.paused[p.Namespace] = map[pauseKey]Pause{}
 		}
+		m.paused[p.Namespace][pauseKey{p.Worker, p.Queue}] = p
 	}
 	return nil
 }
 
-// Paused implements PauseStore.
-func (m *Memory) Paused(_ context.Context, ns string) ([]string, error) {
+// Resume implements PauseStore.
+func (m *Memory) Resume(_ context.Context, ns, worker string, queues []string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]string, 0, len(m.paused[ns]))
-	for q := range m.paused[ns] {
-		out = append(out, q)
+	for _, q := range queues {
+		delete(m.paused[ns], pauseKey{worker, q})
 	}
-	sort.Strings(out)
+	return nil
+}
+
+// Pauses implements PauseStore.
+func (m *Memory) Pauses(_ context.Context, ns string) ([]Pause, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Pause, 0, len(m.paused[ns]))
+	for _, p := range m.paused[ns] {
+		out = append(out, p)
+	}
+	SortPauses(out)
 	return out, nil
 }

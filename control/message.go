@@ -7,17 +7,42 @@ package control
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/stemhq/stem/internal/sigenc"
 )
 
-// Version is the control message format version.
-const Version = 1
+// Version is the control message format version this code writes.
+//
+// Version 2 (this one) signs every field of a request (type, id, reply
+// channel, namespace, target, sent time, arguments) and of a reply, so a
+// signed request cannot be replayed later, to another worker or into
+// another namespace, and a reply cannot be forged. Compatibility:
+//
+//   - A version 1 worker answers a version 2 request with an error reply
+//     ("control request version 2 not supported"), unsigned: a requester
+//     with a key counts it as forged (the worker shows as not answering);
+//     without a key it shows the error.
+//   - A version 2 worker accepts a version 1 request only when it has no
+//     signing key; with a key it refuses it (ErrOldVersion), since a
+//     version 1 signature does not prevent replay.
+//   - A version 1 requester reads version 2 replies (it ignores the fields
+//     it does not know).
+const Version = 2
+
+// MinVersion is the oldest request format a worker without a signing key
+// accepts.
+const MinVersion = 1
+
+// DefaultMaxAge is how far a signed request's SentAt may be from the
+// worker's clock, either way (STEM_CONTROL_MAX_AGE).
+const DefaultMaxAge = 30 * time.Second
 
 // Request types.
 const (
@@ -38,65 +63,100 @@ type Request struct {
 	// ID is unique per request; replies carry it.
 	ID string `json:"id"`
 	// ReplyTo is the reply channel the requester listens on.
-	ReplyTo   string    `json:"replyTo"`
-	Namespace string    `json:"namespace"`
-	SentAt    time.Time `json:"sentAt"`
+	ReplyTo   string `json:"replyTo"`
+	Namespace string `json:"namespace"`
+	// Target is the worker id a request sent to one worker is for; empty
+	// for a broadcast. A worker refuses a request targeted at another.
+	Target string    `json:"target,omitempty"`
+	SentAt time.Time `json:"sentAt"`
 	// Args are the type's arguments (RevokeArgs, ShutdownArgs, ...).
 	Args json.RawMessage `json:"args,omitempty"`
-	// Sig is the hex HMAC-SHA256 of the request without Sig, when the
+	// Sig is the hex HMAC-SHA256 of every other field (see Sign), when the
 	// deployment signs its control messages.
 	Sig string `json:"sig,omitempty"`
 }
 
 // Reply is one worker's answer.
 type Reply struct {
-	V         int       `json:"v"`
-	Type      string    `json:"type"`
-	RequestID string    `json:"requestId"`
-	Worker    string    `json:"worker"`
+	V         int    `json:"v"`
+	Type      string `json:"type"`
+	RequestID string `json:"requestId"`
+	Worker    string `json:"worker"`
+	// Namespace is the replying worker's control namespace.
+	Namespace string    `json:"namespace,omitempty"`
 	SentAt    time.Time `json:"sentAt"`
 	// Error is set when the worker refused or failed the request.
 	Error string          `json:"error,omitempty"`
 	Data  json.RawMessage `json:"data,omitempty"`
+	// Sig is the hex HMAC-SHA256 of every other field, when the worker
+	// has a signing key.
+	Sig string `json:"sig,omitempty"`
 }
 
-// ErrBadSignature is the error a worker reports for an unsigned or
-// mis-signed request when signing is on.
-var ErrBadSignature = errors.New("control request signature missing or invalid")
+// Errors a worker reports when it refuses a request.
+var (
+	// ErrBadSignature: signing is on and the request is unsigned or
+	// mis-signed (another key, or altered).
+	ErrBadSignature = errors.New("control request signature missing or invalid")
+	// ErrStale: the request's SentAt is further than the maximum age from
+	// the worker's clock (a replay, or clocks apart).
+	ErrStale = errors.New("control request too old or from the future (replayed, or clocks apart more than STEM_CONTROL_MAX_AGE)")
+	// ErrReplayed: a request with this id was already accepted.
+	ErrReplayed = errors.New("control request already seen (replayed)")
+	// ErrWrongNamespace: the request names another namespace.
+	ErrWrongNamespace = errors.New("control request for another namespace")
+	// ErrWrongTarget: the request was sent to another worker.
+	ErrWrongTarget = errors.New("control request targeted at another worker")
+	// ErrOldVersion: a version 1 request reached a worker with a key.
+	ErrOldVersion = errors.New("control request format v1 is refused when signing is on (upgrade the requester)")
+	// ErrBusy: too many distinct signed requests within the maximum age
+	// to remember them all; refused rather than risk a replay.
+	ErrBusy = errors.New("too many control requests within STEM_CONTROL_MAX_AGE; refused")
+)
 
-// Sign sets r.Sig with key.
+const (
+	requestDomain = "stem-control-request-v2"
+	replyDomain   = "stem-control-reply-v2"
+)
+
+func (r Request) sigFields() []string {
+	return []string{sigenc.Int(int64(r.V)), r.Type, r.ID, r.ReplyTo, r.Namespace, r.Target,
+		sigenc.Int(r.SentAt.UnixNano()), string(r.Args)}
+}
+
+// Sign sets r.Sig: the HMAC-SHA256 under key of a canonical encoding of
+// the version, type, id, reply channel, namespace, target, sent time (to
+// the nanosecond) and arguments (their bytes as sent).
 func (r *Request) Sign(key []byte) error {
-	r.Sig = ""
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	m := hmac.New(sha256.New, key)
-	m.Write(b)
-	r.Sig = hex.EncodeToString(m.Sum(nil))
+	r.Sig = sigenc.Sign(key, requestDomain, r.sigFields()...)
 	return nil
 }
 
-// Verify checks r.Sig against key.
+// Verify checks r.Sig against key: ErrBadSignature when it does not match
+// and ErrOldVersion for a version 1 request.
 func (r Request) Verify(key []byte) error {
-	if r.Sig == "" {
-		return ErrBadSignature
+	if r.V < Version {
+		return ErrOldVersion
 	}
-	want, err := hex.DecodeString(r.Sig)
-	if err != nil {
-		return ErrBadSignature
-	}
-	r.Sig = ""
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	m := hmac.New(sha256.New, key)
-	m.Write(b)
-	if !hmac.Equal(m.Sum(nil), want) {
+	if !sigenc.Verify(key, r.Sig, requestDomain, r.sigFields()...) {
 		return ErrBadSignature
 	}
 	return nil
+}
+
+func (r Reply) sigFields() []string {
+	return []string{sigenc.Int(int64(r.V)), r.Type, r.RequestID, r.Worker, r.Namespace,
+		sigenc.Int(r.SentAt.UnixNano()), r.Error, string(r.Data)}
+}
+
+// Sign sets r.Sig under key, over every other field.
+func (r *Reply) Sign(key []byte) {
+	r.Sig = sigenc.Sign(key, replyDomain, r.sigFields()...)
+}
+
+// Verify reports whether r.Sig is r's signature under key.
+func (r Reply) Verify(key []byte) bool {
+	return sigenc.Verify(key, r.Sig, replyDomain, r.sigFields()...)
 }
 
 // Decode parses a request and checks its version.
@@ -105,8 +165,8 @@ func Decode(b []byte) (Request, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return r, fmt.Errorf("control request is not valid JSON: %w", err)
 	}
-	if r.V != Version {
-		return r, fmt.Errorf("control request version %d not supported (this worker speaks %d)", r.V, Version)
+	if r.V < MinVersion || r.V > Version {
+		return r, fmt.Errorf("control request version %d not supported (this worker speaks %d to %d)", r.V, MinVersion, Version)
 	}
 	if r.Type == "" || r.ID == "" {
 		return r, errors.New("control request without type or id")
@@ -140,10 +200,93 @@ type Transport interface {
 	Reply(ctx context.Context, namespace, replyTo string, msg []byte) error
 }
 
-// PauseStore keeps which queues are paused, durably, per namespace.
+// Pause is one stored pause: Queue is not consumed by the workers of
+// Namespace that Worker designates.
+type Pause struct {
+	Namespace string `json:"namespace"`
+	Queue     string `json:"queue"`
+	// Worker scopes the pause: "" for every worker of the namespace, a node
+	// name ("alpha") for every worker of that node, a full id
+	// ("alpha@host") for that worker. A worker applies only the pauses
+	// whose scope designates it, so a per-worker pause survives resyncs
+	// and restarts without touching the other workers.
+	Worker      string    `json:"worker,omitempty"`
+	PausedAt    time.Time `json:"pausedAt"`
+	RequestedBy string    `json:"requestedBy,omitempty"`
+	// Sig is the hex HMAC-SHA256 of every other field (see Sign), when the
+	// deployment signs its control records.
+	Sig string `json:"sig,omitempty"`
+}
+
+const pauseDomain = "stem-pause-v1"
+
+func (p Pause) sigFields() []string {
+	return []string{p.Namespace, p.Queue, p.Worker, sigenc.Time(p.PausedAt), p.RequestedBy}
+}
+
+// Sign returns p with Sig set: the HMAC-SHA256 under key of a canonical
+// encoding of namespace, queue, worker scope, pause time (to the
+// microsecond) and requester.
+func (p Pause) Sign(key []byte) Pause {
+	p.Sig = sigenc.Sign(key, pauseDomain, p.sigFields()...)
+	return p
+}
+
+// ErrBadRecordSignature is why a worker with a signing key ignores a
+// stored pause whose signature is missing or does not verify.
+var ErrBadRecordSignature = errors.New("pause record signature missing or invalid")
+
+// Verify returns nil if p.Sig is p's signature under key, else
+// ErrBadRecordSignature.
+func (p Pause) Verify(key []byte) error {
+	if !sigenc.Verify(key, p.Sig, pauseDomain, p.sigFields()...) {
+		return ErrBadRecordSignature
+	}
+	return nil
+}
+
+// AppliesTo reports whether p's scope designates the worker id of node.
+func (p Pause) AppliesTo(workerID, node string) bool {
+	return p.Worker == "" || p.Worker == workerID || p.Worker == node
+}
+
+// ValidatePauses checks pauses before a store writes any: a namespace and
+// a queue, no NUL byte or invalid UTF-8, a scope that names a node or a
+// worker.
+func ValidatePauses(pauses []Pause) error {
+	for _, p := range pauses {
+		if p.Namespace == "" || p.Queue == "" {
+			return fmt.Errorf("pause %q of namespace %q: empty namespace or queue", p.Queue, p.Namespace)
+		}
+		for _, f := range []string{p.Namespace, p.Queue, p.Worker, p.RequestedBy, p.Sig} {
+			if strings.ContainsRune(f, 0) || !utf8.ValidString(f) {
+				return fmt.Errorf("pause %q of namespace %q: a field holds a NUL byte or invalid UTF-8", p.Queue, p.Namespace)
+			}
+		}
+	}
+	return nil
+}
+
+// SortPauses sorts pauses as PauseStore.Pauses returns them: by worker
+// scope ("" first), then queue.
+func SortPauses(ps []Pause) {
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].Worker != ps[j].Worker {
+			return ps[i].Worker < ps[j].Worker
+		}
+		return ps[i].Queue < ps[j].Queue
+	})
+}
+
+// PauseStore keeps which queues are paused, durably, per namespace and
+// worker scope. Every implementation runs controltest.
 type PauseStore interface {
-	// SetPaused pauses (true) or resumes (false) queues.
-	SetPaused(ctx context.Context, namespace string, queues []string, paused bool) error
-	// Paused lists the paused queues, sorted.
-	Paused(ctx context.Context, namespace string) ([]string, error)
+	// Pause stores pauses, each replacing the one of the same (namespace,
+	// worker scope, queue).
+	Pause(ctx context.Context, pauses []Pause) error
+	// Resume deletes the pauses of queues whose scope is exactly worker
+	// ("": the namespace-wide pauses; a per-worker pause stays).
+	Resume(ctx context.Context, namespace, worker string, queues []string) error
+	// Pauses lists a namespace's pauses, sorted by scope then queue.
+	Pauses(ctx context.Context, namespace string) ([]Pause, error)
 }

@@ -25,7 +25,8 @@ type Requester struct {
 	// resolves node names to worker ids. Optional.
 	Registry  registry.Registry
 	Namespace string
-	// SigningKey, when set, signs every request (HMAC-SHA256).
+	// SigningKey, when set, signs every request (HMAC-SHA256) and makes
+	// the requester ignore replies not signed with it (Result.Forged).
 	SigningKey []byte
 	Now        func() time.Time
 
@@ -63,6 +64,12 @@ type Result struct {
 	Elapsed time.Duration
 	// RTT is, per worker, the time from publishing to receiving its reply.
 	RTT map[string]time.Duration
+	// Forged are the workers named by replies the requester ignored
+	// because, with a SigningKey, their signature was missing or invalid:
+	// forged, or from a worker with another key or too old to sign
+	// (message format v1). Such a worker is also Missing unless a valid
+	// reply of it arrived.
+	Forged []string
 }
 
 // Errors returns the replies that carry an error.
@@ -158,18 +165,25 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 		}
 		req.Args = b
 	}
-	if len(q.SigningKey) > 0 {
-		if err := req.Sign(q.SigningKey); err != nil {
-			return res, err
+	// encode signs (for target, "" for a broadcast: the signature binds the
+	// request to its recipient) and marshals the request.
+	encode := func(target string) ([]byte, error) {
+		r := req
+		r.Target = target
+		if len(q.SigningKey) > 0 {
+			if err := r.Sign(q.SigningKey); err != nil {
+				return nil, err
+			}
 		}
-	}
-	msg, err := json.Marshal(req)
-	if err != nil {
-		return res, err
+		return json.Marshal(r)
 	}
 	expectedIDs := map[string]bool{}
 	published := time.Now()
 	if len(targets) == 0 {
+		msg, err := encode("")
+		if err != nil {
+			return res, err
+		}
 		n, err := q.Transport.Broadcast(ctx, q.Namespace, msg)
 		if err != nil {
 			return res, fmt.Errorf("broadcast %s: %w", typ, err)
@@ -185,6 +199,10 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 		ids, unknown := resolve(targets, live)
 		res.Unknown = unknown
 		for _, id := range ids {
+			msg, err := encode(id)
+			if err != nil {
+				return res, err
+			}
 			n, err := q.Transport.Send(ctx, q.Namespace, id, msg)
 			if err != nil {
 				return res, fmt.Errorf("send %s to %s: %w", typ, id, err)
@@ -201,7 +219,7 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	got := map[string]bool{}
+	got, forged := map[string]bool{}, map[string]bool{}
 	res.RTT = map[string]time.Duration{}
 	for len(res.Replies) < res.Expected {
 		select {
@@ -218,6 +236,13 @@ func (q *Requester) Do(ctx context.Context, typ string, args any, targets []stri
 			if json.Unmarshal(b, &rep) != nil || rep.RequestID != req.ID || got[rep.Worker] {
 				continue
 			}
+			if len(q.SigningKey) > 0 && (!rep.Verify(q.SigningKey) || (rep.Namespace != "" && rep.Namespace != q.Namespace)) {
+				if !forged[rep.Worker] {
+					forged[rep.Worker] = true
+					res.Forged = append(res.Forged, rep.Worker)
+				}
+				continue
+			}
 			got[rep.Worker] = true
 			res.RTT[rep.Worker] = time.Since(published)
 			res.Replies = append(res.Replies, rep)
@@ -231,6 +256,7 @@ done:
 		}
 	}
 	sort.Strings(res.Missing)
+	sort.Strings(res.Forged)
 	// A full id that was targeted though not live and did not answer
 	// stays "unknown"; one that answered is not unknown after all.
 	var unknown []string

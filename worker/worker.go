@@ -164,6 +164,13 @@ type Config struct {
 	// worker that knows it, before it is dead-lettered with the reason
 	// "unknown task" (default 1h; see unknown.go).
 	UnknownTaskTTL time.Duration
+
+	// Control-plane bounds and start-up (see control.go; zero: defaults).
+	MaxAge           time.Duration // signed requests further than this from now are refused (control.DefaultMaxAge)
+	RevokeMaxEntries int           // revokes kept per namespace, newest first (revoke.DefaultMaxEntries)
+	ControlRetry     time.Duration // first backoff of the start-up read of the stores (100ms, doubling to 10s)
+	RevokeStoreURL   string        // named (password redacted) when the revoke store cannot be read
+	PauseStoreURL    string        // likewise for the pause store
 }
 
 // WithDefaults fills unset fields.
@@ -313,6 +320,8 @@ type Worker struct {
 	// claimSince is when the fetcher entered Claim (unix nanos), 0 while
 	// it is not inside Claim; Alive uses it.
 	claimSince atomic.Int64
+
+	ctl controlState // replay window, ignored records, pause reasons (control.go)
 }
 
 // run is one outstanding delivery.
@@ -468,8 +477,11 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	// Revokes and pauses are loaded, and control requests subscribed,
 	// before the first claim: a revoke issued while no worker ran is
-	// honoured from the first task on.
-	w.syncControlState(ctx)
+	// honoured from the first task on. Until the stores are read nothing
+	// is claimed and Ready stays open; a shutdown meanwhile returns nil.
+	if !w.loadControlState(ctx) {
+		return w.stopBeforeStart()
+	}
 	var ctlSub control.Subscription
 	if w.cfg.Control != nil {
 		var err error

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,19 +147,26 @@ SELECT c.n FROM c, (SELECT count(*) FROM nt) AS sent`
 	// Params: $1 channel text.
 	tplCtlDropChannel = `DELETE FROM {schema}.control_payloads WHERE channel = $1`
 
-	// tplPause marks queues paused.
-	// Params: $1 control namespace text, $2 queues text[].
-	tplPause = `INSERT INTO {schema}.paused_queues (namespace, queue) SELECT $1::text, q FROM unnest($2::text[]) AS q
-ON CONFLICT (namespace, queue) DO NOTHING`
+	// tplPause stores pauses, each replacing the one of the same scope
+	// and queue.
+	// Params: $1 control namespaces text[], $2 worker scopes text[], $3
+	// queues text[], $4 paused_at timestamptz[], $5 requested_by text[],
+	// $6 sig text[] (one element per pause).
+	tplPause = `INSERT INTO {schema}.paused_queues (namespace, worker, queue, paused_at, requested_by, sig)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
+ON CONFLICT (namespace, worker, queue) DO UPDATE SET
+    paused_at = excluded.paused_at, requested_by = excluded.requested_by, sig = excluded.sig`
 
-	// tplResume unmarks queues.
-	// Params: $1 control namespace text, $2 queues text[].
-	tplResume = `DELETE FROM {schema}.paused_queues WHERE namespace = $1 AND queue = ANY($2::text[])`
+	// tplResume deletes the pauses of one scope for queues.
+	// Params: $1 control namespace text, $2 worker scope text, $3 queues text[].
+	tplResume = `DELETE FROM {schema}.paused_queues WHERE namespace = $1 AND worker = $2 AND queue = ANY($3::text[])`
 
-	// tplPaused lists a namespace's paused queues in byte order.
+	// tplPaused lists a namespace's pauses by scope, then queue, in byte
+	// order.
 	// Params: $1 control namespace text.
-	// Returns: queue.
-	tplPaused = `SELECT queue FROM {schema}.paused_queues WHERE namespace = $1 ORDER BY queue COLLATE "C"`
+	// Returns: worker, queue, paused_at, requested_by, sig.
+	tplPaused = `SELECT worker, queue, paused_at, requested_by, sig FROM {schema}.paused_queues WHERE namespace = $1
+ORDER BY worker COLLATE "C", queue COLLATE "C"`
 )
 
 // ctlSQL fills in the Engine's schema.
@@ -503,32 +509,55 @@ func (s *ctlSub) decode(ctx context.Context, conn *pgx.Conn, payload string) ([]
 	return nil, false
 }
 
-// SetPaused implements control.PauseStore, in one statement.
-func (e *Engine) SetPaused(ctx context.Context, namespace string, queues []string, paused bool) error {
+// Pause implements control.PauseStore, in one statement.
+func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
-	op, tpl := "resume queues", tplResume
-	if paused {
-		op, tpl = "pause queues", tplPause
+	for _, p := range pauses {
+		if err := checkControlNamespace("pause queues", p.Namespace); err != nil {
+			return err
+		}
 	}
-	if err := checkControlNamespace(op, namespace); err != nil {
+	if err := control.ValidatePauses(pauses); err != nil {
+		return fmt.Errorf("postgres engine: %w", err)
+	}
+	if len(pauses) == 0 {
+		return nil
+	}
+	n := len(pauses)
+	nss, workers, queues, by, sigs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	at := make([]time.Time, n)
+	for i, p := range pauses {
+		nss[i], workers[i], queues[i], by[i], sigs[i] = p.Namespace, p.Worker, p.Queue, p.RequestedBy, p.Sig
+		at[i] = p.PausedAt.UTC()
+	}
+	if _, err := e.pool.Exec(ctx, e.ctlSQL(tplPause), nss, workers, queues, at, by, sigs); err != nil {
+		return e.fail(fmt.Sprintf("pause %d queue(s) of namespace %s", n, pauses[0].Namespace), err)
+	}
+	return nil
+}
+
+// Resume implements control.PauseStore, in one statement.
+func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []string) error {
+	if err := e.checkOpen(); err != nil {
 		return err
 	}
-	if slices.Contains(queues, "") {
-		return fmt.Errorf("postgres engine: %s: empty queue name", op)
+	op := "resume queues"
+	if err := checkControlNamespace(op, namespace); err != nil {
+		return err
 	}
 	if len(queues) == 0 {
 		return nil
 	}
-	if _, err := e.pool.Exec(ctx, e.ctlSQL(tpl), namespace, queues); err != nil {
+	if _, err := e.pool.Exec(ctx, e.ctlSQL(tplResume), namespace, worker, queues); err != nil {
 		return e.fail(fmt.Sprintf("%s %s of namespace %s", op, strings.Join(queues, ","), namespace), err)
 	}
 	return nil
 }
 
-// Paused implements control.PauseStore.
-func (e *Engine) Paused(ctx context.Context, namespace string) ([]string, error) {
+// Pauses implements control.PauseStore.
+func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -540,12 +569,17 @@ func (e *Engine) Paused(ctx context.Context, namespace string) ([]string, error)
 	if err != nil {
 		return nil, e.fail(op, err)
 	}
-	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (control.Pause, error) {
+		p := control.Pause{Namespace: namespace}
+		err := r.Scan(&p.Worker, &p.Queue, &p.PausedAt, &p.RequestedBy, &p.Sig)
+		p.PausedAt = p.PausedAt.UTC()
+		return p, err
+	})
 	if err != nil {
 		return nil, e.fail(op, err)
 	}
 	if out == nil {
-		out = []string{}
+		out = []control.Pause{}
 	}
 	return out, nil
 }

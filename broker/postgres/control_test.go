@@ -263,7 +263,7 @@ func TestControlMigratesVersion1(t *testing.T) {
 	if err := again.pool.QueryRow(ctx, e.ctlSQL(`SELECT max(version) FROM {schema}.schema_version`)).Scan(&version); err != nil || version != SchemaVersion || SchemaVersion < 2 {
 		t.Fatalf("schema version %d (%v), want %d (>= 2)", version, err, SchemaVersion)
 	}
-	if err := again.SetPaused(ctx, "ns", []string{"q"}, true); err != nil {
+	if err := again.Pause(ctx, []control.Pause{{Namespace: "ns", Queue: "q", Worker: "alpha"}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -340,17 +340,25 @@ func TestControlPaused(t *testing.T) {
 	t.Parallel()
 	e := newTestEngine(t, Options{})
 	ctx := t.Context()
-	if err := e.SetPaused(ctx, "ns", []string{"b", "B", "a-b", "ab"}, true); err != nil {
+	var ps []control.Pause
+	for _, q := range []string{"b", "B", "a-b", "ab"} {
+		ps = append(ps, control.Pause{Namespace: "ns", Queue: q})
+	}
+	if err := e.Pause(ctx, ps); err != nil {
 		t.Fatal(err)
 	}
-	got, err := e.Paused(ctx, "ns")
-	if err != nil || fmt.Sprint(got) != "[B a-b ab b]" {
-		t.Fatalf("Paused = %v, %v", got, err)
+	got, err := e.Pauses(ctx, "ns")
+	var qs []string
+	for _, p := range got {
+		qs = append(qs, p.Queue)
 	}
-	if err := e.SetPaused(ctx, "ns", []string{""}, true); err == nil {
+	if err != nil || fmt.Sprint(qs) != "[B a-b ab b]" {
+		t.Fatalf("Pauses = %v, %v", qs, err)
+	}
+	if err := e.Pause(ctx, []control.Pause{{Namespace: "ns"}}); err == nil {
 		t.Fatal("an empty queue name was accepted")
 	}
-	if _, err := e.Paused(ctx, ""); err == nil {
+	if _, err := e.Pauses(ctx, ""); err == nil {
 		t.Fatal("an empty namespace was accepted")
 	}
 }

@@ -2,8 +2,8 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"sort"
 	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -117,39 +117,87 @@ func (e *Engine) Reply(ctx context.Context, namespace, replyTo string, msg []byt
 	return err
 }
 
-// SetPaused implements control.PauseStore.
-func (e *Engine) SetPaused(ctx context.Context, namespace string, queues []string, paused bool) error {
+// Pause implements control.PauseStore: one HSET of every pause.
+func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
+	if err := e.checkOpen(); err != nil {
+		return err
+	}
+	if err := control.ValidatePauses(pauses); err != nil {
+		return fmt.Errorf("redis engine: %w", err)
+	}
+	byNS := map[string][]any{}
+	for _, p := range pauses {
+		p.PausedAt = p.PausedAt.UTC()
+		b, err := json.Marshal(p)
+		if err != nil {
+			return fmt.Errorf("redis engine: pause %q: %w", p.Queue, err)
+		}
+		byNS[p.Namespace] = append(byNS[p.Namespace], pauseField(p.Worker, p.Queue), string(b))
+	}
+	pipe := e.client.TxPipeline()
+	for ns, fv := range byNS {
+		pipe.HSet(ctx, e.keys.pauses(ns), fv...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return e.fail("pause queues", err)
+	}
+	return nil
+}
+
+// Resume implements control.PauseStore: HDEL of the scope's fields (and,
+// for the namespace-wide scope, SREM from the SET older versions wrote).
+func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []string) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
 	if len(queues) == 0 {
 		return nil
 	}
+	fields := make([]string, len(queues))
 	members := make([]any, len(queues))
 	for i, q := range queues {
-		members[i] = q
+		fields[i], members[i] = pauseField(worker, q), q
 	}
-	var err error
-	if paused {
-		err = e.client.SAdd(ctx, e.keys.paused(namespace), members...).Err()
-	} else {
-		err = e.client.SRem(ctx, e.keys.paused(namespace), members...).Err()
+	pipe := e.client.TxPipeline()
+	pipe.HDel(ctx, e.keys.pauses(namespace), fields...)
+	if worker == "" {
+		pipe.SRem(ctx, e.keys.paused(namespace), members...)
 	}
-	if err != nil {
-		return e.fail("set paused queues", err)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return e.fail("resume queues", err)
 	}
 	return nil
 }
 
-// Paused implements control.PauseStore.
-func (e *Engine) Paused(ctx context.Context, namespace string) ([]string, error) {
+// Pauses implements control.PauseStore: HGETALL, plus the members of the
+// SET older versions wrote (namespace-wide, unsigned). A value that does
+// not decode is skipped.
+func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
-	qs, err := e.client.SMembers(ctx, e.keys.paused(namespace)).Result()
-	if err != nil {
+	pipe := e.client.Pipeline()
+	h := pipe.HGetAll(ctx, e.keys.pauses(namespace))
+	legacy := pipe.SMembers(ctx, e.keys.paused(namespace))
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, e.fail("read paused queues", err)
 	}
-	sort.Strings(qs)
-	return qs, nil
+	out := []control.Pause{}
+	seen := map[string]bool{}
+	for _, v := range h.Val() {
+		var p control.Pause
+		if json.Unmarshal([]byte(v), &p) != nil || p.Queue == "" {
+			continue
+		}
+		p.Namespace = namespace
+		seen[pauseField(p.Worker, p.Queue)] = true
+		out = append(out, p)
+	}
+	for _, q := range legacy.Val() {
+		if !seen[pauseField("", q)] {
+			out = append(out, control.Pause{Namespace: namespace, Queue: q})
+		}
+	}
+	control.SortPauses(out)
+	return out, nil
 }

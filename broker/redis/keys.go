@@ -64,7 +64,7 @@ func (k keys) worker(namespace, id string) string {
 }
 
 // Control plane: pub/sub channels (not keys: a control request leaves
-// nothing behind) and one SET per control namespace of paused queues.
+// nothing behind) and one HASH per control namespace of pauses.
 
 // ctlBroadcast is the channel every worker of a control namespace
 // subscribes to.
@@ -80,5 +80,16 @@ func (k keys) ctlReply(namespace, replyTo string) string {
 	return k.ns + ":ctl:" + namespace + ":r:" + replyTo
 }
 
-// paused is the SET of paused queue names of a control namespace.
+// paused is the SET of paused queue names of a control namespace, as
+// stem wrote it before pauses had a worker scope: still read (each member
+// a namespace-wide, unsigned pause) and cleared by a namespace-wide
+// resume, never written.
 func (k keys) paused(namespace string) string { return k.ns + ":paused:" + namespace }
+
+// pauses is the HASH of a control namespace's pauses: field
+// "<worker scope>\n<queue>" (the scope empty for every worker), value the
+// control.Pause as JSON.
+func (k keys) pauses(namespace string) string { return k.ns + ":pauses:" + namespace }
+
+// pauseField is the field of one pause in the pauses HASH.
+func pauseField(worker, queue string) string { return worker + "\n" + queue }

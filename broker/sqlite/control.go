@@ -130,19 +130,23 @@ WHERE ns = ? AND namespace = ? AND channel = ? AND expires_at > ?`
 WHERE ns = ?1 AND namespace = ?2 AND channel IN (?3, ?4) AND id > ?5
 ORDER BY id LIMIT ?6`
 
-	// sqlPause marks a queue paused.
-	// Params: ns, control namespace, queue, paused_at (ms).
-	sqlPause = `INSERT INTO stem_paused_queues (ns, namespace, queue, paused_at) VALUES (?, ?, ?, ?)
-ON CONFLICT (ns, namespace, queue) DO NOTHING`
+	// sqlPause stores a pause, replacing the one of the same scope and
+	// queue.
+	// Params: ns, control namespace, worker scope, queue, paused_at
+	// (sqliteTimeLayout), requested_by, sig.
+	sqlPause = `INSERT INTO stem_paused_queues (ns, namespace, worker, queue, paused_at, requested_by, sig) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (ns, namespace, worker, queue) DO UPDATE SET
+    paused_at = excluded.paused_at, requested_by = excluded.requested_by, sig = excluded.sig`
 
-	// sqlResume unmarks a queue.
-	// Params: ns, control namespace, queue.
-	sqlResume = `DELETE FROM stem_paused_queues WHERE ns = ? AND namespace = ? AND queue = ?`
+	// sqlResume deletes the pause of one scope and queue.
+	// Params: ns, control namespace, worker scope, queue.
+	sqlResume = `DELETE FROM stem_paused_queues WHERE ns = ? AND namespace = ? AND worker = ? AND queue = ?`
 
-	// sqlPaused lists a namespace's paused queues in byte order.
+	// sqlPaused lists a namespace's pauses by scope, then queue, in byte
+	// order.
 	// Params: ns, control namespace.
-	// Returns: queue.
-	sqlPaused = `SELECT queue FROM stem_paused_queues WHERE ns = ? AND namespace = ? ORDER BY queue`
+	// Returns: worker, queue, paused_at, requested_by, sig.
+	sqlPaused = `SELECT worker, queue, paused_at, requested_by, sig FROM stem_paused_queues WHERE ns = ? AND namespace = ? ORDER BY worker, queue`
 )
 
 // checkControlNamespace rejects a control namespace that cannot be used.
@@ -517,46 +521,62 @@ func (h *ctlHub) wake(path string) {
 	}
 }
 
-// SetPaused implements control.PauseStore, in one write transaction.
-func (e *Engine) SetPaused(ctx context.Context, namespace string, queues []string, paused bool) error {
+// pauseTimeLayout is how paused_at is stored: fixed-width UTC text to the
+// microsecond (the precision signatures cover).
+const pauseTimeLayout = "2006-01-02T15:04:05.000000Z"
+
+// Pause implements control.PauseStore, in one write transaction.
+func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
-	op := "resume queues"
-	if paused {
-		op = "pause queues"
-	}
-	if err := checkControlNamespace(op, namespace); err != nil {
-		return err
-	}
-	for _, q := range queues {
-		if q == "" {
-			return fmt.Errorf("sqlite engine: %s: empty queue name", op)
+	for _, p := range pauses {
+		if err := checkControlNamespace("pause queues", p.Namespace); err != nil {
+			return err
 		}
 	}
-	if len(queues) == 0 {
+	if err := control.ValidatePauses(pauses); err != nil {
+		return fmt.Errorf("sqlite engine: %w", err)
+	}
+	if len(pauses) == 0 {
 		return nil
 	}
-	now := nowMs()
 	err := e.write(ctx, func(tx *sql.Tx) error {
-		for _, q := range queues {
-			var err error
-			if paused {
-				_, err = tx.ExecContext(ctx, sqlPause, e.ns, namespace, q, now)
-			} else {
-				_, err = tx.ExecContext(ctx, sqlResume, e.ns, namespace, q)
-			}
-			if err != nil {
+		for _, p := range pauses {
+			if _, err := tx.ExecContext(ctx, sqlPause, e.ns, p.Namespace, p.Worker, p.Queue,
+				p.PausedAt.UTC().Format(pauseTimeLayout), p.RequestedBy, p.Sig); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	return e.fail(fmt.Sprintf("%s %s of namespace %s", op, strings.Join(queues, ","), namespace), err)
+	return e.fail(fmt.Sprintf("pause %d queue(s) of namespace %s", len(pauses), pauses[0].Namespace), err)
 }
 
-// Paused implements control.PauseStore.
-func (e *Engine) Paused(ctx context.Context, namespace string) ([]string, error) {
+// Resume implements control.PauseStore, in one write transaction.
+func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []string) error {
+	if err := e.checkOpen(); err != nil {
+		return err
+	}
+	if err := checkControlNamespace("resume queues", namespace); err != nil {
+		return err
+	}
+	if len(queues) == 0 {
+		return nil
+	}
+	err := e.write(ctx, func(tx *sql.Tx) error {
+		for _, q := range queues {
+			if _, err := tx.ExecContext(ctx, sqlResume, e.ns, namespace, worker, q); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return e.fail(fmt.Sprintf("resume queues %s of namespace %s", strings.Join(queues, ","), namespace), err)
+}
+
+// Pauses implements control.PauseStore.
+func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -569,13 +589,17 @@ func (e *Engine) Paused(ctx context.Context, namespace string) ([]string, error)
 		return nil, e.fail(op, err)
 	}
 	defer rows.Close()
-	out := []string{}
+	out := []control.Pause{}
 	for rows.Next() {
-		var q string
-		if err := rows.Scan(&q); err != nil {
+		p := control.Pause{Namespace: namespace}
+		var at string
+		if err := rows.Scan(&p.Worker, &p.Queue, &at, &p.RequestedBy, &p.Sig); err != nil {
 			return nil, e.fail(op, err)
 		}
-		out = append(out, q)
+		if p.PausedAt, err = time.Parse(pauseTimeLayout, at); err != nil {
+			return nil, fmt.Errorf("sqlite engine: %s: pause of queue %q: stored time %q: %w", op, p.Queue, at, err)
+		}
+		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, e.fail(op, err)

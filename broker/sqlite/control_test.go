@@ -51,12 +51,16 @@ func (s splitEngine) Reply(ctx context.Context, ns, replyTo string, msg []byte) 
 	return s.pub.Reply(ctx, ns, replyTo, msg)
 }
 
-func (s splitEngine) SetPaused(ctx context.Context, ns string, queues []string, paused bool) error {
-	return s.pub.SetPaused(ctx, ns, queues, paused)
+func (s splitEngine) Pause(ctx context.Context, ps []control.Pause) error {
+	return s.pub.Pause(ctx, ps)
 }
 
-func (s splitEngine) Paused(ctx context.Context, ns string) ([]string, error) {
-	return s.sub.Paused(ctx, ns)
+func (s splitEngine) Resume(ctx context.Context, ns, worker string, queues []string) error {
+	return s.pub.Resume(ctx, ns, worker, queues)
+}
+
+func (s splitEngine) Pauses(ctx context.Context, ns string) ([]control.Pause, error) {
+	return s.sub.Pauses(ctx, ns)
 }
 
 // TestControlContractTwoEngines runs the suite with subscriptions on one
@@ -110,7 +114,7 @@ func TestControlMigratesVersion1(t *testing.T) {
 	if n := rowCount(t, e.rdb, "stem_tasks"); n != 1 {
 		t.Fatalf("the migration lost tasks: %d left", n)
 	}
-	if err := e.SetPaused(ctx, "ns", []string{"q"}, true); err != nil {
+	if err := e.Pause(ctx, []control.Pause{{Namespace: "ns", Queue: "q", Worker: "alpha"}}); err != nil {
 		t.Fatal(err)
 	}
 }

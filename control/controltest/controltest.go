@@ -128,25 +128,93 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 		}
 	})
 
+	queues := func(ps []control.Pause) string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.Worker+"/"+p.Queue)
+		}
+		return fmt.Sprint(out)
+	}
+	pauses := func(t *testing.T, e Engine, n string) []control.Pause {
+		t.Helper()
+		ps, err := e.Pauses(ctx, n)
+		if err != nil {
+			t.Fatalf("Pauses(%s): %v", n, err)
+		}
+		return ps
+	}
+
 	t.Run("PausedQueuesPerNamespace", func(t *testing.T) {
 		t.Parallel()
 		e, n := newEngine(t), ns(t)
-		if err := e.SetPaused(ctx, n, []string{"b", "a"}, true); err != nil {
+		if err := e.Pause(ctx, []control.Pause{{Namespace: n, Queue: "b"}, {Namespace: n, Queue: "a"}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.SetPaused(ctx, n+"x", []string{"z"}, true); err != nil {
+		if err := e.Pause(ctx, []control.Pause{{Namespace: n + "x", Queue: "z"}}); err != nil {
 			t.Fatal(err)
 		}
-		got, err := e.Paused(ctx, n)
-		if err != nil || fmt.Sprint(got) != "[a b]" {
-			t.Fatalf("Paused = %v %v", got, err)
+		if got := queues(pauses(t, e, n)); got != "[/a /b]" {
+			t.Fatalf("Pauses = %v", got)
 		}
-		e.SetPaused(ctx, n, []string{"a"}, false)
-		got, _ = e.Paused(ctx, n)
-		if fmt.Sprint(got) != "[b]" {
+		if err := e.Resume(ctx, n, "", []string{"a"}); err != nil {
+			t.Fatal(err)
+		}
+		if got := queues(pauses(t, e, n)); got != "[/b]" {
 			t.Fatalf("after resume: %v", got)
 		}
-		e.SetPaused(ctx, n, []string{"b"}, false)
-		e.SetPaused(ctx, n+"x", []string{"z"}, false)
+		e.Resume(ctx, n, "", []string{"b"})
+		e.Resume(ctx, n+"x", "", []string{"z"})
+		if got := pauses(t, e, n); len(got) != 0 {
+			t.Fatalf("after resuming all: %v", queues(got))
+		}
+	})
+
+	// A pause scoped to one worker is stored under that scope: resuming
+	// the namespace-wide pause of the queue leaves it, and resuming it
+	// leaves the others.
+	t.Run("PausesPerWorkerScope", func(t *testing.T) {
+		t.Parallel()
+		e, n := newEngine(t), ns(t)
+		at := time.Date(2025, 11, 23, 10, 30, 15, 123456000, time.UTC)
+		alpha := control.Pause{Namespace: n, Queue: "q", Worker: "alpha@h", PausedAt: at, RequestedBy: "ops", Sig: "abc123"}
+		if err := e.Pause(ctx, []control.Pause{alpha, {Namespace: n, Queue: "q", Worker: "gamma"}, {Namespace: n, Queue: "q", PausedAt: at}}); err != nil {
+			t.Fatal(err)
+		}
+		got := pauses(t, e, n)
+		if queues(got) != "[/q alpha@h/q gamma/q]" {
+			t.Fatalf("Pauses = %v", queues(got))
+		}
+		if a := got[1]; !a.PausedAt.Equal(at) || a.RequestedBy != "ops" || a.Sig != "abc123" || a.Namespace != n {
+			t.Fatalf("pause read back as %+v, want %+v", a, alpha)
+		}
+		if !got[1].AppliesTo("alpha@h", "alpha") || got[1].AppliesTo("beta@h", "beta") {
+			t.Fatal("AppliesTo: a pause of alpha@h must apply to alpha@h only")
+		}
+		e.Resume(ctx, n, "", []string{"q"})
+		if got := queues(pauses(t, e, n)); got != "[alpha@h/q gamma/q]" {
+			t.Fatalf("after the namespace-wide resume: %v", got)
+		}
+		e.Resume(ctx, n, "alpha@h", []string{"q"})
+		if got := queues(pauses(t, e, n)); got != "[gamma/q]" {
+			t.Fatalf("after resuming alpha@h: %v", got)
+		}
+		// Pausing again replaces the record (one per scope and queue).
+		again := control.Pause{Namespace: n, Queue: "q", Worker: "gamma", RequestedBy: "second"}
+		e.Pause(ctx, []control.Pause{again})
+		if got := pauses(t, e, n); len(got) != 1 || got[0].RequestedBy != "second" {
+			t.Fatalf("after pausing twice: %+v", got)
+		}
+		e.Resume(ctx, n, "gamma", []string{"q"})
+	})
+
+	t.Run("PauseRefusesBadRecords", func(t *testing.T) {
+		t.Parallel()
+		e, n := newEngine(t), ns(t)
+		if err := e.Pause(ctx, []control.Pause{{Namespace: n, Queue: "ok"}, {Namespace: n, Queue: ""}}); err == nil {
+			t.Fatal("a pause without a queue was stored")
+		}
+		if got := pauses(t, e, n); len(got) != 0 {
+			t.Fatalf("a refused call stored %v", queues(got))
+		}
 	})
 }

@@ -224,6 +224,37 @@ func (s *FileStore) Prune(ctx context.Context, namespace string, now time.Time) 
 	return n, nil
 }
 
+// Trim implements Store, under the lock like Prune.
+func (s *FileStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
+	if err := checkCall(ctx, s.closed.Load()); err != nil {
+		return 0, err
+	}
+	if err := checkNamespace("trim", namespace); err != nil {
+		return 0, err
+	}
+	if err := checkKeep(keep); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := s.update(ctx, func(recs map[key]Entry) bool {
+		var all []Entry
+		for k, e := range recs {
+			if k.namespace == namespace {
+				all = append(all, e)
+			}
+		}
+		for _, e := range trimVictims(all, keep) {
+			delete(recs, keyOf(e))
+			n++
+		}
+		return n > 0
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
 // Close marks the store closed; later calls return ErrClosed. The store
 // holds no descriptor between calls, so there is nothing else to release.
 // Closing twice is safe.

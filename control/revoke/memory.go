@@ -114,6 +114,31 @@ func (m *Memory) Prune(ctx context.Context, namespace string, now time.Time) (in
 	return n, nil
 }
 
+// Trim implements Store.
+func (m *Memory) Trim(ctx context.Context, namespace string, keep int) (int, error) {
+	if err := checkCall(ctx, m.closed.Load()); err != nil {
+		return 0, err
+	}
+	if err := checkNamespace("trim", namespace); err != nil {
+		return 0, err
+	}
+	if err := checkKeep(keep); err != nil {
+		return 0, err
+	}
+	st := m.state
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	all := make([]Entry, 0, len(st.records[namespace]))
+	for _, e := range st.records[namespace] {
+		all = append(all, e)
+	}
+	victims := trimVictims(all, keep)
+	for _, e := range victims {
+		delete(st.records[namespace], e.TaskID)
+	}
+	return len(victims), nil
+}
+
 // Close marks this handle closed; later calls return ErrClosed. The
 // records of a shared memory:// store stay for the other handles. Closing
 // twice is safe.

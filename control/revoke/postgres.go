@@ -44,7 +44,7 @@ type PostgresStore struct {
 
 // postgresQueries are the store's statements for its table.
 type postgresQueries struct {
-	upsert, readBack, list, prune string
+	upsert, readBack, list, prune, trim string
 }
 
 // PostgresOptions configure a PostgresStore.
@@ -138,20 +138,22 @@ func newPostgres(ctx context.Context, pool *pgxpool.Pool, owns bool, shown strin
 	table := ident.Sanitize()
 	index := pgx.Identifier{ident[len(ident)-1] + "_expiry_idx"}.Sanitize()
 	s := &PostgresStore{pool: pool, owns: owns, url: shown, table: opts.Table}
-	const cols = "namespace, task_id, version, issued_at, terminate, reason, requested_by, expires_at"
+	const cols = "namespace, task_id, version, issued_at, terminate, reason, requested_by, expires_at, sig"
 	s.q = postgresQueries{
 		upsert: `INSERT INTO ` + table + ` AS r (` + cols + `)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::boolean[], $6::text[], $7::text[], $8::timestamptz[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::boolean[], $6::text[], $7::text[], $8::timestamptz[], $9::text[])
 ON CONFLICT (namespace, task_id) DO UPDATE SET
   version = excluded.version, issued_at = excluded.issued_at, terminate = excluded.terminate,
   reason = excluded.reason, requested_by = excluded.requested_by, expires_at = excluded.expires_at,
-  updated_at = now()
+  sig = excluded.sig, updated_at = now()
 WHERE excluded.version > r.version`,
 		readBack: `SELECT ` + cols + ` FROM ` + table + `
 WHERE (namespace, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
 		// COLLATE "C" orders task ids by bytes, as every store does.
 		list:  `SELECT ` + cols + ` FROM ` + table + ` WHERE namespace = $1 ORDER BY version, task_id COLLATE "C"`,
 		prune: `DELETE FROM ` + table + ` WHERE namespace = $1 AND expires_at IS NOT NULL AND expires_at <= $2`,
+		trim: `DELETE FROM ` + table + ` WHERE namespace = $1 AND task_id IN (
+  SELECT task_id FROM ` + table + ` WHERE namespace = $1 ORDER BY version DESC, task_id COLLATE "C" DESC OFFSET $2)`,
 	}
 	if err := s.migrate(ctx, table, index); err != nil {
 		return nil, err
@@ -223,6 +225,7 @@ func (s *PostgresStore) Upsert(ctx context.Context, entries []Entry) ([]Entry, e
 	n := len(rows)
 	var (
 		nss, tasks, reasons, requesters = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		sigs                            = make([]string, n)
 		versions                        = make([]int64, n)
 		issued, expires                 = make([]pgtype.Timestamptz, n), make([]pgtype.Timestamptz, n)
 		terminates                      = make([]bool, n)
@@ -230,10 +233,10 @@ func (s *PostgresStore) Upsert(ctx context.Context, entries []Entry) ([]Entry, e
 	for i, e := range rows {
 		nss[i], tasks[i], versions[i] = e.Namespace, e.TaskID, e.Version
 		issued[i], expires[i] = pgTime(e.IssuedAt), pgTime(e.ExpiresAt)
-		terminates[i], reasons[i], requesters[i] = e.Terminate, e.Reason, e.RequestedBy
+		terminates[i], reasons[i], requesters[i], sigs[i] = e.Terminate, e.Reason, e.RequestedBy, e.Sig
 	}
 	var b pgx.Batch
-	b.Queue(s.q.upsert, nss, tasks, versions, issued, terminates, reasons, requesters, expires)
+	b.Queue(s.q.upsert, nss, tasks, versions, issued, terminates, reasons, requesters, expires, sigs)
 	b.Queue(s.q.readBack, nss, tasks)
 	br := s.pool.SendBatch(ctx, &b)
 	defer br.Close()
@@ -299,6 +302,24 @@ func (s *PostgresStore) Prune(ctx context.Context, namespace string, now time.Ti
 	return int(tag.RowsAffected()), nil
 }
 
+// Trim implements Store.
+func (s *PostgresStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
+	if err := checkCall(ctx, s.closed.Load()); err != nil {
+		return 0, err
+	}
+	if err := checkNamespace("trim", namespace); err != nil {
+		return 0, err
+	}
+	if err := checkKeep(keep); err != nil {
+		return 0, err
+	}
+	tag, err := s.pool.Exec(ctx, s.q.trim, namespace, keep)
+	if err != nil {
+		return 0, s.fail(ctx, "trim "+s.table, err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
 // Close closes the pool when OpenPostgres made it; later calls return
 // ErrClosed. Closing twice is safe.
 func (s *PostgresStore) Close() error {
@@ -352,7 +373,7 @@ func scanEntries(r pgx.Rows) ([]Entry, error) {
 			e               Entry
 			issued, expires pgtype.Timestamptz
 		)
-		if err := r.Scan(&e.Namespace, &e.TaskID, &e.Version, &issued, &e.Terminate, &e.Reason, &e.RequestedBy, &expires); err != nil {
+		if err := r.Scan(&e.Namespace, &e.TaskID, &e.Version, &issued, &e.Terminate, &e.Reason, &e.RequestedBy, &expires, &e.Sig); err != nil {
 			return nil, err
 		}
 		if issued.Valid {

@@ -14,8 +14,13 @@ CREATE TABLE IF NOT EXISTS {{table}} (
     requested_by text        NOT NULL DEFAULT '',
     expires_at   timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now(),
+    sig          text        NOT NULL DEFAULT '',
     PRIMARY KEY (namespace, task_id)
 );
+
+-- Signed records (STEM_CONTROL_SIGNING_KEY): tables made before them gain
+-- the column; unsigned rows keep ''.
+ALTER TABLE {{table}} ADD COLUMN IF NOT EXISTS sig text NOT NULL DEFAULT '';
 
 CREATE INDEX IF NOT EXISTS {{index}} ON {{table}} (namespace, expires_at)
     WHERE expires_at IS NOT NULL;

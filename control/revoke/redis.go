@@ -252,6 +252,52 @@ func (s *RedisStore) Prune(ctx context.Context, namespace string, now time.Time)
 	return total, nil
 }
 
+// Trim implements Store: HGETALL, the newest keep chosen by the client,
+// then the prune script deletes each other entry only if its value is
+// still the one read (a revoke rewritten in between is kept). Values that
+// do not decode are left alone (List reports them).
+func (s *RedisStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
+	if err := checkCall(ctx, s.closed.Load()); err != nil {
+		return 0, err
+	}
+	if err := checkNamespace("trim", namespace); err != nil {
+		return 0, err
+	}
+	if err := checkKeep(keep); err != nil {
+		return 0, err
+	}
+	hash, index := s.keys.revokes(namespace), s.keys.expiry(namespace)
+	all, err := s.client.HGetAll(ctx, hash).Result()
+	if err != nil {
+		return 0, s.fail(ctx, "trim "+hash, err)
+	}
+	if len(all) <= keep {
+		return 0, nil
+	}
+	entries := make([]Entry, 0, len(all))
+	for _, raw := range all {
+		if e, err := decodeRedisValue(raw); err == nil {
+			entries = append(entries, e)
+		}
+	}
+	victims := trimVictims(entries, keep)
+	total := 0
+	for len(victims) > 0 {
+		chunk := victims[:min(len(victims), redisPruneChunk)]
+		victims = victims[len(chunk):]
+		argv := make([]any, 0, 2*len(chunk))
+		for _, e := range chunk {
+			argv = append(argv, e.TaskID, all[e.TaskID])
+		}
+		n, err := redisPruneScript.Run(ctx, s.client, []string{hash, index}, argv...).Int()
+		if err != nil {
+			return total, s.fail(ctx, "trim "+hash, err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
 // Close closes the connection pool when OpenRedis made it; later calls
 // return ErrClosed. Closing twice is safe.
 func (s *RedisStore) Close() error {

@@ -16,6 +16,10 @@
 //   - List returns a namespace's entries sorted by Version (then TaskID).
 //   - Prune deletes a namespace's entries whose ExpiresAt is set and not
 //     after now, and returns how many it deleted.
+//   - Trim keeps a namespace's newest entries (highest Version, then
+//     highest TaskID) up to a cap and deletes the others.
+//   - Sig round-trips: with a signing key, the CLI signs entries (Sign)
+//     and workers ignore entries that do not verify (Verify).
 package revoke
 
 import (
@@ -25,7 +29,17 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/stemhq/stem/internal/sigenc"
 )
+
+// DefaultMaxEntries is the cap on a namespace's revoke entries that
+// workers keep (Trim, newest kept) when nothing else is configured.
+const DefaultMaxEntries = 100000
+
+// ErrBadSignature is why a worker with a signing key ignores an entry
+// whose signature is missing or does not verify.
+var ErrBadSignature = errors.New("revoke record signature missing or invalid")
 
 // Entry is one revoke record.
 type Entry struct {
@@ -41,6 +55,35 @@ type Entry struct {
 	RequestedBy string `json:"requestedBy,omitempty"`
 	// ExpiresAt, when set, is when the record may be pruned.
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	// Sig is the hex HMAC-SHA256 of every other field (see Sign), when the
+	// deployment signs its control records.
+	Sig string `json:"sig,omitempty"`
+}
+
+// sigDomain names the record kind and format in revoke signatures.
+const sigDomain = "stem-revoke-v1"
+
+func (e Entry) sigFields() []string {
+	return []string{e.Namespace, e.TaskID, sigenc.Int(e.Version), sigenc.Time(e.IssuedAt),
+		sigenc.Bool(e.Terminate), e.Reason, e.RequestedBy, sigenc.Time(e.ExpiresAt)}
+}
+
+// Sign returns e with Sig set: the HMAC-SHA256 under key of a canonical
+// encoding of namespace, task id, version, issue time, terminate flag,
+// reason, requester and expiry (times to the microsecond, the precision
+// every store keeps).
+func (e Entry) Sign(key []byte) Entry {
+	e.Sig = sigenc.Sign(key, sigDomain, e.sigFields()...)
+	return e
+}
+
+// Verify returns nil if e.Sig is e's signature under key, else
+// ErrBadSignature.
+func (e Entry) Verify(key []byte) error {
+	if !sigenc.Verify(key, e.Sig, sigDomain, e.sigFields()...) {
+		return ErrBadSignature
+	}
+	return nil
 }
 
 // Expired reports whether e has an expiry at or before now.
@@ -61,7 +104,7 @@ func (e Entry) Validate() error {
 	// Every store must hold what the others hold: no NUL bytes (Postgres
 	// refuses them), valid UTF-8 (JSON stores would rewrite it), and years
 	// JSON can encode.
-	for _, f := range []struct{ name, v string }{{"namespace", e.Namespace}, {"task id", e.TaskID}, {"reason", e.Reason}, {"requester", e.RequestedBy}} {
+	for _, f := range []struct{ name, v string }{{"namespace", e.Namespace}, {"task id", e.TaskID}, {"reason", e.Reason}, {"requester", e.RequestedBy}, {"sig", e.Sig}} {
 		if strings.ContainsRune(f.v, 0) || !utf8.ValidString(f.v) {
 			return fmt.Errorf("revoke entry %q: %s holds a NUL byte or invalid UTF-8", e.TaskID, f.name)
 		}
@@ -89,6 +132,10 @@ type Store interface {
 	List(ctx context.Context, namespace string) ([]Entry, error)
 	// Prune deletes a namespace's entries expired at now.
 	Prune(ctx context.Context, namespace string, now time.Time) (int, error)
+	// Trim deletes a namespace's entries beyond the newest keep (by
+	// Version, then TaskID, highest kept) and returns how many it
+	// deleted. keep must be positive.
+	Trim(ctx context.Context, namespace string, keep int) (int, error)
 	// Close releases resources.
 	Close() error
 }

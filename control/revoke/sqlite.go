@@ -52,22 +52,27 @@ const sqliteSchema = `CREATE TABLE IF NOT EXISTS stem_revokes (
     requested_by TEXT    NOT NULL DEFAULT '',
     expires_at   TEXT,
     updated_at   INTEGER NOT NULL, -- ms since the epoch
+    sig          TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (namespace, task_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS stem_revokes_expiry ON stem_revokes (namespace, expires_at) WHERE expires_at IS NOT NULL`
 
+// sqliteAddSig adds the sig column to a table created before records were
+// signed; migrate runs it when pragma_table_info lacks the column.
+const sqliteAddSig = `ALTER TABLE stem_revokes ADD COLUMN sig TEXT NOT NULL DEFAULT ''`
+
 // The store's statements, with their parameters and results.
 const (
-	sqliteCols = "namespace, task_id, version, issued_at, terminate, reason, requested_by, expires_at"
+	sqliteCols = "namespace, task_id, version, issued_at, terminate, reason, requested_by, expires_at, sig"
 
 	// sqliteUpsert stores an entry unless the stored one has an equal or
 	// higher version.
 	// Params: the columns of sqliteCols, updated_at (ms).
-	sqliteUpsert = `INSERT INTO stem_revokes (` + sqliteCols + `, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+	sqliteUpsert = `INSERT INTO stem_revokes (` + sqliteCols + `, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (namespace, task_id) DO UPDATE SET
     version = excluded.version, issued_at = excluded.issued_at, terminate = excluded.terminate,
     reason = excluded.reason, requested_by = excluded.requested_by, expires_at = excluded.expires_at,
-    updated_at = excluded.updated_at
+    sig = excluded.sig, updated_at = excluded.updated_at
 WHERE excluded.version > stem_revokes.version`
 
 	// sqliteGet reads one entry.
@@ -82,6 +87,11 @@ WHERE excluded.version > stem_revokes.version`
 	// sqlitePrune deletes a namespace's entries expired at now.
 	// Params: namespace, now (sqliteTime).
 	sqlitePrune = `DELETE FROM stem_revokes WHERE namespace = ? AND expires_at IS NOT NULL AND expires_at <= ?`
+
+	// sqliteTrim deletes a namespace's entries beyond the newest keep.
+	// Params: namespace, namespace, keep.
+	sqliteTrim = `DELETE FROM stem_revokes WHERE namespace = ? AND task_id IN (
+    SELECT task_id FROM stem_revokes WHERE namespace = ? ORDER BY version DESC, task_id DESC LIMIT -1 OFFSET ?)`
 )
 
 // sqliteTimeLayout is fixed-width for years 1 to 9999, so text order is
@@ -295,6 +305,15 @@ func (s *SQLiteStore) migrate(ctx context.Context) error {
 	if _, err := tx.ExecContext(ctx, sqliteSchema); err != nil {
 		return s.fail(ctx, "create table "+SQLiteTable, err)
 	}
+	var hasSig int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('stem_revokes') WHERE name = 'sig'`).Scan(&hasSig); err != nil {
+		return s.fail(ctx, "read the columns of "+SQLiteTable, err)
+	}
+	if hasSig == 0 {
+		if _, err := tx.ExecContext(ctx, sqliteAddSig); err != nil {
+			return s.fail(ctx, "add column sig to "+SQLiteTable, err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return s.fail(ctx, "create table "+SQLiteTable, err)
 	}
@@ -355,7 +374,7 @@ func (s *SQLiteStore) Upsert(ctx context.Context, entries []Entry) ([]Entry, err
 		now := time.Now().UnixMilli()
 		for _, e := range rows {
 			if _, err := up.ExecContext(ctx, e.Namespace, e.TaskID, e.Version, sqliteTime(e.IssuedAt), e.Terminate,
-				e.Reason, e.RequestedBy, sqliteTime(e.ExpiresAt), now); err != nil {
+				e.Reason, e.RequestedBy, sqliteTime(e.ExpiresAt), e.Sig, now); err != nil {
 				return err
 			}
 		}
@@ -438,6 +457,32 @@ func (s *SQLiteStore) Prune(ctx context.Context, namespace string, now time.Time
 	return int(n), nil
 }
 
+// Trim implements Store.
+func (s *SQLiteStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
+	if err := checkCall(ctx, s.closed.Load()); err != nil {
+		return 0, err
+	}
+	if err := checkNamespace("trim", namespace); err != nil {
+		return 0, err
+	}
+	if err := checkKeep(keep); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, sqliteTrim, namespace, namespace, keep)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, s.fail(ctx, "trim namespace "+namespace, err)
+	}
+	return int(n), nil
+}
+
 // Close closes the database connections; later calls return ErrClosed.
 // Closing twice is safe.
 func (s *SQLiteStore) Close() error {
@@ -492,7 +537,7 @@ func scanSQLiteEntry(row interface{ Scan(...any) error }) (Entry, error) {
 		e               Entry
 		issued, expires sql.NullString
 	)
-	if err := row.Scan(&e.Namespace, &e.TaskID, &e.Version, &issued, &e.Terminate, &e.Reason, &e.RequestedBy, &expires); err != nil {
+	if err := row.Scan(&e.Namespace, &e.TaskID, &e.Version, &issued, &e.Terminate, &e.Reason, &e.RequestedBy, &expires, &e.Sig); err != nil {
 		return Entry{}, err
 	}
 	for _, f := range []struct {

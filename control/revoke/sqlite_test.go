@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"github.com/stemhq/stem/control"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,7 +71,7 @@ func TestSQLiteSharesTheEngineFile(t *testing.T) {
 	if _, err := s.Upsert(ctx, []revoke.Entry{entry}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.SetPaused(ctx, "ns", []string{"q"}, true); err != nil {
+	if err := e.Pause(ctx, []control.Pause{{Namespace: "ns", Queue: "q"}}); err != nil {
 		t.Fatalf("the engine after the store created its table: %v", err)
 	}
 	other := openSQLiteStore(t, path)

@@ -49,6 +49,24 @@ func checkNamespace(op, namespace string) error {
 	return nil
 }
 
+// checkKeep rejects a Trim cap that is not positive.
+func checkKeep(keep int) error {
+	if keep <= 0 {
+		return fmt.Errorf("revoke trim: keep %d must be positive", keep)
+	}
+	return nil
+}
+
+// trimVictims returns the entries of a namespace beyond the newest keep:
+// entries sorted as List returns them, the first len-keep.
+func trimVictims(entries []Entry, keep int) []Entry {
+	sortEntries(entries)
+	if len(entries) <= keep {
+		return nil
+	}
+	return entries[:len(entries)-keep]
+}
+
 // checkCall is what every Store method does first: refuse after Close,
 // refuse a context that is already done.
 func checkCall(ctx context.Context, closed bool) error {

@@ -59,6 +59,9 @@ func Run(t *testing.T, newStore NewStore) {
 		{"Prune", testPrune},
 		{"PruneNeverExpiring", testPruneNeverExpiring},
 		{"PruneThenUpsert", testPruneThenUpsert},
+		{"TrimKeepsNewest", testTrimKeepsNewest},
+		{"TrimRefusesNonPositiveKeep", testTrimBadKeep},
+		{"SignedEntryVerifiesAfterRoundTrip", testSignedRoundTrip},
 		{"Validation", testValidation},
 		{"ConcurrentSameTask", testConcurrentSameTask},
 		{"ConcurrentDistinctTasks", testConcurrentDistinct},
@@ -148,6 +151,9 @@ func Same(a, b revoke.Entry) string {
 	}
 	if !a.ExpiresAt.Equal(b.ExpiresAt) {
 		add("ExpiresAt", a.ExpiresAt, b.ExpiresAt)
+	}
+	if a.Sig != b.Sig {
+		add("Sig", a.Sig, b.Sig)
 	}
 	if len(diffs) == 0 {
 		return ""
@@ -480,6 +486,9 @@ func testCanceledContext(t *testing.T, s revoke.Store) {
 	if _, err := s.Prune(ctx, "ns", base); err == nil {
 		t.Error("Prune with a canceled context succeeded")
 	}
+	if _, err := s.Trim(ctx, "ns", 1); err == nil {
+		t.Error("Trim with a canceled context succeeded")
+	}
 	expect(t, "List", list(t, s, "ns"), nil)
 }
 
@@ -498,7 +507,82 @@ func testClosed(t *testing.T, s revoke.Store) {
 	if _, err := s.Prune(ctx, "ns", base); !errors.Is(err, revoke.ErrClosed) {
 		t.Errorf("Prune after Close: %v, want revoke.ErrClosed", err)
 	}
+	if _, err := s.Trim(ctx, "ns", 1); !errors.Is(err, revoke.ErrClosed) {
+		t.Errorf("Trim after Close: %v, want revoke.ErrClosed", err)
+	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// testTrimKeepsNewest: a namespace capped at keep entries keeps the
+// highest versions (ties by the higher task id) and loses the rest; other
+// namespaces are untouched.
+func testTrimKeepsNewest(t *testing.T, s revoke.Store) {
+	var all []revoke.Entry
+	for i := 1; i <= 7; i++ {
+		all = append(all, entry("ns", fmt.Sprintf("t%d", i), int64(i)))
+	}
+	tieA, tieB := entry("ns", "tie-a", 6), entry("ns", "tie-b", 6)
+	all = append(all, tieA, tieB)
+	other := entry("other", "t1", 1)
+	upsert(t, s, append(all, other)...)
+
+	n, err := s.Trim(ctxFor(t), "ns", 4)
+	if err != nil || n != 5 {
+		t.Fatalf("Trim(ns, 4) = %d, %v; want 5 deleted", n, err)
+	}
+	// In List order (version, then task id): ..., t5, t6, tie-a, tie-b,
+	// t7. The last four are kept.
+	expect(t, "List ns after Trim", list(t, s, "ns"), []revoke.Entry{all[5], tieA, tieB, all[6]})
+	expect(t, "List other (not trimmed)", list(t, s, "other"), []revoke.Entry{other})
+	if n, err := s.Trim(ctxFor(t), "ns", 4); err != nil || n != 0 {
+		t.Fatalf("second Trim = %d, %v; want 0", n, err)
+	}
+	if n, err := s.Trim(ctxFor(t), "nobody", 1); err != nil || n != 0 {
+		t.Fatalf("Trim(unknown namespace) = %d, %v; want 0", n, err)
+	}
+}
+
+func testTrimBadKeep(t *testing.T, s revoke.Store) {
+	upsert(t, s, entry("ns", "t", 1))
+	for _, keep := range []int{0, -1} {
+		if _, err := s.Trim(ctxFor(t), "ns", keep); err == nil {
+			t.Errorf("Trim(keep %d) succeeded; want an error", keep)
+		}
+	}
+	expect(t, "List", list(t, s, "ns"), []revoke.Entry{entry("ns", "t", 1)})
+}
+
+// testSignedRoundTrip: a signed entry, times with nanoseconds, comes back
+// with its signature and verifies (signatures cover times to the
+// microsecond, which every store keeps); altered, it does not.
+func testSignedRoundTrip(t *testing.T, s revoke.Store) {
+	key := []byte("contract-key")
+	e := revoke.Entry{Namespace: "ns", TaskID: "signed", Version: 1763893815123456789,
+		IssuedAt: time.Date(2025, 11, 23, 10, 30, 15, 123456789, time.UTC), Terminate: true,
+		Reason: "why", RequestedBy: "ops", ExpiresAt: time.Date(2025, 11, 24, 10, 30, 15, 999999999, time.UTC)}.Sign(key)
+	unsigned := entry("ns", "unsigned", 2)
+	upsert(t, s, e, unsigned)
+	got := list(t, s, "ns")
+	if len(got) != 2 {
+		t.Fatalf("List: %v", ids(got))
+	}
+	if got[1].Sig != e.Sig {
+		t.Fatalf("Sig came back as %q, want %q", got[1].Sig, e.Sig)
+	}
+	if err := got[1].Verify(key); err != nil {
+		t.Fatalf("a signed entry read back does not verify: %v", err)
+	}
+	if err := got[0].Verify(key); err == nil {
+		t.Fatal("an unsigned entry verifies")
+	}
+	forged := got[1]
+	forged.Terminate = false
+	if err := forged.Verify(key); err == nil {
+		t.Fatal("an altered entry verifies")
+	}
+	if err := got[1].Verify([]byte("other-key")); err == nil {
+		t.Fatal("an entry verifies under another key")
 	}
 }
