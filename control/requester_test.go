@@ -3,6 +3,7 @@ package control_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -73,7 +74,7 @@ func TestParseTargets(t *testing.T) {
 }
 
 func TestSignVerify(t *testing.T) {
-	r := control.Request{V: 1, Type: "ping", ID: "x", ReplyTo: "y", Namespace: "ns"}
+	r := control.Request{V: control.Version, Type: "ping", ID: "x", ReplyTo: "y", Namespace: "ns"}
 	if err := r.Sign([]byte("k")); err != nil {
 		t.Fatal(err)
 	}
@@ -84,8 +85,12 @@ func TestSignVerify(t *testing.T) {
 	if err := r.Verify([]byte("k")); err == nil {
 		t.Fatal("tampered request verified")
 	}
-	if _, err := control.Decode([]byte(`{"v":2,"type":"ping","id":"x"}`)); err == nil {
-		t.Fatal("version 2 accepted")
+	if _, err := control.Decode([]byte(`{"v":3,"type":"ping","id":"x"}`)); err == nil {
+		t.Fatal("version 3 accepted")
+	}
+	old := control.Request{V: 1, Type: "ping", ID: "x", ReplyTo: "y", Namespace: "ns"}
+	if err := old.Verify([]byte("k")); !errors.Is(err, control.ErrOldVersion) {
+		t.Fatalf("a version 1 request under a key: %v, want ErrOldVersion", err)
 	}
 	if _, err := control.Decode([]byte(`{nope`)); err == nil {
 		t.Fatal("garbage accepted")
