@@ -49,25 +49,34 @@ func openEngineWarn(ctx context.Context, c config.Config, warn func(error)) (*en
 // broker is unavailable, logging each attempt, until ctx ends. A
 // configuration error is returned at once.
 func openEngineRetrying(ctx context.Context, c config.Config, log logrus.FieldLogger) (*engine.Engine, error) {
+	return openRetrying(ctx, log, "broker", c.BrokerURL, func() (*engine.Engine, error) {
+		return openEngineWarn(ctx, c, func(err error) { log.WithError(err).Warn("broker") })
+	})
+}
+
+// openRetrying calls open until it succeeds, backing off from 250ms to
+// 10s and logging each failure with what and the redacted URL, until ctx
+// ends. A configuration error (exit 78) is returned at once: it does not
+// get better by waiting.
+func openRetrying[T any](ctx context.Context, log logrus.FieldLogger, what, rawURL string, open func() (T, error)) (T, error) {
 	delay := 250 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		e, err := openEngineWarn(ctx, c, func(err error) { log.WithError(err).Warn("broker") })
+		v, err := open()
 		if err == nil {
 			if attempt > 1 {
-				log.WithField(logging.FieldURL, broker.RedactURL(c.BrokerURL)).Info("broker reachable")
+				log.WithField(logging.FieldURL, broker.RedactURL(rawURL)).Infof("%s reachable", what)
 			}
-			return e, nil
+			return v, nil
 		}
-		// A bad URL or an unusable store does not get better by waiting.
 		if ExitCode(err) == ExitConfig || ctx.Err() != nil {
-			return nil, err
+			return v, err
 		}
-		log.WithError(err).WithFields(logrus.Fields{"attempt": attempt, logging.FieldDelay: delay.String()}).Warn("broker unavailable; retrying")
+		log.WithError(err).WithFields(logrus.Fields{"attempt": attempt, logging.FieldDelay: delay.String()}).Warnf("%s unavailable; retrying", what)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, err
+			return v, err
 		case <-t.C:
 		}
 		if delay < 10*time.Second {

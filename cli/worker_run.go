@@ -15,6 +15,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/tasks"
@@ -275,8 +276,15 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return err
 	}
 	defer eng.Close()
-	revokes, err := openRevokeStore(ctx, c, l, log)
+	// Like the broker, a revoke store that cannot be reached yet is waited
+	// for: the worker claims nothing until it has read its revokes.
+	revokes, err := openRetrying(ctx, log, "revoke store", revokeStoreURL(l), func() (revoke.Store, error) {
+		return openRevokeStore(ctx, c, l, log)
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return restart.exit(nil)
+		}
 		return err
 	}
 	defer revokes.Close()
