@@ -49,11 +49,13 @@ func newWorkerStatsCmd(a *App) *cobra.Command {
 		Long: `Show each worker's in-flight and prefetched tasks, activeConcurrency and
 its bounds (minConcurrency, maxConcurrency, autoscale), prefetch, the depth
 of each queue it consumes, processed/failed/retried/revoked counters,
+whether the broker is durable (BROKER: durable, NOT-DURABLE when a crash of
+its server loses tasks, e.g. Redis without AOF; --json has the settings),
 uptime, pid, host, queues (paused ones marked) and broadcast channels.
 ` + controlTargetsHelp,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.runSimple(cmd, o, control.TypeStats, nil, "WORKER\tIN-FLIGHT\tCONCURRENCY\tPREFETCH\tPROCESSED\tFAILED\tRETRIED\tREVOKED\tQUEUES", func(r control.Reply, _ time.Duration) string {
+			return a.runSimple(cmd, o, control.TypeStats, nil, "WORKER\tIN-FLIGHT\tCONCURRENCY\tPREFETCH\tPROCESSED\tFAILED\tRETRIED\tREVOKED\tBROKER\tQUEUES", func(r control.Reply, _ time.Duration) string {
 				var s worker.StatsData
 				_ = json.Unmarshal(r.Data, &s)
 				paused := map[string]bool{}
@@ -72,8 +74,15 @@ uptime, pid, host, queues (paused ones marked) and broadcast channels.
 				if s.Autoscale {
 					conc = fmt.Sprintf("%d [%d..%d]", s.ActiveConcurrency, s.MinConcurrency, s.MaxConcurrency)
 				}
-				return fmt.Sprintf("%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s", r.Worker, s.InFlight, conc, s.Prefetch,
-					s.Counters.Processed, s.Counters.Failed, s.Counters.Retried, s.Counters.Revoked, strings.Join(qs, " "))
+				durable := "?"
+				if d := s.BrokerDurability; d != nil {
+					durable = "durable"
+					if !d.Durable {
+						durable = "NOT-DURABLE"
+					}
+				}
+				return fmt.Sprintf("%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s", r.Worker, s.InFlight, conc, s.Prefetch,
+					s.Counters.Processed, s.Counters.Failed, s.Counters.Retried, s.Counters.Revoked, durable, strings.Join(qs, " "))
 			})
 		},
 	}

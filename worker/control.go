@@ -96,8 +96,12 @@ type StatsData struct {
 	// ChildRecycles counts isolation children replaced, by reason.
 	ChildRecycles map[string]int64 `json:"childRecycles"`
 	Counters      Counters         `json:"counters"`
-	StartedAt     time.Time        `json:"startedAt"`
-	UptimeSeconds float64          `json:"uptimeSeconds"`
+	// BrokerDurability says whether the broker keeps accepted tasks across
+	// a crash of its server (absent when the engine cannot tell, or the
+	// settings could not be read).
+	BrokerDurability *broker.Durability `json:"brokerDurability,omitempty"`
+	StartedAt        time.Time          `json:"startedAt"`
+	UptimeSeconds    float64            `json:"uptimeSeconds"`
 }
 
 // RevokeArgs are the arguments of a revoke request.
@@ -418,6 +422,12 @@ func (w *Worker) controlStats() StatsData {
 			depth[q] = -1
 		}
 	}
+	var durability *broker.Durability
+	if dr, ok := w.cfg.Broker.(broker.DurabilityReporter); ok {
+		if d, err := dr.Durability(ctx); err == nil {
+			durability = &d
+		}
+	}
 	broadcasts := append([]string{}, w.cfg.Broadcasts...)
 	minC, maxC := w.bounds()
 	return StatsData{
@@ -426,8 +436,8 @@ func (w *Worker) controlStats() StatsData {
 		InFlight: st.InFlight, Prefetched: st.Outstanding - st.InFlight,
 		ActiveConcurrency: st.ActiveConcurrency, MinConcurrency: minC, MaxConcurrency: maxC,
 		Autoscale: w.scaler.config().Enabled, Prefetch: st.Prefetch, QueueDepth: depth, Counters: st.Counters,
-		ChildRecycles: w.pool.Recycles(),
-		StartedAt:     st.StartedAt, UptimeSeconds: w.uptime(),
+		ChildRecycles: w.pool.Recycles(), BrokerDurability: durability,
+		StartedAt: st.StartedAt, UptimeSeconds: w.uptime(),
 	}
 }
 
