@@ -3,8 +3,6 @@ package redis
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -12,22 +10,6 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
 )
-
-// crashWiped kills the server with SIGKILL, removes its data files (as if
-// it had run without persistence) and starts it again, empty, on the same
-// port.
-func (s *redisServer) crashWiped() {
-	s.t.Helper()
-	_ = s.cmd.Process.Kill()
-	<-s.exited
-	s.cmd = nil
-	for _, name := range []string{"appendonlydir", "appendonly.aof", "dump.rdb"} {
-		if err := os.RemoveAll(filepath.Join(s.dir, name)); err != nil {
-			s.t.Fatal(err)
-		}
-	}
-	s.start()
-}
 
 // TestLeasedTasksSurviveDataLoss: a server that loses its data while a
 // worker holds deliveries (a crash without persistence) must not lose
@@ -40,7 +22,7 @@ func TestLeasedTasksSurviveDataLoss(t *testing.T) {
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss"})
+	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +39,9 @@ func TestLeasedTasksSurviveDataLoss(t *testing.T) {
 		t.Fatalf("Claim = %d, %v", len(held), err)
 	}
 
-	srv.crashWiped()
+	srv.Kill()
+	srv.WipeData()
+	srv.Start()
 
 	// The first renewal after the loss restores every held delivery.
 	var lerr *broker.LeaseLostError
@@ -131,7 +115,7 @@ func TestNackOfReclaimedLeaseStillSkipped(t *testing.T) {
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss2"})
+	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss2"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,14 +7,15 @@ import (
 	"testing"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/internal/testutil"
 )
 
 // openWarned opens an Engine on srv and returns the warnings Open gave.
-func openWarned(t *testing.T, srv *redisServer, opts Options) (*Engine, []error, error) {
+func openWarned(t *testing.T, srv *testutil.RedisServer, opts Options) (*Engine, []error, error) {
 	t.Helper()
 	var warnings []error
 	opts.Warn = func(err error) { warnings = append(warnings, err) }
-	e, err := Open(context.Background(), "redis://"+srv.addr()+"/0", opts)
+	e, err := Open(context.Background(), "redis://"+srv.Addr()+"/0", opts)
 	if e != nil {
 		t.Cleanup(func() { _ = e.Close() })
 	}
@@ -52,7 +53,7 @@ func TestAOFRequiredRefuses(t *testing.T) {
 	if !errors.Is(err, ErrAOFRequired) || !errors.Is(err, broker.ErrIncompatible) {
 		t.Fatalf("Open = %v, want ErrAOFRequired (incompatible: exit 78)", err)
 	}
-	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "appendonly yes") || !strings.Contains(msg, srv.addr()) {
+	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "appendonly yes") || !strings.Contains(msg, srv.Addr()) {
 		t.Fatalf("error %q: want one line naming the server and appendonly yes", msg)
 	}
 	if len(warnings) != 0 {

@@ -4,128 +4,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/internal/testutil"
 )
 
-// redisServer is a redis-server process owned by one test, on its own
-// loopback port, with every write fsynced to its append-only file.
-type redisServer struct {
-	t      *testing.T
-	bin    string
-	port   int
-	dir    string
-	cmd    *exec.Cmd
-	exited chan error
-	extra  []string // more redis-server arguments; later ones win
-}
-
-// startOwnRedis starts a private redis-server. It needs the redis-server
-// binary; without it the test is skipped, or fails under CI.
-func startOwnRedis(t *testing.T) *redisServer {
+// startOwnRedis starts a private redis-server with every write fsynced to
+// its append-only file (testutil.StartRedis: skipped without the binary,
+// failing under CI).
+func startOwnRedis(t *testing.T) *testutil.RedisServer {
 	t.Helper()
 	return startOwnRedisArgs(t)
 }
 
 // startOwnRedisArgs is startOwnRedis with more redis-server arguments
 // ("--appendonly", "no"), which override the defaults.
-func startOwnRedisArgs(t *testing.T, extra ...string) *redisServer {
+func startOwnRedisArgs(t *testing.T, extra ...string) *testutil.RedisServer {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("redis-server not found and CI is set: %v", err)
-		}
-		t.Skipf("redis-server not found: %v", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	s := &redisServer{t: t, bin: bin, port: port, dir: t.TempDir(), extra: extra}
-	s.start()
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
-
-// start runs redis-server and waits until it answers PING.
-func (s *redisServer) start() {
-	s.t.Helper()
-	logf, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	defer logf.Close()
-	args := append([]string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always",
-		"--dir", s.dir}, s.extra...)
-	s.cmd = exec.Command(s.bin, args...)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server: %v", err)
-	}
-	s.exited = make(chan error, 1)
-	go func(cmd *exec.Cmd, exited chan error) { exited <- cmd.Wait() }(s.cmd, s.exited)
-
-	c := goredis.NewClient(&goredis.Options{Addr: s.addr(), MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case werr := <-s.exited:
-			s.exited <- werr
-			s.t.Fatalf("redis-server exited at start (%v); log:\n%s", werr, s.log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s not answering after 15s: %v; log:\n%s", s.addr(), err, s.log())
-		}
-		pollPause(s.t)
-	}
-}
-
-// stop sends SIGTERM to the server's PID and waits for it to exit. Stopping
-// a stopped server does nothing.
-func (s *redisServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(15 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
-		s.t.Errorf("redis-server ignored SIGTERM for 15s; killed it")
-	}
-	s.cmd = nil
-}
-
-func (s *redisServer) log() string {
-	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-	return string(b)
+	return testutil.StartRedis(t, append([]string{"--appendonly", "yes", "--appendfsync", "always"}, extra...)...)
 }
 
 // TestRestartLosesNothing publishes tasks to a private redis-server, claims
@@ -142,7 +41,7 @@ func TestRestartLosesNothing(t *testing.T) {
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "fault"})
+	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "fault"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +78,7 @@ func TestRestartLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv.stop()
+	srv.Stop()
 	_, err = e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: lease})
 	if !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("Claim while the server is down returned %v, want broker.ErrUnavailable", err)
@@ -190,7 +89,7 @@ func TestRestartLosesNothing(t *testing.T) {
 	if err := e.Publish(ctx, broker.Envelope{ID: "late", Name: "n", Queue: "q"}); !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("Publish while the server is down returned %v, want broker.ErrUnavailable", err)
 	}
-	srv.start()
+	srv.Start()
 
 	// A waiting claim on a fresh queue is woken by a publish, through the
 	// subscription go-redis re-established.

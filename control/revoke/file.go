@@ -226,13 +226,7 @@ func (s *FileStore) Prune(ctx context.Context, namespace string, now time.Time) 
 
 // Trim implements Store, under the lock like Prune.
 func (s *FileStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
-		return 0, err
-	}
-	if err := checkNamespace("trim", namespace); err != nil {
-		return 0, err
-	}
-	if err := checkKeep(keep); err != nil {
+	if err := checkTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	n := 0

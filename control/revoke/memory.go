@@ -116,13 +116,7 @@ func (m *Memory) Prune(ctx context.Context, namespace string, now time.Time) (in
 
 // Trim implements Store.
 func (m *Memory) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkCall(ctx, m.closed.Load()); err != nil {
-		return 0, err
-	}
-	if err := checkNamespace("trim", namespace); err != nil {
-		return 0, err
-	}
-	if err := checkKeep(keep); err != nil {
+	if err := checkTrim(ctx, m.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	st := m.state

@@ -304,13 +304,7 @@ func (s *PostgresStore) Prune(ctx context.Context, namespace string, now time.Ti
 
 // Trim implements Store.
 func (s *PostgresStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
-		return 0, err
-	}
-	if err := checkNamespace("trim", namespace); err != nil {
-		return 0, err
-	}
-	if err := checkKeep(keep); err != nil {
+	if err := checkTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	tag, err := s.pool.Exec(ctx, s.q.trim, namespace, keep)

@@ -257,13 +257,7 @@ func (s *RedisStore) Prune(ctx context.Context, namespace string, now time.Time)
 // still the one read (a revoke rewritten in between is kept). Values that
 // do not decode are left alone (List reports them).
 func (s *RedisStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
-		return 0, err
-	}
-	if err := checkNamespace("trim", namespace); err != nil {
-		return 0, err
-	}
-	if err := checkKeep(keep); err != nil {
+	if err := checkTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	hash, index := s.keys.revokes(namespace), s.keys.expiry(namespace)

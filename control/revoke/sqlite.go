@@ -459,13 +459,7 @@ func (s *SQLiteStore) Prune(ctx context.Context, namespace string, now time.Time
 
 // Trim implements Store.
 func (s *SQLiteStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
-		return 0, err
-	}
-	if err := checkNamespace("trim", namespace); err != nil {
-		return 0, err
-	}
-	if err := checkKeep(keep); err != nil {
+	if err := checkTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	var n int64

@@ -57,6 +57,18 @@ func checkKeep(keep int) error {
 	return nil
 }
 
+// checkTrim runs the checks every store's Trim makes first: the store is
+// open and ctx alive, the namespace valid, keep positive.
+func checkTrim(ctx context.Context, closed bool, namespace string, keep int) error {
+	if err := checkCall(ctx, closed); err != nil {
+		return err
+	}
+	if err := checkNamespace("trim", namespace); err != nil {
+		return err
+	}
+	return checkKeep(keep)
+}
+
 // trimVictims returns the entries of a namespace beyond the newest keep:
 // entries sorted as List returns them, the first len-keep.
 func trimVictims(entries []Entry, keep int) []Entry {

@@ -237,8 +237,13 @@ type closer interface{ Close() error }
 
 func cleanupClose(t *testing.T, c closer) { t.Cleanup(func() { _ = c.Close() }) }
 
-func redisBackend(t *testing.T, ns string) backend {
-	raw := testutil.EnvOrSkip(t, "STEM_TEST_REDIS_URL")
+// proxiedBackend opens the engine at the URL in env twice: worker A's
+// through a freezable TCP proxy, worker B's directly.
+func proxiedBackend[E interface {
+	broker.Broker
+	result.Backend
+}](t *testing.T, env string, open func(ctx context.Context, url string) (E, error)) backend {
+	raw := testutil.EnvOrSkip(t, env)
 	u, err := url.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -246,13 +251,12 @@ func redisBackend(t *testing.T, ns string) backend {
 	p := testutil.StartProxy(t, u.Host)
 	viaProxy := *u
 	viaProxy.Host = p.Addr()
-	ctx := t.Context()
-	ea, err := stemredis.Open(ctx, viaProxy.String(), stemredis.Options{Namespace: ns})
+	ea, err := open(t.Context(), viaProxy.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	cleanupClose(t, ea)
-	eb, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: ns})
+	eb, err := open(t.Context(), raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,27 +264,16 @@ func redisBackend(t *testing.T, ns string) backend {
 	return backend{a: ea, b: eb, ra: ea, rb: eb, freeze: p.Freeze, thaw: p.Thaw}
 }
 
+func redisBackend(t *testing.T, ns string) backend {
+	return proxiedBackend(t, "STEM_TEST_REDIS_URL", func(ctx context.Context, u string) (*stemredis.Engine, error) {
+		return stemredis.Open(ctx, u, stemredis.Options{Namespace: ns})
+	})
+}
+
 func postgresBackend(t *testing.T, ns string) backend {
-	raw := testutil.EnvOrSkip(t, "STEM_TEST_POSTGRES_URL")
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := testutil.StartProxy(t, u.Host)
-	viaProxy := *u
-	viaProxy.Host = p.Addr()
-	ctx := t.Context()
-	ea, err := stempostgres.Open(ctx, viaProxy.String(), stempostgres.Options{Namespace: ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cleanupClose(t, ea)
-	eb, err := stempostgres.Open(ctx, raw, stempostgres.Options{Namespace: ns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cleanupClose(t, eb)
-	return backend{a: ea, b: eb, ra: ea, rb: eb, freeze: p.Freeze, thaw: p.Thaw}
+	return proxiedBackend(t, "STEM_TEST_POSTGRES_URL", func(ctx context.Context, u string) (*stempostgres.Engine, error) {
+		return stempostgres.Open(ctx, u, stempostgres.Options{Namespace: ns})
+	})
 }
 
 func sqliteBackend(t *testing.T, ns string) backend {
