@@ -153,6 +153,46 @@ revoke_terminate() {
 	stem_cli task status "$id"
 }
 
+# An exec task (a tasks file command) runs under the unit's sandbox, and
+# when the worker's main process is SIGKILLed its task's processes, a
+# grandchild included, are gone within a second (the supervisor sees the
+# worker die), before systemd even restarts the node.
+exec_task_dies_with_worker() {
+	local id sh_pid sleep_pid old t
+	g sh -c 'cat > /etc/stem/e2e-tasks.yaml' <<'YAML'
+tasks:
+  e2e.hello:
+    command: ["sh", "-c", "echo '\"hi\"'"]
+    queue: alpha
+  e2e.sleeper:
+    command: ["sh", "-c", "sleep 300 & echo $! > /var/lib/stem/e2e-sleep.pid; echo $$ > /var/lib/stem/e2e-sh.pid; wait"]
+    queue: alpha
+YAML
+	g chmod 0644 /etc/stem/e2e-tasks.yaml
+	g sh -c 'echo STEM_TASKS_FILE=/etc/stem/e2e-tasks.yaml >> /etc/stem/nodes/alpha.env'
+	g systemctl restart stem-worker@alpha
+	stem_cli enqueue e2e.hello --queue alpha --wait --timeout 20s | grep -E '^result: +"hi"$'
+	g rm -f /var/lib/stem/e2e-sleep.pid /var/lib/stem/e2e-sh.pid
+	id=$(stem_cli enqueue e2e.sleeper --queue alpha)
+	pids_written() { g test -s /var/lib/stem/e2e-sleep.pid && g test -s /var/lib/stem/e2e-sh.pid; }
+	WAIT=20 wait_for pids_written || { stem_cli task status "$id"; return 1; }
+	sh_pid=$(g cat /var/lib/stem/e2e-sh.pid)
+	sleep_pid=$(g cat /var/lib/stem/e2e-sleep.pid)
+	old=$(prop stem-worker@alpha MainPID)
+	g kill -0 "$sh_pid" && g kill -0 "$sleep_pid"
+	t=$(date +%s%N)
+	g systemctl kill --kill-who=main -s SIGKILL stem-worker@alpha
+	gone() { ! g kill -0 "$sh_pid" 2>/dev/null && ! g kill -0 "$sleep_pid" 2>/dev/null; }
+	WAIT=1 wait_for gone || { echo "task processes $sh_pid/$sleep_pid alive 1s after the worker was killed"; g ps -ef; return 1; }
+	echo "task processes gone $(( ($(date +%s%N) - t) / 1000000 )) ms after SIGKILL of worker $old"
+	back() { local n; n=$(prop stem-worker@alpha MainPID) && [ "$n" != 0 ] && [ "$n" != "$old" ] && [ "$(prop stem-worker@alpha ActiveState)" = active ]; }
+	WAIT=30 wait_for back || { g journalctl -u stem-worker@alpha --no-pager -n 30; return 1; }
+	# The killed copy would run again once its lease expires: revoke it.
+	stem_cli worker revoke --task "$id" || true
+	g sed -i '/^STEM_TASKS_FILE=/d' /etc/stem/nodes/alpha.env
+	g systemctl restart stem-worker@alpha
+}
+
 # reload is a warm restart: the running task finishes and succeeds, a new
 # process starts with the node's env file re-read.
 reload_warm_restart() {
@@ -265,6 +305,7 @@ for broker in $E2E_BROKERS; do
 	check "[$broker] stem worker ping (in the guest) sees alpha and beta" ping_both
 	check "[$broker] tasks enqueued with stem enqueue complete" tasks_complete
 	check "[$broker] stem worker revoke --terminate stops a running task" revoke_terminate
+	check "[$broker] exec task runs in the sandbox; its processes die within 1s of a SIGKILL of the worker" exec_task_dies_with_worker
 	check "[$broker] systemctl reload = warm restart: task succeeds, env re-read" reload_warm_restart
 	check "[$broker] systemctl stop drains: the task in flight succeeds" stop_drains
 	check "[$broker] a hung main loop (SIGSTOP) is killed by the watchdog, restarted" watchdog_restarts
