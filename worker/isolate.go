@@ -414,16 +414,23 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 	}
 	done := ctx.Done()
 	log := p.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldPID: c.pid})
+	leaseLost := func() isolatedOutcome {
+		// Another worker may claim the task soon: no grace.
+		log.Warn("lease of an isolated task lost; killing its child at once")
+		p.countRecycle(RecycleLeaseLost)
+		p.kill(c)
+		return isolatedOutcome{err: fmt.Errorf("%w; child process killed", ErrLeaseLost)}
+	}
 	for {
 		select {
+		case <-r.lostCh:
+			// Also during the grace of a shutdown, revoke or time limit
+			// that cancelled the context first.
+			return leaseLost()
 		case <-done:
 			done = nil
 			if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
-				// Another worker may claim the task soon: no grace.
-				log.Warn("lease of an isolated task lost; killing its child at once")
-				p.countRecycle(RecycleLeaseLost)
-				p.kill(c)
-				return isolatedOutcome{err: fmt.Errorf("%w; child process killed", cause)}
+				return leaseLost()
 			}
 			var re *revokedError
 			reason, by := "", ""
