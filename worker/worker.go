@@ -971,6 +971,9 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 		delay := Backoff(env.Attempt, h.Options.RetryBackoff, h.Options.RetryBackoffMax)
 		next := env
 		next.Attempt++
+		// This worker knows the name: an unknown-task TTL started by an
+		// older worker no longer applies (unknown.go).
+		next.Headers = withoutUnknownHeaders(env.Headers)
 		st.State = result.Retried
 		st.NextRetryAt = finished.Add(delay)
 		f.state = st
