@@ -553,7 +553,7 @@ func TestUnknownSinceForgottenOnceKnown(t *testing.T) {
 	stopNew := f.start(knows)
 	ids := f.publish("x", 1, func(e *broker.Envelope) {
 		e.Headers = map[string]string{
-			worker.HeaderUnknownSince:      time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339Nano),
+			worker.HeaderUnknownSince:     time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339Nano),
 			worker.HeaderUnknownHandbacks: "7",
 		}
 	})
