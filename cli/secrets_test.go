@@ -166,3 +166,26 @@ func TestSecretsAgainstPostgres(t *testing.T) {
 		t.Fatalf("worker run start line:\n%s", stderr)
 	}
 }
+
+// TestSecretsWithQuotesOrSpacesNeverPrinted: a password holding a quote
+// (legal in a URL's user info) or a space (an operator who forgot to
+// percent-encode it) is hidden too, in every message that quotes the URL.
+func TestSecretsWithQuotesOrSpacesNeverPrinted(t *testing.T) {
+	t.Parallel()
+	urls := map[string]string{
+		"apostrophe": "redis://:it's" + testSecret + "@127.0.0.1:1/0",
+		"quote":      `postgres://stem:a"` + testSecret + "@127.0.0.1:1/stem?sslmode=disable",
+		"space":      "redis://:a " + testSecret + "@127.0.0.1:1/0",
+	}
+	for name, u := range urls {
+		for _, args := range [][]string{{"enqueue", "stem.echo"}, {"worker", "diagnose", "--connect", "--json"}, {"worker", "ping"}} {
+			t.Run(name+"/"+strings.Join(args, " "), func(t *testing.T) {
+				t.Parallel()
+				stdout, stderr, code := runStem(t, map[string]string{"STEM_BROKER_URL": u}, "", args...)
+				if strings.Contains(stdout+stderr, testSecret) {
+					t.Fatalf("the password is shown (exit %d):\nstdout: %s\nstderr: %s", code, stdout, stderr)
+				}
+			})
+		}
+	}
+}

@@ -40,7 +40,8 @@
 // closes its end of the socket, which kills the whole tree as above (and
 // SIGKILLs the group itself should the supervisor not exit within a
 // second). On lease loss (worker.ErrLeaseLost) the socket is closed at
-// once: another worker may claim the task soon.
+// once, also during KillGrace after another stop (worker.LeaseWatcher):
+// another worker may claim the task soon.
 //
 // The guarantee has two exceptions: a process that leaves the supervisor's
 // tree by being started by someone else on the task's behalf (systemd-run,

@@ -109,8 +109,14 @@ func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 			return nil, fmt.Errorf("start %s: %w", d.Command[0], err)
 		}
 		ctx := tc.Context()
+		var leaseLost <-chan struct{} // nil: never
+		if lw, ok := tc.(worker.LeaseWatcher); ok {
+			leaseLost = lw.LeaseLost()
+		}
 		select {
 		case <-p.done:
+		case <-leaseLost:
+			p.kill()
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), worker.ErrLeaseLost) {
 				// Another worker may claim the task soon: no grace.
@@ -121,6 +127,9 @@ func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 			t := time.NewTimer(o.KillGrace)
 			select {
 			case <-p.done:
+			case <-leaseLost:
+				// Lost during the grace: no more of it.
+				p.kill()
 			case <-t.C:
 				p.kill()
 			}

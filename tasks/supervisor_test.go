@@ -262,3 +262,35 @@ func BenchmarkExecTrueUnsupervised(b *testing.B) {
 		}
 	}
 }
+
+// leaseTC is a fakeTC whose lease can be lost after its context was
+// cancelled for another reason (worker.LeaseWatcher).
+type leaseTC struct {
+	fakeTC
+	lost chan struct{}
+}
+
+func (l *leaseTC) LeaseLost() <-chan struct{} { return l.lost }
+
+// TestExecLeaseLostDuringGraceKillsAtOnce: a task asked to stop (revoke,
+// soft shutdown, time limit) that ignores SIGTERM waits out KillGrace; if
+// its lease is lost meanwhile, it is killed at once, grandchildren
+// included: another worker may claim the task.
+func TestExecLeaseLostDuringGraceKillsAtOnce(t *testing.T) {
+	t.Parallel()
+	cmd, files := sleepers(t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tc := &leaseTC{fakeTC: fakeTC{ctx: ctx}, lost: make(chan struct{})}
+	var _ worker.LeaseWatcher = tc
+	ch := runAsync(Def{Name: "t", Command: cmd}, ExecOptions{KillGrace: time.Hour}, tc, nil)
+	pids := readPIDs(t, files...)
+	tc.revoked = true
+	cancel() // SIGTERM, ignored by the script: KillGrace (1h) starts
+	close(tc.lost)
+	r := waitResult(t, ch, 5*time.Second)
+	if r.err == nil {
+		t.Fatal("a task whose lease was lost succeeded")
+	}
+	assertGone(t, time.Second, pids...)
+}

@@ -414,16 +414,44 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 	}
 	done := ctx.Done()
 	log := p.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name, logging.FieldPID: c.pid})
+	// Lease extensions the child asks for run on their own goroutine, so
+	// a call that hangs (a partition) never delays a fence or a kill. At
+	// most one is queued behind the running one (the longest asked for).
+	leaseReq := make(chan time.Duration, 1)
+	lctx, lcancel := context.WithCancel(context.Background())
+	var lwg sync.WaitGroup
+	defer func() { lcancel(); lwg.Wait() }()
+	lwg.Add(1)
+	go func() {
+		defer lwg.Done()
+		for {
+			select {
+			case <-lctx.Done():
+				return
+			case d := <-leaseReq:
+				if err := p.w.extendLease(lctx, r, d); err != nil && lctx.Err() == nil {
+					log.WithError(err).Warn("could not extend the lease of an isolated task")
+				}
+			}
+		}
+	}()
+	leaseLost := func() isolatedOutcome {
+		// Another worker may claim the task soon: no grace.
+		log.Warn("lease of an isolated task lost; killing its child at once")
+		p.countRecycle(RecycleLeaseLost)
+		p.kill(c)
+		return isolatedOutcome{err: fmt.Errorf("%w; child process killed", ErrLeaseLost)}
+	}
 	for {
 		select {
+		case <-r.lostCh:
+			// Also during the grace of a shutdown, revoke or time limit
+			// that cancelled the context first.
+			return leaseLost()
 		case <-done:
 			done = nil
 			if cause := context.Cause(ctx); errors.Is(cause, ErrLeaseLost) {
-				// Another worker may claim the task soon: no grace.
-				log.Warn("lease of an isolated task lost; killing its child at once")
-				p.countRecycle(RecycleLeaseLost)
-				p.kill(c)
-				return isolatedOutcome{err: fmt.Errorf("%w; child process killed", cause)}
+				return leaseLost()
 			}
 			var re *revokedError
 			reason, by := "", ""
@@ -468,8 +496,15 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
 			case msgLease:
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
-				if err := p.w.extendLease(context.Background(), r, m.Lease); err != nil {
-					log.WithError(err).Warn("could not extend the lease of an isolated task")
+				select {
+				case leaseReq <- m.Lease:
+				default: // one is queued: keep the longer
+					select {
+					case queued := <-leaseReq:
+						leaseReq <- max(queued, m.Lease)
+					default:
+						leaseReq <- m.Lease
+					}
 				}
 			case msgProgress:
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())

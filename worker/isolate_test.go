@@ -113,6 +113,15 @@ func isolatedRegistry() *worker.Registry {
 		// Handed to no one: the worker must kill it, not the handler.
 		return nil, cmd.Wait()
 	}, worker.TaskOptions{Isolated: true, TimeLimit: time.Hour})
+	// iso.extend asks for a longer lease, again and again, until stopped.
+	r.MustRegister("iso.extend", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		for {
+			if err := tc.ExtendLease(time.Minute); err != nil {
+				return nil, err
+			}
+			time.Sleep(10 * time.Millisecond) // the task's own work
+		}
+	}, iso)
 	r.MustRegister("iso.fail", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
 		return nil, errors.New("child says no")
 	}, iso)

@@ -44,6 +44,19 @@ var ErrLeaseLost = errors.New("lease lost")
 // (an inline Go handler cannot be stopped otherwise) and the clocks do not
 // jump.
 
+// LeaseWatcher is implemented by the TaskContext the worker gives inline
+// handlers. LeaseLost returns a channel closed when the task's lease is
+// lost, even after its context was cancelled for another reason (a soft
+// shutdown, a revoke, a time limit): a handler that waits out a grace
+// period before killing what it started (exec tasks) kills it at once
+// when the channel closes.
+type LeaseWatcher interface {
+	LeaseLost() <-chan struct{}
+}
+
+// LeaseLost implements LeaseWatcher.
+func (t *taskContext) LeaseLost() <-chan struct{} { return t.run.lostCh }
+
 // fenceMargin is how long before the local deadline a delivery is fenced:
 // a tenth of the lease, at least 50ms. It covers the time to kill a
 // process group and a late timer.
@@ -84,6 +97,9 @@ func (w *Worker) fence(r *run, why string) bool {
 		Warnf("lease lost (%s); stopping the task here so that it never runs twice at once", why)
 	w.counters.leasesLost.Add(1)
 	r.cancel(ErrLeaseLost)
+	if r.lostCh != nil {
+		close(r.lostCh)
+	}
 	return true
 }
 

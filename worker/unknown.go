@@ -22,7 +22,9 @@ import (
 // claims it, and it is dead-lettered with the reason "unknown task" only
 // once Config.UnknownTaskTTL has passed since a worker first saw it
 // unknown. The envelope carries that moment and the number of hand-backs
-// in two headers, so the TTL holds across workers.
+// in two headers, so the TTL holds across workers. A worker that knows
+// the name drops both headers when it retries the task, so the TTL of a
+// later attempt starts when a worker first finds that attempt unknown.
 
 // Envelope headers of a task handed back as unknown.
 const (
@@ -81,6 +83,24 @@ func (w *Worker) settleUnknown(r *run) {
 			Warnf("no handler for task %q on this worker; handed back for a worker that knows it (no attempt counted; dead-lettered %s after it was first seen unknown)", env.Name, w.cfg.UnknownTaskTTL)
 	}
 	w.done <- finish{run: r, action: broker.Retry, retryEnv: next, delay: delay}
+}
+
+// withoutUnknownHeaders returns h without the unknown-task headers (a
+// copy when it had them): a worker that knows the task retries it, so a
+// later attempt that reaches an old worker starts a new TTL.
+func withoutUnknownHeaders(h map[string]string) map[string]string {
+	_, a := h[HeaderUnknownSince]
+	_, b := h[HeaderUnknownHandbacks]
+	if !a && !b {
+		return h
+	}
+	h = maps.Clone(h)
+	delete(h, HeaderUnknownSince)
+	delete(h, HeaderUnknownHandbacks)
+	if len(h) == 0 {
+		return nil
+	}
+	return h
 }
 
 // shouldLogUnknown reports whether a hand-back of name is to be logged

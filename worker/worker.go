@@ -343,6 +343,15 @@ type run struct {
 	// lost is set when the lease is fenced: not renewed in time, or
 	// reported taken by the broker. A lost run never starts.
 	lost atomic.Bool
+	// lostCh is closed when lost is set. A task whose context was already
+	// cancelled for another reason (shutdown, revoke, time limit) and that
+	// waits out a grace period watches it to be killed at once.
+	lostCh chan struct{}
+}
+
+// newRun returns the run of delivery d, whose handler context is ctx.
+func newRun(d broker.Delivery, ctx context.Context, cancel context.CancelCauseFunc) *run {
+	return &run{d: d, ctx: ctx, cancel: cancel, lostCh: make(chan struct{})}
 }
 
 const (
@@ -694,7 +703,7 @@ func (w *Worker) fetch(ctx context.Context) {
 		w.mu.Lock()
 		for i, d := range ds {
 			rctx, cancel := context.WithCancelCause(context.Background())
-			r := &run{d: d, ctx: rctx, cancel: cancel}
+			r := newRun(d, rctx, cancel)
 			// A claim that waited (ClaimWait) may have leased its tasks
 			// at any moment after sent: sent is the safe lower bound.
 			r.deadline.Store(int64(sent + w.cfg.Lease))
@@ -962,6 +971,9 @@ func (w *Worker) runHandler(r *run, st result.TaskState) finish {
 		delay := Backoff(env.Attempt, h.Options.RetryBackoff, h.Options.RetryBackoffMax)
 		next := env
 		next.Attempt++
+		// This worker knows the name: an unknown-task TTL started by an
+		// older worker no longer applies (unknown.go).
+		next.Headers = withoutUnknownHeaders(env.Headers)
 		st.State = result.Retried
 		st.NextRetryAt = finished.Add(delay)
 		f.state = st

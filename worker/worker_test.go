@@ -524,3 +524,51 @@ func TestRefusedResultDoesNotStallTheWorker(t *testing.T) {
 		t.Fatalf("pending %d", n)
 	}
 }
+
+// nackRecorder records the Nack calls made through it.
+type nackRecorder struct {
+	broker.Broker
+	ch chan broker.Nack
+}
+
+func (n *nackRecorder) Nack(ctx context.Context, ns []broker.Nack) error {
+	for _, x := range ns {
+		n.ch <- x
+	}
+	return n.Broker.Nack(ctx, ns)
+}
+
+// TestUnknownSinceForgottenOnceKnown: a task an old worker once handed
+// back as unknown, then run and retried by a worker that knows it, is not
+// dead-lettered at once when a later attempt reaches an old worker again
+// more than UnknownTaskTTL after that first hand-back (a rolling deploy
+// that lasts, or a rollback): someone knew it in between, so its TTL
+// starts again.
+func TestUnknownSinceForgottenOnceKnown(t *testing.T) {
+	f := setup(t)
+	f.reg.MustRegister("x", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		return nil, errors.New("transient")
+	}, worker.TaskOptions{MaxRetries: 3, RetryBackoff: 2 * time.Second, RetryBackoffMax: 2 * time.Second})
+	knows := f.worker(func(c *worker.Config) { c.Node = "new" })
+	stopNew := f.start(knows)
+	ids := f.publish("x", 1, func(e *broker.Envelope) {
+		e.Headers = map[string]string{
+			worker.HeaderUnknownSince:     time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339Nano),
+			worker.HeaderUnknownHandbacks: "7",
+		}
+	})
+	f.waitState(ids, result.Retried, 5*time.Second)
+	stopNew(worker.Warm) // before the retry (1s to 2s away) is due
+
+	rec := &nackRecorder{Broker: f.eng, ch: make(chan broker.Nack, 16)}
+	old := f.worker(func(c *worker.Config) { c.Handlers = worker.NewRegistry(); c.Node = "old"; c.Broker = rec })
+	f.start(old)
+	select {
+	case n := <-rec.ch:
+		if n.Action != broker.Retry {
+			t.Fatalf("the old worker settled the retried task with action %d (reason %q), want a hand-back (Retry %d): it was known a moment ago", n.Action, n.Reason, broker.Retry)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old worker never settled the retried task")
+	}
+}

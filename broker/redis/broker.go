@@ -291,7 +291,7 @@ type nackBuilder struct {
 }
 
 func newNackBuilder(e *Engine, n int) *nackBuilder {
-	return &nackBuilder{e: e, keyIdx: map[string]int{}, items: make([]any, 0, 7*n), channels: map[string]bool{}}
+	return &nackBuilder{e: e, keyIdx: map[string]int{}, items: make([]any, 0, 8*n), channels: map[string]bool{}}
 }
 
 func (b *nackBuilder) key(k string) int {
@@ -307,7 +307,8 @@ func (b *nackBuilder) key(k string) int {
 // add appends one item: the lease (queue, token) and what to do with it;
 // delay is in ms and used by nackDelay only.
 func (b *nackBuilder) add(action, queue, token, target, value string, delay int64) {
-	b.items = append(b.items, action, b.key(b.e.keys.leased(queue)), b.key(b.e.keys.epoch(queue)), token, b.key(target), value, delay)
+	b.items = append(b.items, action, b.key(b.e.keys.leased(queue)), b.key(b.e.keys.epoch(queue)), b.key(b.e.keys.settled(queue)),
+		token, b.key(target), value, delay)
 	b.n++
 }
 
@@ -420,8 +421,8 @@ func (e *Engine) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.D
 		k := e.keys.leased(dl.Envelope.Queue)
 		i, ok := keyIdx[k]
 		if !ok {
-			keys = append(keys, k, e.keys.epoch(dl.Envelope.Queue))
-			i = len(keys) - 1
+			keys = append(keys, k, e.keys.epoch(dl.Envelope.Queue), e.keys.settled(dl.Envelope.Queue))
+			i = len(keys) - 2
 			keyIdx[k] = i
 		}
 		args = append(args, i, dl.Token)

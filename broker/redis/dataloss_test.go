@@ -145,3 +145,110 @@ func TestNackOfReclaimedLeaseStillSkipped(t *testing.T) {
 		t.Fatalf("the lost holder's requeue published a duplicate: %d, %v", len(ds), err)
 	}
 }
+
+// TestRestoredLeaseCanStillBeLost: a delivery restored after a data loss
+// belongs to the new epoch. Once its (restored) lease expires and another
+// worker claims the task, the old holder's renewal must report the lease
+// lost and its hand-back must not publish a second copy: otherwise a
+// third worker runs the task while the second still does.
+func TestRestoredLeaseCanStillBeLost(t *testing.T) {
+	brokertest.RequireEnv(t, testURLEnv)
+	t.Parallel()
+	srv := startOwnRedis(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+	if err != nil || len(held) != 1 {
+		t.Fatalf("Claim = %d, %v", len(held), err)
+	}
+
+	srv.crashWiped()
+
+	// The holder restores it, with a short lease it then fails to renew
+	// (partitioned, say).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err = e.ExtendLease(ctx, held, 50*time.Millisecond)
+		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+			break
+		}
+		pollPause(t)
+	}
+	var lerr *broker.LeaseLostError
+	if !errors.As(err, &lerr) || len(lerr.Restored) != 1 {
+		t.Fatalf("ExtendLease after the data loss = %v, want the task restored", err)
+	}
+	// Another worker claims it once the restored lease expired.
+	var second []broker.Delivery
+	for len(second) == 0 {
+		second, err = e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute, Wait: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ids, ok := broker.LeasesLost(e.ExtendLease(ctx, held, time.Minute)); !ok || len(ids) != 1 {
+		t.Errorf("the old holder's renewal after another worker claimed the task = %v, %v; want its lease reported lost", ids, ok)
+	}
+	if err := e.Nack(ctx, []broker.Nack{{Delivery: held[0], Action: broker.Requeue}}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute}); err != nil || len(ds) != 0 {
+		t.Fatalf("while a second worker holds the task, a third claimed %d copies (%v): the old holder's renewal or hand-back created a duplicate", len(ds), err)
+	}
+}
+
+// TestNackAfterDataLossAppliesOnce: a hand-back decided after a data loss
+// is applied once, even when the worker sends it again (its first reply
+// was lost on the network and the worker retries).
+func TestNackAfterDataLossAppliesOnce(t *testing.T) {
+	brokertest.RequireEnv(t, testURLEnv)
+	t.Parallel()
+	srv := startOwnRedis(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+	if err != nil || len(held) != 1 {
+		t.Fatalf("Claim = %d, %v", len(held), err)
+	}
+
+	srv.crashWiped()
+
+	nack := []broker.Nack{{Delivery: held[0], Action: broker.Requeue}}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err = e.Nack(ctx, nack)
+		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+			break
+		}
+		pollPause(t)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Nack(ctx, nack); err != nil { // the retry
+		t.Fatal(err)
+	}
+	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 1 {
+		t.Fatalf("after one hand-back sent twice the queue holds %d copies of the task, want 1", len(ds))
+	}
+}

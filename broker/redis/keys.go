@@ -38,6 +38,13 @@ func (k keys) leased(queue string) string { return k.queueTag(queue) + ":leased"
 // lease; see extendScript.
 func (k keys) epoch(queue string) string { return k.queueTag(queue) + ":epoch" }
 
+// settled is the SET of the SHA-1 digests of older-epoch tokens restored
+// or handed back since the queue's current epoch began: each is restored
+// or applied once only (see extendScript). It is lost with the data, and
+// so starts empty with each new epoch; it holds at most the deliveries
+// workers held when the data was lost.
+func (k keys) settled(queue string) string { return k.queueTag(queue) + ":settled" }
+
 // dead is the LIST of dead-letter entry JSON, newest first, capped.
 func (k keys) dead(queue string) string { return k.queueTag(queue) + ":dead" }
 

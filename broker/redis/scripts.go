@@ -152,10 +152,15 @@ return out
 // the server (restart without persistence, flush), not taken by another
 // worker: it is restored, leased to its holder, from the token itself
 // (which carries the envelope). A token missing under the current epoch
-// was reclaimed: its lease is lost.
+// was reclaimed: its lease is lost. An old-epoch token is restored (or
+// handed back by nackScript) once only: its digest goes into the queue's
+// "settled" SET, and a token found there is treated like a current one.
+// Otherwise, once a restored lease expired and another worker claimed the
+// task, the old holder's renewal would restore it a second time (and its
+// hand-back publish a second copy) while the new holder runs it.
 //
-// KEYS: the leased ZSETs and epoch STRINGs involved, in pairs (leased key
-// at an odd position, its queue's epoch key right after it).
+// KEYS: the leased ZSETs, epoch STRINGs and settled SETs involved, in
+// triples (leased key, then its queue's epoch key, then its settled key).
 //
 // ARGV:
 //
@@ -180,7 +185,8 @@ for i = 3, #ARGV, 2 do
     if tonumber(cur) < deadline then
       redis.call('ZADD', key, 'XX', deadline, tok)
     end
-  elseif tok_epoch(tok) ~= '' and tok_epoch(tok) ~= epoch(KEYS[ki + 1], candidate) then
+  elseif tok_epoch(tok) ~= '' and tok_epoch(tok) ~= epoch(KEYS[ki + 1], candidate)
+      and redis.call('SADD', KEYS[ki + 2], redis.sha1hex(tok)) == 1 then
     redis.call('ZADD', key, deadline, tok)
     restored[#restored + 1] = p
   else
@@ -203,18 +209,20 @@ const (
 // action is applied. A lost lease therefore never produces a duplicate. A
 // token missing under an older epoch than its queue's (the server lost the
 // queue's data: see extendScript) is applied too, so a retry or hand-back
-// decided after such a loss is not dropped.
+// decided after such a loss is not dropped; it is recorded in the queue's
+// settled SET, so it is applied once even when sent again.
 //
-// KEYS: the keys involved (leased ZSETs, epoch STRINGs, ready LISTs,
-// delayed ZSETs, dead LISTs), referenced by number from ARGV.
+// KEYS: the keys involved (leased ZSETs, epoch STRINGs, settled SETs,
+// ready LISTs, delayed ZSETs, dead LISTs), referenced by number from ARGV.
 //
 // ARGV:
 //
 //	[1] dead-letter cap (the most entries a dead LIST keeps)
 //	[2] N, the number of items
 //	[3] epoch candidate, set for a queue that has none
-//	then N groups of seven: action, leased key number, epoch key number,
-//	    token, target key number, value, delay in ms ("delay" only)
+//	then N groups of eight: action, leased key number, epoch key number,
+//	    settled key number, token, target key number, value, delay in ms
+//	    ("delay" only)
 //	then the wake channels to PUBLISH to when any item was applied
 //
 // Actions: "delay" ZADDs value to the target ZSET with score now+delay by
@@ -230,18 +238,18 @@ local candidate = ARGV[3]
 local now = nil
 local applied = 0
 for i = 0, n - 1 do
-  local b = 4 + 7*i
-  local action, leased, tok = ARGV[b], KEYS[tonumber(ARGV[b+1])], ARGV[b+3]
-  local target, value = KEYS[tonumber(ARGV[b+4])], ARGV[b+5]
+  local b = 4 + 8*i
+  local action, leased, tok = ARGV[b], KEYS[tonumber(ARGV[b+1])], ARGV[b+4]
+  local target, value = KEYS[tonumber(ARGV[b+5])], ARGV[b+6]
   local held = redis.call('ZREM', leased, tok) == 1
-  if not held and tok_epoch(tok) ~= '' then
-    held = tok_epoch(tok) ~= epoch(KEYS[tonumber(ARGV[b+2])], candidate)
+  if not held and tok_epoch(tok) ~= '' and tok_epoch(tok) ~= epoch(KEYS[tonumber(ARGV[b+2])], candidate) then
+    held = redis.call('SADD', KEYS[tonumber(ARGV[b+3])], redis.sha1hex(tok)) == 1
   end
   if held then
     applied = applied + 1
     if action == 'delay' then
       if not now then now = now_ms() end
-      redis.call('ZADD', target, now + tonumber(ARGV[b+6]), value)
+      redis.call('ZADD', target, now + tonumber(ARGV[b+7]), value)
     elseif action == 'push' then
       redis.call('RPUSH', target, value)
     elseif action == 'requeue' then
@@ -253,7 +261,7 @@ for i = 0, n - 1 do
   end
 end
 if applied > 0 then
-  for i = 4 + 7*n, #ARGV do redis.call('PUBLISH', ARGV[i], '1') end
+  for i = 4 + 8*n, #ARGV do redis.call('PUBLISH', ARGV[i], '1') end
 end
 return applied
 `)
