@@ -157,7 +157,7 @@ func TestRestoredLeaseCanStillBeLost(t *testing.T) {
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss3"})
+	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss3"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,9 @@ func TestRestoredLeaseCanStillBeLost(t *testing.T) {
 		t.Fatalf("Claim = %d, %v", len(held), err)
 	}
 
-	srv.crashWiped()
+	srv.Kill()
+	srv.WipeData()
+	srv.Start()
 
 	// The holder restores it, with a short lease it then fails to renew
 	// (partitioned, say).
@@ -214,7 +216,7 @@ func TestNackAfterDataLossAppliesOnce(t *testing.T) {
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.addr()+"/0", Options{Namespace: "loss4"})
+	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss4"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +229,9 @@ func TestNackAfterDataLossAppliesOnce(t *testing.T) {
 		t.Fatalf("Claim = %d, %v", len(held), err)
 	}
 
-	srv.crashWiped()
+	srv.Kill()
+	srv.WipeData()
+	srv.Start()
 
 	nack := []broker.Nack{{Delivery: held[0], Action: broker.Requeue}}
 	deadline := time.Now().Add(20 * time.Second)

@@ -17,9 +17,11 @@ var _ broker.DurabilityReporter = (*Engine)(nil)
 // (exit 78).
 var ErrAOFRequired = broker.Incompatible(fmt.Errorf("redis: AOF persistence required"))
 
-// Durability reads INFO persistence (and CONFIG GET appendfsync where the
-// server allows it). The Engine is durable when AOF is on (appendonly yes)
-// with appendfsync everysec (at most a second lost in a crash) or always.
+// Durability reads INFO persistence (and CONFIG GET appendfsync and
+// maxmemory* where the server allows it). The Engine is durable when AOF
+// is on (appendonly yes) with appendfsync everysec (at most a second lost
+// in a crash) or always, and the server does not evict keys without a TTL
+// (an allkeys-* maxmemory-policy with a maxmemory set would drop tasks).
 // With AOF off, a crash loses every write since the last RDB snapshot, if
 // snapshots are on at all.
 func (e *Engine) Durability(ctx context.Context) (broker.Durability, error) {
@@ -42,11 +44,20 @@ func readDurability(ctx context.Context, client *goredis.Client) (broker.Durabil
 	}
 	// CONFIG may be renamed or forbidden (managed Redis): then the fsync
 	// policy is unknown and not held against the server.
-	fsync := ""
+	fsync, evicting := "", ""
 	if cfg, err := client.ConfigGet(ctx, "appendfsync").Result(); err == nil {
 		fsync = cfg["appendfsync"]
 	}
-	return redisDurability(aof == "1", fsync), aof == "1", nil
+	if cfg, err := client.ConfigGet(ctx, "maxmemory*").Result(); err == nil {
+		if p := cfg["maxmemory-policy"]; cfg["maxmemory"] != "0" && cfg["maxmemory"] != "" && strings.HasPrefix(p, "allkeys-") {
+			evicting = p
+		}
+	}
+	d := redisDurability(aof == "1", fsync)
+	if evicting != "" && d.Durable {
+		d = broker.Durability{Detail: "maxmemory-policy " + evicting + " with a maxmemory set: under memory pressure the server evicts queued and leased tasks (and the queues' epoch keys); set maxmemory-policy noeviction (or a volatile-* policy)"}
+	}
+	return d, aof == "1", nil
 }
 
 // redisDurability judges AOF on or off and the appendfsync policy ("" when

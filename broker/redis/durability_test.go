@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/brokertest"
 	"github.com/stemhq/stem/internal/testutil"
 )
 
@@ -93,5 +94,22 @@ func TestRedisDurabilityJudgement(t *testing.T) {
 		if d.Durable != tt.durable || !strings.Contains(d.Detail, tt.detail) {
 			t.Errorf("redisDurability(%v, %q) = %+v", tt.aof, tt.fsync, d)
 		}
+	}
+}
+
+// TestEvictingServerIsNotDurable: an allkeys-* eviction policy with a
+// maxmemory set drops tasks under memory pressure, AOF or not.
+func TestEvictingServerIsNotDurable(t *testing.T) {
+	brokertest.RequireEnv(t, testURLEnv)
+	t.Parallel()
+	srv := startOwnRedisArgs(t, "--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru")
+	e, err := Open(context.Background(), "redis://"+srv.Addr()+"/0", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	d, err := e.Durability(context.Background())
+	if err != nil || d.Durable || !strings.Contains(d.Detail, "maxmemory-policy allkeys-lru") || !strings.Contains(d.Detail, "noeviction") {
+		t.Fatalf("Durability = %+v, %v; want not durable, naming the policy", d, err)
 	}
 }
