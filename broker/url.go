@@ -126,7 +126,18 @@ func RedactText(s string) string {
 	var b strings.Builder
 	last := 0
 	for _, m := range urlInText.FindAllStringIndex(s, -1) {
+		if m[0] < last {
+			continue // inside user info already hidden below
+		}
 		b.WriteString(redactKV(s[last:m[0]]))
+		if at := brokenUserInfo(s, m); at > 0 {
+			// The URL's user info holds a quote or a space, where the
+			// match stopped: hide everything up to its '@'.
+			scheme, _, _ := strings.Cut(s[m[0]:m[1]], "://")
+			b.WriteString(scheme + "://xxxxx@")
+			last = at + 1
+			continue
+		}
 		u := s[m[0]:m[1]]
 		if isTemplate(u) {
 			b.WriteString(u)
@@ -140,6 +151,33 @@ func RedactText(s string) string {
 	}
 	b.WriteString(redactKV(s[last:]))
 	return b.String()
+}
+
+// brokenUserInfoSpan bounds how far past a URL match stopped at a quote or
+// a space brokenUserInfo looks for the '@' that ends a user info.
+const brokenUserInfoSpan = 64
+
+// brokenUserInfo returns the index in s of the '@' that ends the user info
+// of the URL matched at m, when the match stopped inside it: at a quote or
+// a space (legal in a password, or left unencoded), with no '@' and no '/'
+// after "://" yet, but "user:" seen, and an '@' within
+// brokenUserInfoSpan bytes further on, before any '/' or another "://".
+// Otherwise it returns -1. Over-hiding ordinary text is the price of
+// never printing such a password.
+func brokenUserInfo(s string, m []int) int {
+	if m[1] >= len(s) || !strings.ContainsRune("'\"` \t", rune(s[m[1]])) {
+		return -1
+	}
+	_, auth, _ := strings.Cut(s[m[0]:m[1]], "://")
+	if strings.ContainsAny(auth, "@/") || !strings.Contains(auth, ":") {
+		return -1
+	}
+	rest := s[m[1]:min(len(s), m[1]+brokenUserInfoSpan)]
+	at := strings.IndexByte(rest, '@')
+	if at < 0 || strings.ContainsAny(rest[:at], "/\n") || strings.Contains(rest[:at], "://") {
+		return -1
+	}
+	return m[1] + at
 }
 
 // isTemplate reports whether u is the syntax of a URL as messages

@@ -87,3 +87,34 @@ func TestRedactError(t *testing.T) {
 		t.Error("RedactError(nil) != nil")
 	}
 }
+
+// TestRedactTextUserInfoWithQuoteOrSpace: a password holding a quote (legal
+// in a URL) or an unencoded space stops the URL match inside the user info;
+// the rest up to the '@' is hidden all the same.
+func TestRedactTextUserInfoWithQuoteOrSpace(t *testing.T) {
+	for _, in := range []string{
+		`dial redis://u:pa'ss@h:6379/0: refused`,
+		`dial redis://u:pa"ss@h:6379/0: refused`,
+		`parse "redis://u:se cret@h": invalid character " " in userinfo`,
+		"open postgres://app:pa ss'w@db/x failed",
+	} {
+		out := RedactText(in)
+		for _, secret := range []string{"pa'ss", `pa"ss`, "se cret", "cret", "pa ss'w", "ss'w"} {
+			if strings.Contains(in, secret) && strings.Contains(out, secret) {
+				t.Errorf("RedactText(%q) = %q: shows %q", in, out, secret)
+			}
+		}
+		if !strings.Contains(out, "xxxxx@") {
+			t.Errorf("RedactText(%q) = %q: no redacted user info", in, out)
+		}
+	}
+	// Ordinary text keeps its words.
+	for _, in := range []string{
+		`connect to "redis://h:6379/0" failed`,
+		`see http://example.com/x and write to a@b`,
+	} {
+		if out := RedactText(in); out != in {
+			t.Errorf("RedactText(%q) = %q, want it unchanged", in, out)
+		}
+	}
+}
