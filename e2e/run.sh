@@ -190,6 +190,7 @@ YAML
 	# The killed copy would run again once its lease expires: revoke it.
 	stem_cli worker revoke --task "$id" || true
 	g sed -i '/^STEM_TASKS_FILE=/d' /etc/stem/nodes/alpha.env
+	g rm -f /etc/stem/e2e-tasks.yaml /var/lib/stem/e2e-sleep.pid /var/lib/stem/e2e-sh.pid
 	g systemctl restart stem-worker@alpha
 }
 
