@@ -181,8 +181,11 @@ func (s Supervisor) Start(n Node) Result {
 		return fail(fmt.Errorf("starting %s: %w", n.Argv[0], unwrapPath(err)))
 	}
 	pid := cmd.Process.Pid
-	// Reap the child if it exits while this process lives (tests, restart).
-	go func() { _ = cmd.Wait() }()
+	// Reap the child if it exits while this process lives (tests,
+	// restart), but only once the pidfile has its record: until then an
+	// exited child stays a zombie, so Commit can still read its start
+	// time from /proc.
+	defer func() { go func() { _ = cmd.Wait() }() }()
 	if err := pf.Commit(pid); err != nil {
 		_ = cmd.Process.Kill()
 		var ee *ExistsError

@@ -241,11 +241,14 @@ func TestUnknownTaskHandedBack(t *testing.T) {
 	if dl, _ := f.eng.DeadLetters(context.Background(), "default", 10); len(dl) != 0 {
 		t.Fatalf("an unknown task was dead-lettered at once: %+v", dl)
 	}
+	// The deploy goes on: the old worker stops (otherwise it could keep
+	// claiming the task back first, each time with a longer backoff), the
+	// new one runs the task once its hand-back delay (at most 1s) is over.
+	stopOld(worker.Warm)
 	f.reg.MustRegister("new.task", func(tc worker.TaskContext, _ json.RawMessage) (any, error) { return "ran", nil }, worker.TaskOptions{})
 	knows := f.worker(func(c *worker.Config) { c.Node = "new" })
 	stopNew := f.start(knows)
 	st := f.waitState(ids, result.Succeeded, 10*time.Second)[0]
-	stopOld(worker.Warm)
 	stopNew(worker.Warm)
 	if st.Attempt != 0 || st.Worker != knows.ID() {
 		t.Fatalf("state %+v: want attempt 0 on %s", st, knows.ID())
