@@ -37,7 +37,8 @@ full id) and no other worker applies it; resume --worker removes only that
 scope's pause, resume without --worker only the namespace-wide one. With
 STEM_CONTROL_SIGNING_KEY the record is signed; workers with a key ignore
 unsigned ones.
-Tasks keep arriving in a paused queue; running tasks are not interrupted.
+Tasks keep arriving in a paused queue; running tasks are not interrupted;
+tasks a worker claimed ahead and has not started are handed back, not run.
 `, strings.ToUpper(verb[:1])+verb[1:]) + controlTargetsHelp,
 		Example: fmt.Sprintf("  stem worker %s --queue reports --queue emails", verb),
 		Args:    cobra.NoArgs,

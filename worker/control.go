@@ -666,6 +666,12 @@ func (w *Worker) setPaused(queues []string, paused bool) {
 
 // activeQueues are the consumed queues that are not paused, in priority
 // order.
+// queuePaused reports whether this worker has queue paused now.
+func (w *Worker) queuePaused(queue string) bool {
+	m := *w.paused.Load()
+	return len(m) > 0 && m[queue]
+}
+
 func (w *Worker) activeQueues() []string {
 	m := *w.paused.Load()
 	if len(m) == 0 {

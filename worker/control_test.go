@@ -344,3 +344,42 @@ func TestSoftShutdownKeepsASuccess(t *testing.T) {
 		t.Fatalf("state %+v", st)
 	}
 }
+
+// TestPauseHandsBackClaimedTasks: tasks claimed before a pause arrived
+// but not started are handed back, not run: once pause answered, the
+// worker starts nothing more from that queue.
+func TestPauseHandsBackClaimedTasks(t *testing.T) {
+	f := setupControl(t)
+	started := make(chan string, 16)
+	release := make(chan struct{})
+	f.reg.MustRegister("hold", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
+		started <- tc.ID()
+		<-release
+		return "ok", nil
+	}, worker.TaskOptions{})
+	w := f.fixture.worker(func(c *worker.Config) {
+		c.Namespace, c.Control, c.Concurrency, c.Prefetch = f.ns, f.bus, 1, 4
+	})
+	stop := f.start(w)
+	f.waitRegistered(1)
+	ids := f.publish("hold", 3, nil)
+	first := <-started
+	// The two others are claimed ahead and wait for the one slot.
+	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().Outstanding == 3 }, "the other tasks were not claimed ahead")
+	res, err := f.requester().Do(context.Background(), control.TypePause, worker.QueuesArgs{Queues: []string{"default"}}, nil, 5*time.Second)
+	if err != nil || len(res.Replies) != 1 {
+		t.Fatalf("pause: %+v, %v", res, err)
+	}
+	close(release)
+	f.waitState([]string{first}, result.Succeeded, 5*time.Second)
+	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().Outstanding == 0 }, "the claimed-ahead tasks were not handed back")
+	select {
+	case id := <-started:
+		t.Fatalf("task %s started after its queue was paused", id)
+	default:
+	}
+	if n, _ := f.eng.PendingCount(context.Background(), "default"); n != int64(len(ids)-1) {
+		t.Fatalf("pending = %d after the pause, want %d handed back", n, len(ids)-1)
+	}
+	stop(worker.Warm)
+}

@@ -752,13 +752,20 @@ func (w *Worker) dispatch() {
 			w.settleUnknown(r)
 			continue
 		}
+		// A pause applies to what is claimed but not started too (a claim
+		// in flight when the pause arrived): handed back, not run.
+		if w.queuePaused(r.d.Envelope.Queue) {
+			w.handBack(r)
+			continue
+		}
 		if w.currentMode() != 0 || !w.slots.acquire() {
 			w.handBack(r)
 			continue
 		}
-		// A shutdown may have begun while this waited for the slot: a task
-		// that has not started is handed back, not started.
-		if w.currentMode() != 0 {
+		// A shutdown (or a pause of its queue) may have begun while this
+		// waited for the slot: a task that has not started is handed back,
+		// not started.
+		if w.currentMode() != 0 || w.queuePaused(r.d.Envelope.Queue) {
 			w.slots.release()
 			w.handBack(r)
 			continue
