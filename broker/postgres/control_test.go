@@ -362,3 +362,36 @@ func TestControlPaused(t *testing.T) {
 		t.Fatal("an empty namespace was accepted")
 	}
 }
+
+// TestPausesMigrateFromVersion2: a pause stored by the previous release
+// (schema version 2: no scope, no signature) survives the upgrade as a
+// namespace-wide, unsigned pause at the same time.
+func TestPausesMigrateFromVersion2(t *testing.T) {
+	t.Parallel()
+	raw := testURL(t)
+	e := newTestEngine(t, Options{})
+	ctx := t.Context()
+	at := time.Date(2026, 11, 30, 3, 0, 0, 123_000_000, time.UTC)
+	for _, stmt := range []string{
+		`DROP TABLE {schema}.paused_queues`,
+		`CREATE TABLE {schema}.paused_queues (namespace text NOT NULL, queue text NOT NULL, paused_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (namespace, queue))`,
+		`INSERT INTO {schema}.paused_queues VALUES ('ctl', 'reports', '2026-11-30 03:00:00.123+00')`,
+		`DELETE FROM {schema}.schema_version WHERE version >= 3`,
+	} {
+		if _, err := e.pool.Exec(ctx, e.ctlSQL(stmt)); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	again, err := Open(ctx, raw, Options{Namespace: e.Namespace()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	ps, err := again.Pauses(ctx, "ctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].Queue != "reports" || ps[0].Worker != "" || ps[0].Sig != "" || !ps[0].PausedAt.Equal(at) {
+		t.Fatalf("pauses after the upgrade = %+v; want one namespace-wide unsigned pause of reports at %v", ps, at)
+	}
+}

@@ -463,3 +463,33 @@ func TestControlSameProcessPing(t *testing.T) {
 	rtt := pingRounds(t, e, ns, 10, 2)
 	checkLatency(t, "same-process ping of 2 workers on their own Engines (fresh requester each)", rtt)
 }
+
+// TestPausesMigrateFromVersion2: a pause stored by the previous release
+// (schema version 2: no scope, no signature, ms times) survives the
+// upgrade as a namespace-wide, unsigned pause at the same time.
+func TestPausesMigrateFromVersion2(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "stem.db")
+	e := openTestEngine(t, path, Options{})
+	ctx := t.Context()
+	at := time.Date(2026, 11, 30, 3, 0, 0, 123_000_000, time.UTC)
+	for _, stmt := range []string{
+		`DROP TABLE stem_paused_queues`,
+		`CREATE TABLE stem_paused_queues (ns TEXT NOT NULL, namespace TEXT NOT NULL, queue TEXT NOT NULL, paused_at INTEGER NOT NULL, PRIMARY KEY (ns, namespace, queue)) WITHOUT ROWID`,
+		fmt.Sprintf(`INSERT INTO stem_paused_queues VALUES ('stem', 'ctl', 'reports', %d)`, at.UnixMilli()),
+		`DELETE FROM stem_schema_version WHERE version >= 3`,
+	} {
+		if _, err := e.wdb.ExecContext(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	_ = e.Close()
+	e = openTestEngine(t, path, Options{})
+	ps, err := e.Pauses(ctx, "ctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].Queue != "reports" || ps[0].Worker != "" || ps[0].Sig != "" || !ps[0].PausedAt.Equal(at) {
+		t.Fatalf("pauses after the upgrade = %+v; want one namespace-wide unsigned pause of reports at %v", ps, at)
+	}
+}
