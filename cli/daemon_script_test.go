@@ -37,7 +37,7 @@ import (
 // Every process a script leaves behind in a pidfile under $WORK is killed
 // (after an identity check) when the script ends, and so are strangers.
 func TestScriptsDaemon(t *testing.T) {
-	p := scriptParams(t, "testdata/daemon", false)
+	p := scriptParams(t, "testdata/daemon", "")
 	redisURL := os.Getenv("STEM_TEST_REDIS_URL")
 	setup := p.Setup
 	p.Setup = func(e *testscript.Env) error {

@@ -39,20 +39,17 @@ func TestMain(m *testing.M) {
 
 // scriptParams returns testscript parameters for the scripts in dir. Every
 // script gets its own namespace (STEM_WORKER_NAMESPACE) so scripts never
-// see each other's tasks or workers. When redis is set, STEM_BROKER_URL
-// points at STEM_TEST_REDIS_URL (skipped without it, failed under CI).
-func scriptParams(t *testing.T, dir string, redis bool) testscript.Params {
-	var redisURL string
-	if redis {
-		redisURL = testutil.EnvOrSkip(t, "STEM_TEST_REDIS_URL")
-	}
+// see each other's tasks or workers. The scripts run with brokerURL as
+// STEM_BROKER_URL, or, when it is empty, on the default SQLite file of the
+// script's own state directory.
+func scriptParams(t *testing.T, dir string, brokerURL string) testscript.Params {
 	return testscript.Params{
 		Dir: dir,
 		Setup: func(e *testscript.Env) error {
 			ns := fmt.Sprintf("t%d", time.Now().UnixNano())
 			e.Setenv("STEM_WORKER_NAMESPACE", ns)
-			if redisURL != "" {
-				e.Setenv("STEM_BROKER_URL", redisURL)
+			if brokerURL != "" {
+				e.Setenv("STEM_BROKER_URL", brokerURL)
 			}
 			e.Setenv("STEM_LOG_FORMAT", "text")
 			// No packaged env file of the machine leaks into the scripts.
@@ -309,12 +306,27 @@ func cmdProcsGone(ts *testscript.TestScript, neg bool, args []string) {
 
 // TestScripts runs the black-box CLI scripts that need no broker.
 func TestScripts(t *testing.T) {
-	testscript.Run(t, scriptParams(t, "testdata/scripts", false))
+	testscript.Run(t, scriptParams(t, "testdata/scripts", ""))
 }
 
-// TestScriptsRedis runs the black-box CLI scripts against Redis.
-func TestScriptsRedis(t *testing.T) {
-	testscript.Run(t, scriptParams(t, "testdata/redis", true))
+// TestScriptsEngines runs the black-box CLI scripts that run workers on
+// every engine: SQLite always (the default, no server), Redis and Postgres
+// when STEM_TEST_REDIS_URL and STEM_TEST_POSTGRES_URL are set (mandatory
+// under CI).
+func TestScriptsEngines(t *testing.T) {
+	for _, eng := range []struct{ name, env string }{
+		{"sqlite", ""},
+		{"redis", "STEM_TEST_REDIS_URL"},
+		{"postgres", "STEM_TEST_POSTGRES_URL"},
+	} {
+		t.Run(eng.name, func(t *testing.T) {
+			url := ""
+			if eng.env != "" {
+				url = testutil.EnvOrSkip(t, eng.env)
+			}
+			testscript.Run(t, scriptParams(t, "testdata/engines", url))
+		})
+	}
 }
 
 // TestScriptsFaults runs the fault scripts: each starts, kills and restarts
@@ -329,5 +341,5 @@ func TestScriptsFaults(t *testing.T) {
 		}
 		t.Skip("redis-server not installed")
 	}
-	testscript.Run(t, scriptParams(t, "testdata/faults", false))
+	testscript.Run(t, scriptParams(t, "testdata/faults", ""))
 }

@@ -10,5 +10,5 @@ import (
 // (testdata/units): generate and install under a temporary root. They need
 // no broker and no systemd.
 func TestScriptsUnits(t *testing.T) {
-	testscript.Run(t, scriptParams(t, "testdata/units", false))
+	testscript.Run(t, scriptParams(t, "testdata/units", ""))
 }
