@@ -3,12 +3,17 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	logrustest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/sirupsen/logrus"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
@@ -382,4 +387,31 @@ func TestPauseHandsBackClaimedTasks(t *testing.T) {
 		t.Fatalf("pending = %d after the pause, want %d handed back", n, len(ids)-1)
 	}
 	stop(worker.Warm)
+}
+
+// TestRevokeLogIsBounded: applying 30,000 revokes logs counts at INFO,
+// never the ids (a line of a megabyte before); the ids are at debug.
+func TestRevokeLogIsBounded(t *testing.T) {
+	f := setup(t)
+	logger, hook := logrustest.NewNullLogger()
+	logger.SetLevel(logrus.InfoLevel)
+	w := f.worker(func(c *worker.Config) { c.Logger = logger })
+	entries := make([]revoke.Entry, 30000)
+	for i := range entries {
+		entries[i] = revoke.Entry{Namespace: "stem", TaskID: fmt.Sprintf("task-%05d", i), Version: 1}
+	}
+	w.ApplyRevokes(entries)
+	var infos int
+	for _, e := range hook.AllEntries() {
+		line, _ := e.String()
+		if len(line) > 1024 || strings.Contains(line, "task-00042") {
+			t.Fatalf("a %s line of %d bytes lists revoked ids: %.200s", e.Level, len(line), line)
+		}
+		if e.Level == logrus.InfoLevel {
+			infos++
+		}
+	}
+	if infos == 0 {
+		t.Fatal("no INFO line said how many revokes were applied")
+	}
 }
