@@ -366,3 +366,49 @@ func TestIsolatedTaskDiesWithItsWorker(t *testing.T) {
 		}
 	}
 }
+
+// TestIsolatedTaskAfterItsBinaryWasReplaced: a package upgrade replaces
+// (or removes) the worker's binary while the worker runs. The worker's
+// isolation children are started from the program the worker runs, not
+// from whatever the path names now: its isolated tasks still run.
+func TestIsolatedTaskAfterItsBinaryWasReplaced(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "stem")
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), isoWorkerEnv+"="+dir, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-waited
+	})
+	// The upgrade: the old file is gone (dpkg renames the new one over it).
+	if err := os.Remove(exe); err != nil {
+		t.Fatal(err)
+	}
+	pids := readPIDs(t, dir, "child", "a", "b", "c")
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pids {
+		if !testutil.Poll(time.Second, func() bool { return gone(p) }) {
+			t.Fatalf("process %d of the isolated task outlived its worker by 1s", p)
+		}
+	}
+}
