@@ -271,6 +271,7 @@ func TestSymlinkedPidDirectoryIsChecked(t *testing.T) {
 	must(t, os.Symlink(open, filepath.Join(dir, "run")))
 	n := node(dir, "alpha", "exit 0")
 	n.Argv = []string{"sleep", "300"}
+	cleanupNodes(t, s, n) // should the check fail, Start would start it
 	forge(t, n.Pidfile, stranger.Process.Pid, ExeID{})
 	run := filepath.Dir(n.Pidfile)
 	for name, err := range map[string]error{
