@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -59,7 +58,7 @@ func supervise(args []string) int {
 	// never see EOF while the command lives; nor any other descriptor the
 	// worker inherited without close-on-exec from whatever started it: the
 	// command gets stdin, stdout and stderr only.
-	closeOnExecFrom(lifelineFD)
+	proctree.CloseOnExecFrom(lifelineFD)
 	lifeline := os.NewFile(lifelineFD, "stem-lifeline")
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fail("become a child subreaper: %v", err)
@@ -191,25 +190,4 @@ func exitLike(ws syscall.WaitStatus) int {
 		}
 	}
 	return 128 + int(sig)
-}
-
-// closeOnExecFrom marks every descriptor from first up close-on-exec
-// (close_range(2), Linux 5.11; descriptor by descriptor from /proc/self/fd
-// on older kernels).
-func closeOnExecFrom(first int) {
-	if unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
-		return
-	}
-	unix.CloseOnExec(first)
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	defer d.Close()
-	names, _ := d.Readdirnames(-1)
-	for _, n := range names {
-		if fd, err := strconv.Atoi(n); err == nil && fd >= first {
-			unix.CloseOnExec(fd)
-		}
-	}
 }

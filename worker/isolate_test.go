@@ -122,6 +122,16 @@ func isolatedRegistry() *worker.Registry {
 			time.Sleep(10 * time.Millisecond) // the task's own work
 		}
 	}, iso)
+	// iso.fds runs a command that says whether it holds descriptor
+	// args.fd, and returns what it printed.
+	r.MustRegister("iso.fds", func(tc worker.TaskContext, args json.RawMessage) (any, error) {
+		var a struct{ FD int }
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		out, err := exec.Command("/bin/sh", "-c", fmt.Sprintf("readlink /proc/self/fd/%d || echo closed", a.FD)).Output()
+		return strings.TrimSpace(string(out)), err
+	}, iso)
 	r.MustRegister("iso.fail", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
 		return nil, errors.New("child says no")
 	}, iso)
@@ -410,5 +420,27 @@ func TestIsolatedTaskAfterItsBinaryWasReplaced(t *testing.T) {
 		if !testutil.Poll(time.Second, func() bool { return gone(p) }) {
 			t.Fatalf("process %d of the isolated task outlived its worker by 1s", p)
 		}
+	}
+}
+
+// TestIsolatedHandlersSubprocessesGetNoInheritedDescriptors: a descriptor
+// the worker inherited without close-on-exec (from whatever started it)
+// reaches neither the isolation child's handlers nor what they start.
+func TestIsolatedHandlersSubprocessesGetNoInheritedDescriptors(t *testing.T) {
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	// As if inherited: no close-on-exec on the write end.
+	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(p[1]), syscall.F_SETFD, 0); e != 0 {
+		t.Fatal(e)
+	}
+	f, _ := setupIsolated(t, nil)
+	ids := f.publish("iso.fds", 1, func(e *broker.Envelope) { e.Args = json.RawMessage(fmt.Sprintf(`{"fd":%d}`, p[1])) })
+	st := f.waitState(ids, result.Succeeded, 20*time.Second)[0]
+	if string(st.Result) != `"closed"` {
+		t.Fatalf("a handler's command inherited the worker's descriptor %d: %s", p[1], st.Result)
 	}
 }
