@@ -185,7 +185,14 @@ func CheckPath(path string, uid int) error {
 }
 
 func checkOwner(what, path string, uid int) error {
-	fi, err := os.Lstat(path)
+	stat := os.Lstat
+	if what == "pid directory" {
+		// Followed: a directory reached through a symbolic link (/var/run
+		// -> /run, or a link planted under /tmp) is as safe as the
+		// directory it leads to, where the pidfiles are.
+		stat = os.Stat
+	}
+	fi, err := stat(path)
 	if err != nil || (what == "pid directory" && !fi.IsDir()) {
 		return nil // open reports it
 	}

@@ -256,3 +256,38 @@ func TestCreatedModesUnderUmaskZero(t *testing.T) {
 		t.Fatalf("world-writable logfile: mode %v, want 0664", st.Mode())
 	}
 }
+
+// TestSymlinkedPidDirectoryIsChecked: a pid directory that is a symbolic
+// link to a directory writable by others (say a link planted under /tmp)
+// is as unsafe as that directory: anyone can plant pidfiles there. It is
+// refused, and a stale-looking pidfile in it is left alone.
+func TestSymlinkedPidDirectoryIsChecked(t *testing.T) {
+	dir := t.TempDir()
+	var s Supervisor
+	stranger := startStranger(t)
+	open := filepath.Join(dir, "open")
+	must(t, os.Mkdir(open, 0o700))
+	must(t, os.Chmod(open, 0o777))
+	must(t, os.Symlink(open, filepath.Join(dir, "run")))
+	n := node(dir, "alpha", "exit 0")
+	n.Argv = []string{"sleep", "300"}
+	cleanupNodes(t, s, n) // should the check fail, Start would start it
+	forge(t, n.Pidfile, stranger.Process.Pid, ExeID{})
+	run := filepath.Dir(n.Pidfile)
+	for name, err := range map[string]error{
+		"Status": s.Status(n).Err,
+		"Stop":   s.Stop([]Node{n}, time.Second)[0].Err,
+		"Start":  s.Start(n).Err,
+	} {
+		assertRefused(t, name, err, "refusing pid directory "+run, "writable by group or others (mode 0777)")
+	}
+	assertAlive(t, stranger.Process.Pid)
+	if _, err := os.Stat(n.Pidfile); err != nil {
+		t.Fatal("the pidfile was removed")
+	}
+	// A link to a safe directory (the usual /var/run -> /run) is fine.
+	must(t, os.Chmod(open, 0o750))
+	if st := s.Status(n); st.State == Refused {
+		t.Fatalf("Status through a link to a safe directory = %+v", st)
+	}
+}

@@ -55,8 +55,10 @@ func supervise(args []string) int {
 		return fail("fd %d (the lifeline from the worker) is not open", lifelineFD)
 	}
 	// The command must not inherit the lifeline, or the supervisor would
-	// never see EOF while the command lives.
-	unix.CloseOnExec(lifelineFD)
+	// never see EOF while the command lives; nor any other descriptor the
+	// worker inherited without close-on-exec from whatever started it: the
+	// command gets stdin, stdout and stderr only.
+	proctree.CloseOnExecFrom(lifelineFD)
 	lifeline := os.NewFile(lifelineFD, "stem-lifeline")
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fail("become a child subreaper: %v", err)

@@ -294,3 +294,28 @@ func TestExecLeaseLostDuringGraceKillsAtOnce(t *testing.T) {
 	}
 	assertGone(t, time.Second, pids...)
 }
+
+// TestExecCommandGetsNoInheritedDescriptors: a descriptor the worker
+// inherited without close-on-exec (from whatever started it: a shell, a
+// CI runner, `multi start` run from a script) does not reach the task's
+// command, which gets stdin, stdout and stderr only.
+func TestExecCommandGetsNoInheritedDescriptors(t *testing.T) {
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	// As if inherited: no close-on-exec on the write end.
+	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(p[1]), syscall.F_SETFD, 0); e != 0 {
+		t.Fatal(e)
+	}
+	d := Def{Name: "t", Command: []string{"/bin/sh", "-c", fmt.Sprintf(`readlink /proc/self/fd/%d || echo closed`, p[1])}}
+	v, err := Exec(d, ExecOptions{})(&fakeTC{ctx: context.Background()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := strings.TrimSpace(fmt.Sprint(v)); out != "closed" {
+		t.Fatalf("the command inherited the worker's descriptor %d: %s", p[1], out)
+	}
+}

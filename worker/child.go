@@ -44,10 +44,10 @@ func ServeChildIfRequested(handlers *Registry) {
 		fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
 		os.Exit(70)
 	}
-	// A handler's subprocesses must not inherit the pipes: one holding
-	// fd 4 would hide the child's death from the worker.
-	unix.CloseOnExec(3)
-	unix.CloseOnExec(4)
+	// A handler's subprocesses must not inherit the pipes (one holding
+	// fd 4 would hide the child's death from the worker), nor any other
+	// descriptor the worker inherited without close-on-exec.
+	proctree.CloseOnExecFrom(3)
 	in := os.NewFile(3, "stem-child-in")
 	out := os.NewFile(4, "stem-child-out")
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {

@@ -27,7 +27,9 @@ import (
 // IsolationConfig configures the child-process pool of isolated handlers.
 type IsolationConfig struct {
 	// Command re-executes this program in child mode; default
-	// os.Executable() with no arguments. The child must call
+	// /proc/self/exe with no arguments: this very binary, even if its file
+	// was replaced or removed since it started (a package upgrade), so a
+	// child always speaks its worker's protocol. The child must call
 	// ServeChildIfRequested (cli.Main does).
 	Command []string
 	// MaxTasksPerChild recycles a child after that many tasks (0: never).
@@ -50,9 +52,7 @@ type IsolationConfig struct {
 // WithDefaults fills unset fields.
 func (c IsolationConfig) WithDefaults() IsolationConfig {
 	if len(c.Command) == 0 {
-		if exe, err := os.Executable(); err == nil {
-			c.Command = []string{exe}
-		}
+		c.Command = []string{"/proc/self/exe"}
 	}
 	if c.TerminateGrace <= 0 {
 		c.TerminateGrace = 5 * time.Second
@@ -192,6 +192,9 @@ func (p *pool) start() (*child, error) {
 		return nil, err
 	}
 	cmd := exec.Command(p.cfg.Command[0], p.cfg.Command[1:]...)
+	if p.cfg.Command[0] == "/proc/self/exe" {
+		cmd.Args[0] = "stem-isolation-child" // what ps shows
+	}
 	cmd.Env = append(daemon.ChildEnv(os.Environ()), ChildEnv+"=1")
 	cmd.ExtraFiles = []*os.File{toChildR, fromChildW} // fd 3, fd 4
 	cmd.Stdout, cmd.Stderr = p.cfg.Stderr, p.cfg.Stderr

@@ -122,6 +122,16 @@ func isolatedRegistry() *worker.Registry {
 			time.Sleep(10 * time.Millisecond) // the task's own work
 		}
 	}, iso)
+	// iso.fds runs a command that says whether it holds descriptor
+	// args.fd, and returns what it printed.
+	r.MustRegister("iso.fds", func(tc worker.TaskContext, args json.RawMessage) (any, error) {
+		var a struct{ FD int }
+		if err := json.Unmarshal(args, &a); err != nil {
+			return nil, err
+		}
+		out, err := exec.Command("/bin/sh", "-c", fmt.Sprintf("readlink /proc/self/fd/%d || echo closed", a.FD)).Output()
+		return strings.TrimSpace(string(out)), err
+	}, iso)
 	r.MustRegister("iso.fail", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
 		return nil, errors.New("child says no")
 	}, iso)
@@ -364,5 +374,73 @@ func TestIsolatedTaskDiesWithItsWorker(t *testing.T) {
 			b, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
 			t.Fatalf("process %d (%s) of the isolated task outlived its worker by 1s: %s", p, []string{"child", "a", "b", "c"}[i], b)
 		}
+	}
+}
+
+// TestIsolatedTaskAfterItsBinaryWasReplaced: a package upgrade replaces
+// (or removes) the worker's binary while the worker runs. The worker's
+// isolation children are started from the program the worker runs, not
+// from whatever the path names now: its isolated tasks still run.
+func TestIsolatedTaskAfterItsBinaryWasReplaced(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "stem")
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), isoWorkerEnv+"="+dir, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-waited
+	})
+	// The upgrade: the old file is gone (dpkg renames the new one over it).
+	if err := os.Remove(exe); err != nil {
+		t.Fatal(err)
+	}
+	pids := readPIDs(t, dir, "child", "a", "b", "c")
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pids {
+		if !testutil.Poll(time.Second, func() bool { return gone(p) }) {
+			t.Fatalf("process %d of the isolated task outlived its worker by 1s", p)
+		}
+	}
+}
+
+// TestIsolatedHandlersSubprocessesGetNoInheritedDescriptors: a descriptor
+// the worker inherited without close-on-exec (from whatever started it)
+// reaches neither the isolation child's handlers nor what they start.
+func TestIsolatedHandlersSubprocessesGetNoInheritedDescriptors(t *testing.T) {
+	var p [2]int
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	// As if inherited: no close-on-exec on the write end.
+	if _, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(p[1]), syscall.F_SETFD, 0); e != 0 {
+		t.Fatal(e)
+	}
+	f, _ := setupIsolated(t, nil)
+	ids := f.publish("iso.fds", 1, func(e *broker.Envelope) { e.Args = json.RawMessage(fmt.Sprintf(`{"fd":%d}`, p[1])) })
+	st := f.waitState(ids, result.Succeeded, 20*time.Second)[0]
+	if string(st.Result) != `"closed"` {
+		t.Fatalf("a handler's command inherited the worker's descriptor %d: %s", p[1], st.Result)
 	}
 }

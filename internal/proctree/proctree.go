@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Proc is one process as /proc/<pid>/stat describes it.
@@ -184,4 +186,26 @@ func HasChildren(procRoot string, pid int) (has, ok bool) {
 		ok = true
 	}
 	return false, ok
+}
+
+// CloseOnExecFrom marks every descriptor of this process from first up
+// close-on-exec, so that a program it starts inherits only the
+// descriptors handed to it explicitly, not those this process inherited
+// from whatever started it (close_range(2), Linux 5.11; descriptor by
+// descriptor from /proc/self/fd on older kernels).
+func CloseOnExecFrom(first int) {
+	if unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	for _, n := range names {
+		if fd, err := strconv.Atoi(n); err == nil && fd >= first {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
