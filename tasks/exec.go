@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stemhq/stem/daemon"
+	"github.com/stemhq/stem/internal/proctree"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -135,9 +136,7 @@ func Exec(d Def, o ExecOptions) worker.HandlerFunc {
 			}
 			t.Stop()
 		}
-		<-p.done
-		// Whatever the outcome, nothing of the group outlives the task.
-		p.signalGroup(syscall.SIGKILL)
+		<-p.done // nothing of the group outlives the task: see startSupervised
 		err = p.err
 		if cerr := ctx.Err(); cerr != nil {
 			if herr := tc.Heartbeat(); herr != nil {
@@ -179,6 +178,12 @@ type supervised struct {
 	done     chan struct{}
 	err      error  // cmd.Wait's, once done is closed
 	startErr string // why the supervisor could not start the command
+
+	// mu orders group signals before the reap: once reaped is set, the
+	// group id may be reused by an unrelated process and is never
+	// signalled again.
+	mu     sync.Mutex
+	reaped bool
 }
 
 // startSupervised starts the supervisor of one command: in a process group
@@ -208,6 +213,19 @@ func startSupervised(supervisor, path string, argv []string, dir string, env []s
 	}
 	p := &supervised{cmd: cmd, pgid: cmd.Process.Pid, lifeline: ours, done: make(chan struct{})}
 	go func() {
+		// Exited but not reaped, the supervisor still holds its pid and so
+		// the group id: whatever of the group is left is killed now, and
+		// the group is never signalled after the reap.
+		if proctree.WaitExited(p.pgid) == nil {
+			p.mu.Lock()
+			_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+			p.reaped = true
+			p.mu.Unlock()
+		} else {
+			p.mu.Lock()
+			p.reaped = true // cannot tell: never signal it again
+			p.mu.Unlock()
+		}
 		p.err = cmd.Wait()
 		// The supervisor is gone, so the socket holds all it wrote.
 		_ = ours.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
@@ -222,7 +240,11 @@ func startSupervised(supervisor, path string, argv []string, dir string, env []s
 // signalGroup signals the supervisor's process group (the supervisor
 // ignores what it catches; the command and its group get it).
 func (p *supervised) signalGroup(sig syscall.Signal) {
-	_ = syscall.Kill(-p.pgid, sig)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.reaped {
+		_ = syscall.Kill(-p.pgid, sig)
+	}
 }
 
 // kill has the supervisor SIGKILL every process of the task (closing the

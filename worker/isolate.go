@@ -105,15 +105,24 @@ type child struct {
 
 	waitOnce sync.Once
 	waitErr  error
-	reaped   atomic.Bool
+	// reapMu orders killGroup before the reap: once reaped is set, the
+	// child's pid (its group id) may belong to another process.
+	reapMu sync.Mutex
+	reaped bool
 }
 
 // wait reaps the child once, however many paths (kill, exit, pool close)
 // ask for it.
 func (c *child) wait() error {
 	c.waitOnce.Do(func() {
+		// Exited, not yet reaped: the pid is still the child's. Mark it
+		// reaped (under reapMu, so no killGroup is half-way) before
+		// cmd.Wait lets the kernel reuse it.
+		_ = proctree.WaitExited(c.pid)
+		c.reapMu.Lock()
+		c.reaped = true
+		c.reapMu.Unlock()
 		c.waitErr = c.cmd.Wait()
-		c.reaped.Store(true)
 	})
 	return c.waitErr
 }
@@ -123,7 +132,9 @@ func (c *child) wait() error {
 // then the child's process group, unless the child was already reaped
 // (its pid may belong to someone else by then).
 func (c *child) killGroup(procRoot string) {
-	if !c.reaped.Load() {
+	c.reapMu.Lock()
+	defer c.reapMu.Unlock()
+	if !c.reaped {
 		_ = syscall.Kill(c.pid, syscall.SIGSTOP) // no new descendants meanwhile
 		if has, ok := proctree.HasChildren(procRoot, c.pid); has || !ok {
 			_, _ = proctree.KillTree(procRoot, c.pid, time.Second, nil)

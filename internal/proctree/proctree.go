@@ -209,3 +209,18 @@ func CloseOnExecFrom(first int) {
 		}
 	}
 }
+
+// WaitExited blocks until the child pid has exited, without reaping it
+// (waitid with WNOWAIT): until it is reaped, its pid, and so the id of a
+// process group it leads, cannot be given to another process, so the
+// caller can still signal the group safely. An error means pid is not a
+// waitable child of this process.
+func WaitExited(pid int) error {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
