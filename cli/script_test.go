@@ -18,6 +18,7 @@ import (
 
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/tasks"
+	"github.com/stemhq/stem/worker"
 )
 
 // TestMain makes "stem" available to every testscript of this package: the
@@ -26,6 +27,11 @@ func TestMain(m *testing.M) {
 	// Workers started by the scripts re-execute this binary (as
 	// /proc/self/exe) to supervise exec tasks.
 	tasks.ServeSupervisorIfRequested()
+	// Isolation children re-execute it too (argv[0] stem-isolation-child):
+	// the stem command serves them with its own handlers.
+	if os.Getenv(worker.ChildEnv) == "1" {
+		os.Exit(Main(os.Args[1:]))
+	}
 	testscript.Main(m, map[string]func(){
 		// The exit code is echoed on stderr as "[exit N]" so scripts can
 		// assert it: stderr '\[exit 64\]'.
