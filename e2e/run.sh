@@ -172,6 +172,8 @@ YAML
 	g sh -c 'echo STEM_TASKS_FILE=/etc/stem/e2e-tasks.yaml >> /etc/stem/nodes/alpha.env'
 	g systemctl restart stem-worker@alpha
 	stem_cli enqueue e2e.hello --queue alpha --wait --timeout 20s | grep -E '^result: +"hi"$'
+	# An isolated task (a child re-executed from /proc/self/exe) in the sandbox too.
+	stem_cli enqueue stem.spin --queue alpha --arg duration=10ms --wait --timeout 20s | grep -E '^state: +succeeded$'
 	g rm -f /var/lib/stem/e2e-sleep.pid /var/lib/stem/e2e-sh.pid
 	id=$(stem_cli enqueue e2e.sleeper --queue alpha)
 	pids_written() { g test -s /var/lib/stem/e2e-sleep.pid && g test -s /var/lib/stem/e2e-sh.pid; }
@@ -306,7 +308,7 @@ for broker in $E2E_BROKERS; do
 	check "[$broker] stem worker ping (in the guest) sees alpha and beta" ping_both
 	check "[$broker] tasks enqueued with stem enqueue complete" tasks_complete
 	check "[$broker] stem worker revoke --terminate stops a running task" revoke_terminate
-	check "[$broker] exec task runs in the sandbox; its processes die within 1s of a SIGKILL of the worker" exec_task_dies_with_worker
+	check "[$broker] exec and isolated tasks run in the sandbox; exec processes die within 1s of a SIGKILL of the worker" exec_task_dies_with_worker
 	check "[$broker] systemctl reload = warm restart: task succeeds, env re-read" reload_warm_restart
 	check "[$broker] systemctl stop drains: the task in flight succeeds" stop_drains
 	check "[$broker] a hung main loop (SIGSTOP) is killed by the watchdog, restarted" watchdog_restarts
