@@ -9,6 +9,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/internal/testutil"
 )
 
 // TestLeasedTasksSurviveDataLoss: a server that loses its data while a
@@ -17,16 +18,7 @@ import (
 // retry, hand-back and ack behave as if nothing had happened; and another
 // claimer never gets a second copy while the holder's lease runs.
 func TestLeasedTasksSurviveDataLoss(t *testing.T) {
-	brokertest.RequireEnv(t, testURLEnv)
-	t.Parallel()
-	srv := startOwnRedis(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	srv, e, ctx := lossEngine(t, "loss")
 	var envs []broker.Envelope
 	for _, id := range []string{"retry", "requeue", "ack", "extra"} {
 		envs = append(envs, broker.Envelope{ID: id, Name: "n", Queue: "q", MaxRetries: -1})
@@ -39,9 +31,7 @@ func TestLeasedTasksSurviveDataLoss(t *testing.T) {
 		t.Fatalf("Claim = %d, %v", len(held), err)
 	}
 
-	srv.Kill()
-	srv.WipeData()
-	srv.Start()
+	crashEmpty(srv)
 
 	// The first renewal after the loss restores every held delivery.
 	var lerr *broker.LeaseLostError
@@ -110,16 +100,7 @@ func TestLeasedTasksSurviveDataLoss(t *testing.T) {
 // and was taken by another claim before any data loss stays lost: only
 // tokens of an older epoch are restored.
 func TestNackOfReclaimedLeaseStillSkipped(t *testing.T) {
-	brokertest.RequireEnv(t, testURLEnv)
-	t.Parallel()
-	srv := startOwnRedis(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	_, e, ctx := lossEngine(t, "loss2")
 	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
 		t.Fatal(err)
 	}
@@ -152,27 +133,11 @@ func TestNackOfReclaimedLeaseStillSkipped(t *testing.T) {
 // lost and its hand-back must not publish a second copy: otherwise a
 // third worker runs the task while the second still does.
 func TestRestoredLeaseCanStillBeLost(t *testing.T) {
-	brokertest.RequireEnv(t, testURLEnv)
-	t.Parallel()
-	srv := startOwnRedis(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
-	if err != nil || len(held) != 1 {
-		t.Fatalf("Claim = %d, %v", len(held), err)
-	}
+	srv, e, ctx := lossEngine(t, "loss3")
+	held := holdOne(t, ctx, e)
+	var err error
 
-	srv.Kill()
-	srv.WipeData()
-	srv.Start()
+	crashEmpty(srv)
 
 	// The holder restores it, with a short lease it then fails to renew
 	// (partitioned, say).
@@ -211,27 +176,11 @@ func TestRestoredLeaseCanStillBeLost(t *testing.T) {
 // is applied once, even when the worker sends it again (its first reply
 // was lost on the network and the worker retries).
 func TestNackAfterDataLossAppliesOnce(t *testing.T) {
-	brokertest.RequireEnv(t, testURLEnv)
-	t.Parallel()
-	srv := startOwnRedis(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: "loss4"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
-		t.Fatal(err)
-	}
-	held, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
-	if err != nil || len(held) != 1 {
-		t.Fatalf("Claim = %d, %v", len(held), err)
-	}
+	srv, e, ctx := lossEngine(t, "loss4")
+	held := holdOne(t, ctx, e)
+	var err error
 
-	srv.Kill()
-	srv.WipeData()
-	srv.Start()
+	crashEmpty(srv)
 
 	nack := []broker.Nack{{Delivery: held[0], Action: broker.Requeue}}
 	deadline := time.Now().Add(20 * time.Second)
@@ -255,4 +204,43 @@ func TestNackAfterDataLossAppliesOnce(t *testing.T) {
 	if len(ds) != 1 {
 		t.Fatalf("after one hand-back sent twice the queue holds %d copies of the task, want 1", len(ds))
 	}
+}
+
+// lossEngine starts a private redis-server and opens an engine of
+// namespace ns on it, for the tests that make the server lose its data.
+func lossEngine(t *testing.T, ns string) (*testutil.RedisServer, *Engine, context.Context) {
+	t.Helper()
+	brokertest.RequireEnv(t, testURLEnv)
+	t.Parallel()
+	srv := startOwnRedis(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	t.Cleanup(cancel)
+	e, err := Open(ctx, "redis://"+srv.Addr()+"/0", Options{Namespace: ns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	return srv, e, ctx
+}
+
+// holdOne publishes task "x" to queue "q" and claims it under a
+// one-minute lease.
+func holdOne(t *testing.T, ctx context.Context, e *Engine) []broker.Delivery {
+	t.Helper()
+	if err := e.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q", MaxRetries: -1}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+	if err != nil || len(held) != 1 {
+		t.Fatalf("Claim = %d, %v", len(held), err)
+	}
+	return held
+}
+
+// crashEmpty kills the server with SIGKILL and starts it again without
+// its data, as a server without persistence comes back from a crash.
+func crashEmpty(srv *testutil.RedisServer) {
+	srv.Kill()
+	srv.WipeData()
+	srv.Start()
 }
