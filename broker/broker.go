@@ -206,31 +206,6 @@ type Broker interface {
 	Close() error
 }
 
-// ErrUnavailable reports that the broker cannot be reached. Wrap it with
-// the redacted URL and the cause.
-var ErrUnavailable = errors.New("broker unavailable")
-
-// ErrIncompatible reports a store stem cannot use as configured: a path it
-// cannot create or write, a file or schema that belongs to another
-// program, a schema newer than this binary, a malformed location. The CLI
-// exits 78 (configuration error) on it. Engines mark such errors with
-// Incompatible, which keeps their message.
-var ErrIncompatible = errors.New("incompatible store")
-
-// Incompatible marks err as an ErrIncompatible without changing its
-// message (nil stays nil).
-func Incompatible(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &incompatibleError{err}
-}
-
-type incompatibleError struct{ err error }
-
-func (e *incompatibleError) Error() string   { return e.err.Error() }
-func (e *incompatibleError) Unwrap() []error { return []error{e.err, ErrIncompatible} }
-
 // ErrClosed is returned by methods called after Close, for every role of
 // an engine (broker, result backend, registry).
 var ErrClosed = errors.New("broker closed")

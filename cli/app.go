@@ -24,9 +24,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/logging"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
@@ -172,7 +172,7 @@ func (a *App) logger(cmd *cobra.Command, c config.Config) (*logrus.Logger, error
 	js, _ := a.lookupEnv("JOURNAL_STREAM")
 	l, err := logging.New(cmd.ErrOrStderr(), logging.Options{Level: c.LogLevel, Format: c.LogFormat, JournalStream: js})
 	if err != nil {
-		return nil, &config.Error{Key: "STEM_LOG_LEVEL", Value: c.LogLevel, Msg: err.Error()}
+		return nil, &stemerr.ConfigError{Key: "STEM_LOG_LEVEL", Value: c.LogLevel, Msg: err.Error()}
 	}
 	return l, nil
 }
@@ -219,7 +219,7 @@ func Execute(root *cobra.Command) int {
 	if !(asExit(err, &ee) && ee.Err == nil) {
 		// The last line of defence: whatever wrapped a URL or a driver
 		// error, no password reaches the terminal.
-		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", broker.RedactText(oneLine(err.Error())))
+		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", stemerr.RedactText(oneLine(err.Error())))
 		if code == ExitUsage && cmd != nil {
 			fmt.Fprintf(root.ErrOrStderr(), "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}

@@ -34,7 +34,7 @@ type daemonEnv struct {
 }
 
 // daemonEnv resolves the env file of cmd and loads it. A bad env file is a
-// *config.Error (exit 78) naming the file and line.
+// *stemerr.ConfigError (exit 78) naming the file and line.
 func (a *App) daemonEnv(cmd *cobra.Command) (*daemonEnv, error) {
 	l := config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}
 	e := &daemonEnv{}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 )
 
@@ -353,7 +354,7 @@ func waitMany(ctx context.Context, out io.Writer, b result.Backend, ids []string
 				final[id] = st.State
 				continue
 			}
-			if err != nil && !errors.Is(err, result.ErrNotFound) && !errors.Is(err, broker.ErrUnavailable) && ctx.Err() == nil {
+			if err != nil && !errors.Is(err, result.ErrNotFound) && !errors.Is(err, stemerr.ErrUnavailable) && ctx.Err() == nil {
 				return err
 			}
 			next = append(next, id)

@@ -4,9 +4,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/daemon"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // The exit codes of every stem command. This is the one table; the README's
@@ -98,14 +97,14 @@ func ExitCode(err error) int {
 	if errors.As(err, &ee) {
 		return ee.Code
 	}
-	var ce *config.Error
+	var ce *stemerr.ConfigError
 	var re *daemon.RefusedError
 	switch {
 	case errors.As(err, &re):
 		return ExitRefused
-	case errors.As(err, &ce), errors.Is(err, broker.ErrIncompatible):
+	case errors.As(err, &ce), errors.Is(err, stemerr.ErrIncompatible):
 		return ExitConfig
-	case errors.Is(err, broker.ErrUnavailable):
+	case errors.Is(err, stemerr.ErrUnavailable):
 		return ExitUnavailable
 	}
 	return ExitInternal

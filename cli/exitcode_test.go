@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/daemon"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // TestExitCode checks the one place that maps errors to exit codes.
@@ -21,10 +20,10 @@ func TestExitCode(t *testing.T) {
 		{"explicit", &ExitError{Code: ExitPartial}, ExitPartial},
 		{"wrapped explicit", fmt.Errorf("ctx: %w", withCode(ExitNotRunning, errors.New("x"))), ExitNotRunning},
 		{"usage", usageErrorf("bad"), ExitUsage},
-		{"config", &config.Error{Key: "K", Value: "v", Msg: "m"}, ExitConfig},
-		{"wrapped config", fmt.Errorf("load: %w", config.Errorf("f:1: x")), ExitConfig},
-		{"unavailable", fmt.Errorf("redis://h: %w", broker.ErrUnavailable), ExitUnavailable},
-		{"incompatible store", fmt.Errorf("sqlite /x.db: %w", broker.ErrIncompatible), ExitConfig},
+		{"config", &stemerr.ConfigError{Key: "K", Value: "v", Msg: "m"}, ExitConfig},
+		{"wrapped config", fmt.Errorf("load: %w", stemerr.Configf("f:1: x")), ExitConfig},
+		{"unavailable", fmt.Errorf("redis://h: %w", stemerr.ErrUnavailable), ExitUnavailable},
+		{"incompatible store", fmt.Errorf("sqlite /x.db: %w", stemerr.ErrIncompatible), ExitConfig},
 		{"refused pidfile", fmt.Errorf("alpha: %w", &daemon.RefusedError{What: "pidfile", Path: "/run/stem/a.pid", Reason: "r"}), ExitRefused},
 		{"other", errors.New("surprise"), ExitInternal},
 	}

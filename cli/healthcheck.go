@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/healthcheck"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // codeBrokerUnavailable is the healthcheck error code of a --readiness
@@ -85,7 +85,7 @@ see docs/daemon.md.`,
 				}
 			}
 			r := p.Check(cmd.Context(), healthcheck.Target{Node: node, Pidfile: pidfile, Logfile: logfile})
-			if errors.Is(readyErr, broker.ErrUnavailable) {
+			if errors.Is(readyErr, stemerr.ErrUnavailable) {
 				r.Error = codeBrokerUnavailable
 			}
 			return o.report(cmd, r)

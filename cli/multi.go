@@ -14,6 +14,7 @@ import (
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/routing"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/templating"
 )
 
@@ -175,7 +176,7 @@ func (o *multiOptions) plan(a *App, cmd *cobra.Command, names []string) ([]daemo
 	for i := range nodes {
 		n := &nodes[i]
 		if err := daemon.MakeDirs(*n); err != nil {
-			return nil, &config.Error{Msg: fmt.Sprintf("%s: %v (--pidfile %q, --logfile %q)", n.Name, err, o.pidfile, o.logfile)}
+			return nil, &stemerr.ConfigError{Msg: fmt.Sprintf("%s: %v (--pidfile %q, --logfile %q)", n.Name, err, o.pidfile, o.logfile)}
 		}
 		vars := map[string]string{
 			"STEM_WORKER_NODE":    n.Name,
@@ -201,10 +202,10 @@ func (o *multiOptions) command(env *daemonEnv) ([]string, error) {
 	if raw, ok := env.get("STEM_WORKER_COMMAND"); ok && strings.TrimSpace(raw) != "" {
 		words, err := shlex.Split(raw)
 		if err != nil {
-			return nil, &config.Error{Key: "STEM_WORKER_COMMAND", Value: raw, Msg: "does not parse: " + err.Error()}
+			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: raw, Msg: "does not parse: " + err.Error()}
 		}
 		if len(words) == 0 {
-			return nil, &config.Error{Key: "STEM_WORKER_COMMAND", Value: raw, Msg: "holds no command"}
+			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: raw, Msg: "holds no command"}
 		}
 		argv = words
 	} else {

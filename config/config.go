@@ -12,7 +12,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,36 +20,8 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/stemerr"
 )
-
-// Error is a configuration error: a bad value of a named variable or flag,
-// a bad env file, URL or tasks file. The CLI exits 78 on it.
-type Error struct {
-	// Key is the variable or flag ("STEM_WORKER_CONCURRENCY", "--concurrency")
-	// or file ("/etc/stem/stem.env:3") at fault.
-	Key string
-	// Value is the offending value, already redacted when it is a URL.
-	Value string
-	// Msg says what is wrong and what is accepted.
-	Msg string
-}
-
-func (e *Error) Error() string {
-	if e.Value == "" && e.Key == "" {
-		return e.Msg
-	}
-	if e.Value == "" {
-		return fmt.Sprintf("%s: %s", e.Key, e.Msg)
-	}
-	return fmt.Sprintf("invalid %s=%q: %s", e.Key, e.Value, e.Msg)
-}
-
-// Errorf returns a *Error without a key, for messages that name their own
-// subject (a file and line, say).
-func Errorf(format string, args ...any) error {
-	return &Error{Msg: fmt.Sprintf(format, args...)}
-}
 
 // Source is one layer of configuration values, keyed by variable name.
 type Source struct {
@@ -208,7 +179,7 @@ func (r *Reader) Err() error { return r.err }
 
 func (r *Reader) fail(from, val, msg string) {
 	if r.err == nil {
-		r.err = &Error{Key: from, Value: val, Msg: msg}
+		r.err = &stemerr.ConfigError{Key: from, Value: val, Msg: msg}
 	}
 }
 
@@ -367,45 +338,11 @@ func (r *Reader) URL(key, def string, schemes []string) string {
 	if !ok || v == "" {
 		return def
 	}
-	if err := CheckURL(v, schemes); err != nil {
-		r.fail(from, broker.RedactURL(v), err.Error())
+	if err := stemerr.CheckURL(v, schemes); err != nil {
+		r.fail(from, stemerr.RedactURL(v), err.Error())
 		return def
 	}
 	return v
-}
-
-// CheckURL reports whether raw parses and has one of the given schemes.
-func CheckURL(raw string, schemes []string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("not a URL: %v", unwrapURLErr(err))
-	}
-	scheme := strings.ToLower(u.Scheme)
-	for _, s := range schemes {
-		if scheme == s {
-			return nil
-		}
-	}
-	if scheme == "" {
-		return fmt.Errorf("missing scheme; supported: %s", schemeList(schemes))
-	}
-	return fmt.Errorf("unsupported scheme %q; supported: %s", scheme, schemeList(schemes))
-}
-
-func schemeList(s []string) string {
-	out := make([]string, len(s))
-	for i, x := range s {
-		out[i] = x + "://"
-	}
-	return strings.Join(out, ", ")
-}
-
-func unwrapURLErr(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
 }
 
 // ValidName reports whether s is a usable queue, node or namespace name.

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stemhq/stem/stemerr"
 )
 
 func lookup(flags, env, file map[string]string) Lookup {
@@ -192,9 +194,9 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 			l = lookup(nil, m, nil)
 		}
 		_, err := Load(l, 2)
-		var ce *Error
+		var ce *stemerr.ConfigError
 		if !errors.As(err, &ce) {
-			t.Errorf("%s=%s: got %v, want a *config.Error", tt.key, tt.val, err)
+			t.Errorf("%s=%s: got %v, want a *stemerr.ConfigError", tt.key, tt.val, err)
 			continue
 		}
 		if !strings.Contains(err.Error(), tt.want) {

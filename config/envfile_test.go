@@ -6,10 +6,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stemhq/stem/stemerr"
 )
 
 // TestEnvFileErrors: every malformed line, including those godotenv would
-// take silently or report without a line, is a *Error (exit 78) naming
+// take silently or report without a line, is a *stemerr.ConfigError (exit 78) naming
 // file:line and what is wrong, and never the value (it may be a password).
 func TestEnvFileErrors(t *testing.T) {
 	t.Parallel()
@@ -38,9 +40,9 @@ func TestEnvFileErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := LoadEnvFile(path)
-			var ce *Error
+			var ce *stemerr.ConfigError
 			if !errors.As(err, &ce) {
-				t.Fatalf("case %d: LoadEnvFile = %v, want a *Error", i, err)
+				t.Fatalf("case %d: LoadEnvFile = %v, want a *stemerr.ConfigError", i, err)
 			}
 			msg := err.Error()
 			want := "env file " + path + ":" + string(rune('0'+tt.line)) + ": "

@@ -26,10 +26,10 @@ import (
 	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // Schemes lists the URL schemes Open accepts.
@@ -71,8 +71,8 @@ func (e *Engine) Close() error {
 }
 
 // Open opens the engine(s) named by o and checks they answer. A bad URL is
-// a *config.Error; an engine that does not answer wraps
-// broker.ErrUnavailable and names the URL with its password redacted.
+// a *stemerr.ConfigError; an engine that does not answer wraps
+// stemerr.ErrUnavailable and names the URL with its password redacted.
 func Open(ctx context.Context, o Options) (*Engine, error) {
 	if o.ResultURL == "" {
 		o.ResultURL = o.BrokerURL
@@ -116,15 +116,15 @@ type opened struct {
 func (o *opened) Close() error { return o.close() }
 
 // open opens the engine of raw. Its errors pass through
-// broker.RedactError, so no driver's message shows raw's secrets.
+// stemerr.RedactError, so no driver's message shows raw's secrets.
 func open(ctx context.Context, raw string, o Options) (*opened, error) {
 	x, err := openURL(ctx, raw, o)
-	return x, broker.RedactError(err, raw)
+	return x, stemerr.RedactError(err, raw)
 }
 
 func openURL(ctx context.Context, raw string, o Options) (*opened, error) {
-	if err := config.CheckURL(raw, Schemes); err != nil {
-		return nil, &config.Error{Key: "URL", Value: broker.RedactURL(raw), Msg: err.Error()}
+	if err := stemerr.CheckURL(raw, Schemes); err != nil {
+		return nil, &stemerr.ConfigError{Key: "URL", Value: stemerr.RedactURL(raw), Msg: err.Error()}
 	}
 	u, _ := url.Parse(raw)
 	switch strings.ToLower(u.Scheme) {

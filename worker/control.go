@@ -19,6 +19,7 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // Control request arguments and reply data. These are the documented,
@@ -787,7 +788,7 @@ func shownURL(u string) string {
 	if u == "" {
 		return "(URL not configured)"
 	}
-	return broker.RedactURL(u)
+	return stemerr.RedactURL(u)
 }
 
 // loadControlState reads the revoke and pause stores before the first

@@ -23,6 +23,7 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -36,7 +37,7 @@ type flakyStore struct {
 func (s *flakyStore) List(ctx context.Context, ns string) ([]revoke.Entry, error) {
 	s.lists.Add(1)
 	if s.fails.Add(-1) >= 0 {
-		return nil, fmt.Errorf("revoke store at redis://127.0.0.1:1/0: %w", broker.ErrUnavailable)
+		return nil, fmt.Errorf("revoke store at redis://127.0.0.1:1/0: %w", stemerr.ErrUnavailable)
 	}
 	return s.mapStore.List(ctx, ns)
 }

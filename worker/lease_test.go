@@ -11,6 +11,7 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -25,7 +26,7 @@ type flakyRenewals struct {
 func (f *flakyRenewals) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.Duration) error {
 	f.calls.Add(1)
 	if f.fail.Add(-1) >= 0 {
-		return broker.ErrUnavailable
+		return stemerr.ErrUnavailable
 	}
 	return f.Broker.ExtendLease(ctx, ds, d)
 }

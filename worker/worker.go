@@ -66,6 +66,7 @@ import (
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // Mode is a shutdown mode.
@@ -1169,7 +1170,7 @@ func (w *Worker) retrying(what string, op func(context.Context) error) error {
 			w.log.WithError(err).Errorf("%s: giving up during hard shutdown; leases will expire and the broker will redeliver", what)
 			return err
 		}
-		if b.failures >= 3 && !errors.Is(err, broker.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+		if b.failures >= 3 && !errors.Is(err, stemerr.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
 			w.log.WithError(err).Errorf("%s: the backend keeps refusing it; giving up on this batch", what)
 			return err
 		}

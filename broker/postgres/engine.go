@@ -40,7 +40,7 @@
 //
 // pgxpool replaces broken connections by itself. A call that fails for
 // want of a connection (refused, reset, server shutting down or starting)
-// returns an error wrapping broker.ErrUnavailable, naming the URL with its
+// returns an error wrapping stemerr.ErrUnavailable, naming the URL with its
 // password redacted, so the caller retries; nothing is dropped silently.
 // Leased deliveries whose worker lost its connection come back when their
 // lease expires.
@@ -75,6 +75,7 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // Default option values.
@@ -184,11 +185,11 @@ var (
 
 // ErrNotStemSchema is wrapped by Open's error for a schema that holds
 // tables but is not stem's.
-var ErrNotStemSchema = broker.Incompatible(errors.New("not a stem schema"))
+var ErrNotStemSchema = stemerr.Incompatible(errors.New("not a stem schema"))
 
 // ErrSchemaTooNew is wrapped by Open's error for a schema written by a
 // newer stem than this binary.
-var ErrSchemaTooNew = broker.Incompatible(errors.New("database schema is newer than this stem binary"))
+var ErrSchemaTooNew = stemerr.Incompatible(errors.New("database schema is newer than this stem binary"))
 
 // Open connects to the Postgres server at rawURL, checks it answers, and
 // creates or upgrades the Engine's schema. rawURL is what pgx accepts:
@@ -198,12 +199,12 @@ var ErrSchemaTooNew = broker.Incompatible(errors.New("database schema is newer t
 //
 // including libpq's parameters (sslmode, sslrootcert, connect_timeout,
 // ...) and pgxpool's pool_* parameters. A server that cannot be reached
-// yields an error wrapping broker.ErrUnavailable; errors never show the
+// yields an error wrapping stemerr.ErrUnavailable; errors never show the
 // password.
 func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	x, err := open(ctx, rawURL, opts)
 	// Drivers may quote the URL or its password in their errors.
-	return x, broker.RedactError(err, rawURL)
+	return x, stemerr.RedactError(err, rawURL)
 }
 
 func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
@@ -211,10 +212,10 @@ func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := broker.RedactURL(rawURL)
+	shown := stemerr.RedactURL(rawURL)
 	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
-		msg := broker.RedactError(err, rawURL).Error()
+		msg := stemerr.RedactError(err, rawURL).Error()
 		return nil, fmt.Errorf("postgres engine: invalid URL %s: %s (want postgres://[user[:password]@]host[:port]/dbname[?param=value...])", shown, msg)
 	}
 	if !strings.Contains(rawURL, "pool_max_conns") {
@@ -286,7 +287,7 @@ func (e *Engine) nextTag() string {
 }
 
 // fail wraps an error of a database call for operation op: broker.ErrClosed
-// after Close, the context's error as is, broker.ErrUnavailable when no
+// after Close, the context's error as is, stemerr.ErrUnavailable when no
 // connection could serve (see isUnavailable), and the plain cause
 // otherwise. The URL is redacted.
 func (e *Engine) fail(op string, err error) error {
@@ -298,7 +299,7 @@ func (e *Engine) fail(op string, err error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("postgres engine at %s: %s: %w", e.url, op, err)
 	case isUnavailable(err):
-		return fmt.Errorf("postgres engine at %s: %s: %w: %w", e.url, op, broker.ErrUnavailable, err)
+		return fmt.Errorf("postgres engine at %s: %s: %w: %w", e.url, op, stemerr.ErrUnavailable, err)
 	}
 	return fmt.Errorf("postgres engine at %s: %s: %w", e.url, op, err)
 }

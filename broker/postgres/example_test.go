@@ -8,6 +8,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/postgres"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // Open connects, creates or upgrades the namespace's schema, and returns
@@ -16,7 +17,7 @@ func ExampleOpen() {
 	ctx := context.Background()
 	e, err := postgres.Open(ctx, "postgres://stem:password@db.example.com:5432/stem?sslmode=verify-full",
 		postgres.Options{Namespace: "stem", ResultTTL: 24 * time.Hour})
-	if errors.Is(err, broker.ErrUnavailable) {
+	if errors.Is(err, stemerr.ErrUnavailable) {
 		fmt.Println("Postgres is down:", err) // the password is redacted
 		return
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/stemhq/stem/broker/brokertest"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 )
 
 func TestMain(m *testing.M) {
@@ -68,7 +69,7 @@ func openTestEngine(tb testing.TB, rawURL string, opts Options) *Engine {
 	}
 	e, err := Open(tb.Context(), rawURL, opts)
 	if err != nil {
-		tb.Fatalf("Open(%s): %v", broker.RedactURL(rawURL), err)
+		tb.Fatalf("Open(%s): %v", stemerr.RedactURL(rawURL), err)
 	}
 	tb.Cleanup(func() {
 		_ = e.Close()
@@ -101,8 +102,8 @@ func TestOpenErrors(t *testing.T) {
 		"host=127.0.0.1 port=1 user=u password=s3cret dbname=db sslmode=disable connect_timeout=2",
 	} {
 		_, err := Open(ctx, raw, Options{})
-		if !errors.Is(err, broker.ErrUnavailable) {
-			t.Fatalf("Open of a closed port returned %v, want broker.ErrUnavailable", err)
+		if !errors.Is(err, stemerr.ErrUnavailable) {
+			t.Fatalf("Open of a closed port returned %v, want stemerr.ErrUnavailable", err)
 		}
 		if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1") {
 			t.Fatalf("error shows the password or hides the host: %v", err)
@@ -114,7 +115,7 @@ func TestOpenErrors(t *testing.T) {
 		"redis://u:s3cret@127.0.0.1/0",
 	} {
 		_, err := Open(ctx, bad, Options{})
-		if err == nil || errors.Is(err, broker.ErrUnavailable) {
+		if err == nil || errors.Is(err, stemerr.ErrUnavailable) {
 			t.Fatalf("Open(%q) = %v, want a URL error", bad, err)
 		}
 		if strings.Contains(err.Error(), "s3cret") {
@@ -125,7 +126,7 @@ func TestOpenErrors(t *testing.T) {
 		{Namespace: `a"b`}, {Namespace: "a b"}, {Namespace: strings.Repeat("n", 59)},
 		{Schema: "pg_catalog"}, {DeadLetterCap: -1}, {ResultTTL: time.Microsecond},
 	} {
-		if _, err := Open(ctx, "postgres://127.0.0.1:1/db", o); err == nil || errors.Is(err, broker.ErrUnavailable) {
+		if _, err := Open(ctx, "postgres://127.0.0.1:1/db", o); err == nil || errors.Is(err, stemerr.ErrUnavailable) {
 			t.Fatalf("Open with %+v = %v, want an option error", o, err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // TestLeasedTasksSurviveDataLoss: a server that loses its data while a
@@ -38,7 +39,7 @@ func TestLeasedTasksSurviveDataLoss(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err = e.ExtendLease(ctx, held, time.Minute)
-		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, stemerr.ErrUnavailable) || time.Now().After(deadline) {
 			break
 		}
 		pollPause(t)
@@ -144,7 +145,7 @@ func TestRestoredLeaseCanStillBeLost(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err = e.ExtendLease(ctx, held, 50*time.Millisecond)
-		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, stemerr.ErrUnavailable) || time.Now().After(deadline) {
 			break
 		}
 		pollPause(t)
@@ -186,7 +187,7 @@ func TestNackAfterDataLossAppliesOnce(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err = e.Nack(ctx, nack)
-		if !errors.Is(err, broker.ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, stemerr.ErrUnavailable) || time.Now().After(deadline) {
 			break
 		}
 		pollPause(t)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // runID is shared by every namespace of this test run, so one sweep at the
@@ -98,7 +99,7 @@ func testClient(tb testing.TB) *goredis.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
-		tb.Fatalf("%s=%s is set but the server does not answer: %v", testURLEnv, broker.RedactURL(raw), err)
+		tb.Fatalf("%s=%s is set but the server does not answer: %v", testURLEnv, stemerr.RedactURL(raw), err)
 	}
 	return c
 }
@@ -137,7 +138,7 @@ func TestOpen(t *testing.T) {
 	ns := randomNamespace()
 	e, err := Open(ctx, raw, Options{Namespace: ns})
 	if err != nil {
-		t.Fatalf("Open(%s): %v", broker.RedactURL(raw), err)
+		t.Fatalf("Open(%s): %v", stemerr.RedactURL(raw), err)
 	}
 	if err := e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"}); err != nil {
 		t.Fatal(err)
@@ -158,15 +159,15 @@ func TestOpenErrors(t *testing.T) {
 	ctx := t.Context()
 	// Port 1 on loopback refuses connections.
 	_, err := Open(ctx, "redis://user:s3cret@127.0.0.1:1/0", Options{})
-	if !errors.Is(err, broker.ErrUnavailable) {
-		t.Fatalf("Open of a closed port returned %v, want broker.ErrUnavailable", err)
+	if !errors.Is(err, stemerr.ErrUnavailable) {
+		t.Fatalf("Open of a closed port returned %v, want stemerr.ErrUnavailable", err)
 	}
 	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("error does not name the redacted URL: %v", err)
 	}
 	for _, bad := range []string{"http://127.0.0.1:6379", "redis://u:s3cret@127.0.0.1:6379/notadb", "redis://u:s3cret%zz@host/0"} {
 		_, err := Open(ctx, bad, Options{})
-		if err == nil || errors.Is(err, broker.ErrUnavailable) {
+		if err == nil || errors.Is(err, stemerr.ErrUnavailable) {
 			t.Fatalf("Open(%q) = %v, want a URL error", bad, err)
 		}
 		if strings.Contains(err.Error(), "s3cret") {
@@ -174,7 +175,7 @@ func TestOpenErrors(t *testing.T) {
 		}
 	}
 	for _, ns := range []string{"a b", "a{b", "a:b", "a*"} {
-		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, broker.ErrUnavailable) {
+		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, stemerr.ErrUnavailable) {
 			t.Fatalf("Open with namespace %q = %v, want an option error", ns, err)
 		}
 	}
@@ -280,7 +281,7 @@ func TestDeadLetterCap(t *testing.T) {
 }
 
 // TestUnavailable checks that calls against a dead server fail with
-// broker.ErrUnavailable rather than hanging or dropping anything.
+// stemerr.ErrUnavailable rather than hanging or dropping anything.
 func TestUnavailable(t *testing.T) {
 	t.Parallel()
 	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
@@ -311,8 +312,8 @@ func TestUnavailable(t *testing.T) {
 		},
 	}
 	for name, call := range calls {
-		if err := call(); !errors.Is(err, broker.ErrUnavailable) {
-			t.Errorf("%s against a dead server returned %v, want broker.ErrUnavailable", name, err)
+		if err := call(); !errors.Is(err, stemerr.ErrUnavailable) {
+			t.Errorf("%s against a dead server returned %v, want stemerr.ErrUnavailable", name, err)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/brokertest"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 )
 
 func TestMain(m *testing.M) {
@@ -295,7 +296,7 @@ func TestOpenUnwritableDirectory(t *testing.T) {
 }
 
 // TestBusy checks that a write blocked past the busy timeout by another
-// connection's write lock fails with broker.ErrUnavailable naming the
+// connection's write lock fails with stemerr.ErrUnavailable naming the
 // path, and works again once the lock is released.
 func TestBusy(t *testing.T) {
 	t.Parallel()
@@ -316,8 +317,8 @@ func TestBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"})
-	if !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), path) {
-		t.Fatalf("Publish while another process holds the write lock = %v; want broker.ErrUnavailable naming %s", err, path)
+	if !errors.Is(err, stemerr.ErrUnavailable) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Publish while another process holds the write lock = %v; want stemerr.ErrUnavailable naming %s", err, path)
 	}
 	// Reads go on meanwhile (WAL).
 	if _, err := e.PendingCount(ctx, "q"); err != nil {

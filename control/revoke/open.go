@@ -7,8 +7,8 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // Schemes lists the URL schemes Open accepts, besides a bare path.
@@ -43,13 +43,13 @@ type Options struct {
 // A bare path is anything without a "scheme:" prefix ("revokes.ndjson",
 // "./a:b", "/var/lib/stem/revokes"); a relative one is resolved against
 // the working directory now. A URL with an unknown scheme, or a malformed
-// one, is a *config.Error (exit 78) that lists the supported schemes and
+// one, is a *stemerr.ConfigError (exit 78) that lists the supported schemes and
 // shows the URL with its password redacted. A server that does not answer
-// is an error wrapping broker.ErrUnavailable.
+// is an error wrapping stemerr.ErrUnavailable.
 func Open(ctx context.Context, rawURL string, opts Options) (Store, error) {
 	st, err := openStore(ctx, rawURL, opts)
 	// Drivers may quote the URL or its password in their errors.
-	return st, broker.RedactError(err, rawURL)
+	return st, stemerr.RedactError(err, rawURL)
 }
 
 func openStore(ctx context.Context, rawURL string, opts Options) (Store, error) {
@@ -58,11 +58,11 @@ func openStore(ctx context.Context, rawURL string, opts Options) (Store, error) 
 		keyName = "revoke store URL"
 	}
 	bad := func(msg string) error {
-		return &config.Error{Key: keyName, Value: broker.RedactURL(rawURL), Msg: msg}
+		return &stemerr.ConfigError{Key: keyName, Value: stemerr.RedactURL(rawURL), Msg: msg}
 	}
 	raw := strings.TrimSpace(rawURL)
 	if raw == "" {
-		return nil, &config.Error{Key: keyName, Msg: "empty; want " + supported()}
+		return nil, &stemerr.ConfigError{Key: keyName, Msg: "empty; want " + supported()}
 	}
 	scheme := schemeOf(raw)
 	switch scheme {
@@ -145,10 +145,10 @@ func supported() string {
 	return strings.Join(out, ", ") + " or a bare file path"
 }
 
-// rekey sets the Key of a *config.Error from a store constructor to the
+// rekey sets the Key of a *stemerr.ConfigError from a store constructor to the
 // variable the URL came from.
 func rekey(err error, keyName string) error {
-	if ce, ok := err.(*config.Error); ok {
+	if ce, ok := err.(*stemerr.ConfigError); ok {
 		c := *ce
 		c.Key = keyName
 		return &c

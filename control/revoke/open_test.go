@@ -13,6 +13,7 @@ import (
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/stemerr"
 )
 
 func TestResolveURL(t *testing.T) {
@@ -97,9 +98,9 @@ func TestOpenBadURLs(t *testing.T) {
 	}
 	for _, tc := range tests {
 		_, err := revoke.Open(context.Background(), tc.raw, revoke.Options{URLKey: "STEM_REVOKE_STORE_URL"})
-		var ce *config.Error
+		var ce *stemerr.ConfigError
 		if !errors.As(err, &ce) {
-			t.Errorf("Open(%q) = %v; want a *config.Error", tc.raw, err)
+			t.Errorf("Open(%q) = %v; want a *stemerr.ConfigError", tc.raw, err)
 			continue
 		}
 		msg := err.Error()

@@ -16,9 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // DefaultPostgresTable is the table of the Postgres store unless
@@ -83,13 +81,13 @@ func (o PostgresOptions) Validate() error {
 // OpenPostgres connects to the Postgres server at rawURL (postgres:// or
 // postgresql://, pgx connection-string syntax), checks that it answers,
 // and creates the table if it does not exist. A URL that does not parse is
-// a *config.Error; a server that does not answer is an error wrapping
-// broker.ErrUnavailable that names the URL with its password redacted.
+// a *stemerr.ConfigError; a server that does not answer is an error wrapping
+// stemerr.ErrUnavailable that names the URL with its password redacted.
 // Close closes the connection pool.
 func OpenPostgres(ctx context.Context, rawURL string, opts PostgresOptions) (*PostgresStore, error) {
 	x, err := openPostgres(ctx, rawURL, opts)
 	// Drivers may quote the URL or its password in their errors.
-	return x, broker.RedactError(err, rawURL)
+	return x, stemerr.RedactError(err, rawURL)
 }
 
 func openPostgres(ctx context.Context, rawURL string, opts PostgresOptions) (*PostgresStore, error) {
@@ -97,18 +95,18 @@ func openPostgres(ctx context.Context, rawURL string, opts PostgresOptions) (*Po
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := broker.RedactURL(rawURL)
+	shown := stemerr.RedactURL(rawURL)
 	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
-		return nil, &config.Error{Key: "revoke store URL", Value: shown, Msg: broker.RedactError(err, rawURL).Error()}
+		return nil, &stemerr.ConfigError{Key: "revoke store URL", Value: shown, Msg: stemerr.RedactError(err, rawURL).Error()}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("postgres revoke store at %s: %w: %w", shown, broker.ErrUnavailable, err)
+		return nil, fmt.Errorf("postgres revoke store at %s: %w: %w", shown, stemerr.ErrUnavailable, err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres revoke store at %s: connect: %w: %w", shown, broker.ErrUnavailable, err)
+		return nil, fmt.Errorf("postgres revoke store at %s: connect: %w: %w", shown, stemerr.ErrUnavailable, err)
 	}
 	s, err := newPostgres(ctx, pool, true, shown, opts)
 	if err != nil {
@@ -327,7 +325,7 @@ func (s *PostgresStore) Close() error {
 // fail turns a pgx error into the store's: ErrClosed after Close, the
 // context's error when it ended, a server error as is, and a connection
 // failure (refused, broken, or a server refusing connections) wrapping
-// broker.ErrUnavailable. Every one names the redacted URL and what failed.
+// stemerr.ErrUnavailable. Every one names the redacted URL and what failed.
 func (s *PostgresStore) fail(ctx context.Context, op string, err error) error {
 	var pgErr *pgconn.PgError
 	switch {
@@ -338,7 +336,7 @@ func (s *PostgresStore) fail(ctx context.Context, op string, err error) error {
 	case errors.As(err, &pgErr) && !unavailableCode(pgErr.Code):
 		return fmt.Errorf("postgres revoke store at %s: %s: %w", s.url, op, err)
 	default:
-		return fmt.Errorf("postgres revoke store at %s: %s: %w: %w", s.url, op, broker.ErrUnavailable, err)
+		return fmt.Errorf("postgres revoke store at %s: %s: %w: %w", s.url, op, stemerr.ErrUnavailable, err)
 	}
 }
 

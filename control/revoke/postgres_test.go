@@ -11,11 +11,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/control/revoke/revoketest"
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // postgresPool connects to STEM_TEST_POSTGRES_URL, or skips.
@@ -130,16 +129,16 @@ func TestPostgresUnavailable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := revoke.OpenPostgres(ctx, "postgres://stem:s3cret@127.0.0.1:1/stem?sslmode=disable&connect_timeout=5", revoke.PostgresOptions{})
-	if !errors.Is(err, broker.ErrUnavailable) {
-		t.Fatalf("OpenPostgres on a closed port: %v; want broker.ErrUnavailable", err)
+	if !errors.Is(err, stemerr.ErrUnavailable) {
+		t.Fatalf("OpenPostgres on a closed port: %v; want stemerr.ErrUnavailable", err)
 	}
 	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("error %q leaks the password or does not name the server", err)
 	}
 	_, err = revoke.OpenPostgres(ctx, "postgres://stem:s3cret@127.0.0.1:5432/stem?sslmode=bogus", revoke.PostgresOptions{})
-	var ce *config.Error
+	var ce *stemerr.ConfigError
 	if !errors.As(err, &ce) || strings.Contains(err.Error(), "s3cret") {
-		t.Fatalf("bad sslmode: %v; want a *config.Error without the password", err)
+		t.Fatalf("bad sslmode: %v; want a *stemerr.ConfigError without the password", err)
 	}
 }
 

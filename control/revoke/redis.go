@@ -11,9 +11,7 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-
-	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // DefaultRedisKeyPrefix starts every key of the Redis store unless
@@ -66,13 +64,13 @@ func (o RedisOptions) Validate() error {
 
 // OpenRedis connects to the Redis server at rawURL (go-redis URL syntax:
 // redis://[user:password@]host:port/db or rediss://...) and checks that it
-// answers. A URL that does not parse is a *config.Error; a server that does
-// not answer is an error wrapping broker.ErrUnavailable that names the URL
+// answers. A URL that does not parse is a *stemerr.ConfigError; a server that does
+// not answer is an error wrapping stemerr.ErrUnavailable that names the URL
 // with its password redacted. Close closes the connection pool.
 func OpenRedis(ctx context.Context, rawURL string, opts RedisOptions) (*RedisStore, error) {
 	x, err := openRedis(ctx, rawURL, opts)
 	// Drivers may quote the URL or its password in their errors.
-	return x, broker.RedactError(err, rawURL)
+	return x, stemerr.RedactError(err, rawURL)
 }
 
 func openRedis(ctx context.Context, rawURL string, opts RedisOptions) (*RedisStore, error) {
@@ -80,16 +78,16 @@ func openRedis(ctx context.Context, rawURL string, opts RedisOptions) (*RedisSto
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := broker.RedactURL(rawURL)
+	shown := stemerr.RedactURL(rawURL)
 	ro, err := goredis.ParseURL(rawURL)
 	if err != nil {
-		return nil, &config.Error{Key: "revoke store URL", Value: shown,
-			Msg: broker.RedactError(err, rawURL).Error() + " (want redis://[user:password@]host:port/db or rediss://...)"}
+		return nil, &stemerr.ConfigError{Key: "revoke store URL", Value: shown,
+			Msg: stemerr.RedactError(err, rawURL).Error() + " (want redis://[user:password@]host:port/db or rediss://...)"}
 	}
 	client := goredis.NewClient(ro)
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("redis revoke store at %s: connect: %w: %w", shown, broker.ErrUnavailable, err)
+		return nil, fmt.Errorf("redis revoke store at %s: connect: %w: %w", shown, stemerr.ErrUnavailable, err)
 	}
 	return newRedis(client, true, shown, opts), nil
 }
@@ -304,7 +302,7 @@ func (s *RedisStore) Close() error {
 // fail turns a go-redis error into the store's: ErrClosed after Close, the
 // context's error when it ended, a reply error as is, and anything else
 // (a refused or broken connection, a timeout) wrapping
-// broker.ErrUnavailable. Every one names the redacted URL and what failed.
+// stemerr.ErrUnavailable. Every one names the redacted URL and what failed.
 func (s *RedisStore) fail(ctx context.Context, op string, err error) error {
 	var rerr goredis.Error
 	switch {
@@ -315,7 +313,7 @@ func (s *RedisStore) fail(ctx context.Context, op string, err error) error {
 	case errors.As(err, &rerr):
 		return fmt.Errorf("redis revoke store at %s: %s: %w", s.url, op, err)
 	default:
-		return fmt.Errorf("redis revoke store at %s: %s: %w: %w", s.url, op, broker.ErrUnavailable, err)
+		return fmt.Errorf("redis revoke store at %s: %s: %w: %w", s.url, op, stemerr.ErrUnavailable, err)
 	}
 }
 

@@ -11,11 +11,10 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/control/revoke/revoketest"
 	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/stemerr"
 )
 
 // uniqueName returns prefix followed by random hex, for per-test key
@@ -136,8 +135,8 @@ func TestRedisUnavailable(t *testing.T) {
 	defer cancel()
 	// Nothing listens on port 1.
 	_, err := revoke.OpenRedis(ctx, "redis://user:s3cret@127.0.0.1:1/0", revoke.RedisOptions{})
-	if !errors.Is(err, broker.ErrUnavailable) {
-		t.Fatalf("OpenRedis on a closed port: %v; want broker.ErrUnavailable", err)
+	if !errors.Is(err, stemerr.ErrUnavailable) {
+		t.Fatalf("OpenRedis on a closed port: %v; want stemerr.ErrUnavailable", err)
 	}
 	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("error %q leaks the password or does not name the server", err)
@@ -149,22 +148,22 @@ func TestRedisUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); !errors.Is(err, broker.ErrUnavailable) || !strings.Contains(err.Error(), "t") {
-		t.Fatalf("Upsert: %v; want broker.ErrUnavailable", err)
+	if _, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); !errors.Is(err, stemerr.ErrUnavailable) || !strings.Contains(err.Error(), "t") {
+		t.Fatalf("Upsert: %v; want stemerr.ErrUnavailable", err)
 	}
-	if _, err := s.List(ctx, "ns"); !errors.Is(err, broker.ErrUnavailable) {
-		t.Fatalf("List: %v; want broker.ErrUnavailable", err)
+	if _, err := s.List(ctx, "ns"); !errors.Is(err, stemerr.ErrUnavailable) {
+		t.Fatalf("List: %v; want stemerr.ErrUnavailable", err)
 	}
-	if _, err := s.Prune(ctx, "ns", time.Now()); !errors.Is(err, broker.ErrUnavailable) {
-		t.Fatalf("Prune: %v; want broker.ErrUnavailable", err)
+	if _, err := s.Prune(ctx, "ns", time.Now()); !errors.Is(err, stemerr.ErrUnavailable) {
+		t.Fatalf("Prune: %v; want stemerr.ErrUnavailable", err)
 	}
 }
 
 func TestRedisBadURL(t *testing.T) {
 	_, err := revoke.OpenRedis(context.Background(), "redis://u:s3cret@127.0.0.1:6379/notadb", revoke.RedisOptions{})
-	var ce *config.Error
+	var ce *stemerr.ConfigError
 	if !errors.As(err, &ce) || strings.Contains(err.Error(), "s3cret") {
-		t.Fatalf("bad DB number: %v; want a *config.Error without the password", err)
+		t.Fatalf("bad DB number: %v; want a *stemerr.ConfigError without the password", err)
 	}
 	c := goredis.NewClient(&goredis.Options{})
 	defer c.Close()

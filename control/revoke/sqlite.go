@@ -15,10 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stemhq/stem/stemerr"
 	msqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
-
-	"github.com/stemhq/stem/broker"
 )
 
 // SQLiteTable is the table of the SQLite store.
@@ -169,7 +168,7 @@ func ParseSQLiteTarget(target string, opts *SQLiteOptions) (string, error) {
 	if schemeOf(target) != "sqlite" {
 		return sqliteAbs(target)
 	}
-	shown := broker.RedactURL(target)
+	shown := stemerr.RedactURL(target)
 	u, err := url.Parse(target)
 	if err != nil {
 		return "", fmt.Errorf("invalid URL %s (want sqlite:///absolute/path.db or sqlite:relative/path.db)", shown)
@@ -221,7 +220,7 @@ func sqliteAbs(p string) (string, error) {
 // (see ParseSQLiteTarget) and creates its table if needed. The file must
 // exist and be a stem database; otherwise the error wraps ErrNotStemSQLite
 // and says what to do. A database locked past the busy timeout, or a disk
-// error, wraps broker.ErrUnavailable. Errors name the path.
+// error, wraps stemerr.ErrUnavailable. Errors name the path.
 func OpenSQLite(ctx context.Context, target string, opts SQLiteOptions) (*SQLiteStore, error) {
 	path, err := ParseSQLiteTarget(target, &opts)
 	if err != nil {
@@ -490,7 +489,7 @@ func (s *SQLiteStore) Close() error {
 }
 
 // fail wraps an error of operation op: ErrClosed after Close, the
-// context's error when it ended, broker.ErrUnavailable when the database
+// context's error when it ended, stemerr.ErrUnavailable when the database
 // stayed locked or the disk failed, the plain cause otherwise; the path is
 // named.
 func (s *SQLiteStore) fail(ctx context.Context, op string, err error) error {
@@ -503,7 +502,7 @@ func (s *SQLiteStore) fail(ctx context.Context, op string, err error) error {
 	switch sqliteErrCode(err) {
 	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL,
 		sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL:
-		return fmt.Errorf("sqlite revoke store at %s: %s: %w: %w", s.path, op, broker.ErrUnavailable, err)
+		return fmt.Errorf("sqlite revoke store at %s: %s: %w: %w", s.path, op, stemerr.ErrUnavailable, err)
 	}
 	return fmt.Errorf("sqlite revoke store at %s: %s: %w", s.path, op, err)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"github.com/stemhq/stem/control"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/stemerr"
+
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/control/revoke/revoketest"
 )
@@ -178,9 +179,9 @@ func TestSQLiteOpenBadURLs(t *testing.T) {
 		{"sqlite://", "names no database file"},
 	} {
 		_, err := revoke.Open(t.Context(), tc.raw, revoke.Options{URLKey: "STEM_REVOKE_STORE_URL"})
-		var ce *config.Error
+		var ce *stemerr.ConfigError
 		if !errors.As(err, &ce) || ce.Key != "STEM_REVOKE_STORE_URL" || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cret") {
-			t.Errorf("Open(%q) = %v; want a *config.Error for STEM_REVOKE_STORE_URL saying %q, without the password", tc.raw, err, tc.want)
+			t.Errorf("Open(%q) = %v; want a *stemerr.ConfigError for STEM_REVOKE_STORE_URL saying %q, without the password", tc.raw, err, tc.want)
 		}
 	}
 	if _, err := revoke.Open(t.Context(), "sqlite:///x.db?synchronous=sometimes", revoke.Options{}); err == nil || !strings.Contains(err.Error(), "sometimes") {

@@ -32,6 +32,7 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -119,7 +120,7 @@ type target struct {
 }
 
 func redisTarget(url string, n int) target {
-	return target{name: "Redis " + broker.RedactURL(url), n: n,
+	return target{name: "Redis " + stemerr.RedactURL(url), n: n,
 		open: func(ctx context.Context, ns string) (benchEngine, error) {
 			return stemredis.Open(ctx, url, stemredis.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
 		},
@@ -142,7 +143,7 @@ func sqliteTarget(dir string, n int) target {
 }
 
 func postgresTarget(url string, n int) target {
-	return target{name: "Postgres " + broker.RedactURL(url), n: n,
+	return target{name: "Postgres " + stemerr.RedactURL(url), n: n,
 		open: func(ctx context.Context, ns string) (benchEngine, error) {
 			return stempostgres.Open(ctx, url, stempostgres.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
 		},

@@ -22,6 +22,7 @@ import (
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
@@ -191,7 +192,7 @@ func (f *frozenBroker) wait(ctx context.Context) error {
 	case <-ch:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%w: partitioned (test)", broker.ErrUnavailable)
+		return fmt.Errorf("%w: partitioned (test)", stemerr.ErrUnavailable)
 	}
 }
 

@@ -1,4 +1,4 @@
-package broker
+package stemerr
 
 import (
 	"net/url"
