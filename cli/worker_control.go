@@ -31,7 +31,7 @@ func newWorkerPingCmd(a *App) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runSimple(cmd, o, control.TypePing, nil, "WORKER\tRTT\tSTATE\tUPTIME", func(r control.Reply, rtt time.Duration) string {
-				var p worker.PingData
+				var p control.PingData
 				_ = json.Unmarshal(r.Data, &p)
 				return fmt.Sprintf("%s\t%s\t%s\t%s", r.Worker, rtt.Round(10*time.Microsecond), p.State, (time.Duration(p.UptimeSeconds) * time.Second).String())
 			})
@@ -56,7 +56,7 @@ uptime, pid, host, queues (paused ones marked) and broadcast channels.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.runSimple(cmd, o, control.TypeStats, nil, "WORKER\tIN-FLIGHT\tCONCURRENCY\tPREFETCH\tPROCESSED\tFAILED\tRETRIED\tREVOKED\tBROKER\tQUEUES", func(r control.Reply, _ time.Duration) string {
-				var s worker.StatsData
+				var s control.StatsData
 				_ = json.Unmarshal(r.Data, &s)
 				paused := map[string]bool{}
 				for _, p := range s.Paused {
@@ -111,7 +111,7 @@ or prefetched), runtime, start and last checkpoint, progress. With
 				return err
 			}
 			defer s.Close()
-			res, err := s.do(cmd.Context(), control.TypeInspect, worker.InspectArgs{IncludeRevoked: o.includeRevoked}, &o.controlOptions)
+			res, err := s.do(cmd.Context(), control.TypeInspect, control.InspectArgs{IncludeRevoked: o.includeRevoked}, &o.controlOptions)
 			if err != nil {
 				return err
 			}
@@ -129,7 +129,7 @@ or prefetched), runtime, start and last checkpoint, progress. With
 					fmt.Fprintf(tw, "%s\tERROR: %s\n", r.Worker, r.Error)
 					continue
 				}
-				var d worker.InspectData
+				var d control.InspectData
 				_ = json.Unmarshal(r.Data, &d)
 				if len(d.Tasks) == 0 {
 					fmt.Fprintf(tw, "%s\t-\t(idle)\t\t\t\t\t\t\n", r.Worker)
@@ -181,7 +181,7 @@ Workers reply before they begin to stop.
 			if _, err := worker.ParseMode(o.mode); err != nil {
 				return usageErrorf("--mode: %v", err)
 			}
-			return a.runSimple(cmd, &o.controlOptions, control.TypeShutdown, worker.ShutdownArgs{Mode: o.mode}, "WORKER\tSTATE", func(r control.Reply, _ time.Duration) string {
+			return a.runSimple(cmd, &o.controlOptions, control.TypeShutdown, control.ShutdownArgs{Mode: o.mode}, "WORKER\tSTATE", func(r control.Reply, _ time.Duration) string {
 				return r.Worker + "\tshutting down (" + o.mode + ")"
 			})
 		},
@@ -216,9 +216,9 @@ worker without autoscaling replies with an error (exit 1).
 			if o.min > o.max {
 				return usageErrorf("--min %d is greater than --max %d", o.min, o.max)
 			}
-			return a.runSimple(cmd, &o.controlOptions, control.TypeAutoscale, worker.AutoscaleArgs{Min: o.min, Max: o.max},
+			return a.runSimple(cmd, &o.controlOptions, control.TypeAutoscale, control.AutoscaleArgs{Min: o.min, Max: o.max},
 				"WORKER\tCONCURRENCY\tMIN\tMAX", func(r control.Reply, _ time.Duration) string {
-					var s worker.StatsData
+					var s control.StatsData
 					_ = json.Unmarshal(r.Data, &s)
 					return fmt.Sprintf("%s\t%d\t%d\t%d", r.Worker, s.ActiveConcurrency, s.MinConcurrency, s.MaxConcurrency)
 				})

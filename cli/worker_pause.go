@@ -11,7 +11,6 @@ import (
 
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
-	"github.com/stemhq/stem/worker"
 )
 
 type pauseOptions struct {
@@ -101,7 +100,7 @@ tasks a worker claimed ahead and has not started are handed back, not run.
 					}
 				}
 			}
-			res, err := s.do(cmd.Context(), typ, worker.QueuesArgs{Queues: qs}, &o.controlOptions)
+			res, err := s.do(cmd.Context(), typ, control.QueuesArgs{Queues: qs}, &o.controlOptions)
 			if err != nil {
 				return err
 			}
@@ -131,7 +130,7 @@ tasks a worker claimed ahead and has not started are handed back, not run.
 						fmt.Fprintf(tw, "%s\t%s\n", r.Worker, replyErrorCell(r))
 						continue
 					}
-					var st worker.StatsData
+					var st control.StatsData
 					_ = json.Unmarshal(r.Data, &st)
 					fmt.Fprintf(tw, "%s\t%s\n", r.Worker, strings.Join(st.Paused, ","))
 				}

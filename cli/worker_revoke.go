@@ -16,7 +16,6 @@ import (
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/worker"
 )
 
 // revokeStoreURL is the revoke store's URL, resolved as openRevokeStore
@@ -169,7 +168,7 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 	if err != nil {
 		return fmt.Errorf("write the revoke store: %w", err)
 	}
-	res, err := s.do(cmd.Context(), control.TypeRevoke, worker.RevokeArgs{Entries: stored}, &o.controlOptions)
+	res, err := s.do(cmd.Context(), control.TypeRevoke, control.RevokeArgs{Entries: stored}, &o.controlOptions)
 	if err != nil {
 		return err
 	}
@@ -209,7 +208,7 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 			fmt.Fprintf(tw, "%s\t%s\n", r.Worker, replyErrorCell(r))
 			continue
 		}
-		var d worker.RevokeData
+		var d control.RevokeData
 		_ = json.Unmarshal(r.Data, &d)
 		term := "-"
 		if len(d.Terminated) > 0 {

@@ -22,125 +22,6 @@ import (
 	"github.com/stemhq/stem/stemerr"
 )
 
-// Control request arguments and reply data. These are the documented,
-// stable JSON schemas of `stem worker ... --json` (see docs/control.md).
-
-// InspectArgs are the arguments of an inspect request.
-type InspectArgs struct {
-	IncludeRevoked bool `json:"includeRevoked"`
-}
-
-// InFlightTask is one task a worker holds.
-type InFlightTask struct {
-	ID      string `json:"id"`
-	Name    string `json:"name"`
-	Queue   string `json:"queue"`
-	Attempt int    `json:"attempt"`
-	// State is "running" or "prefetched" (claimed, waiting for a slot).
-	State          string    `json:"state"`
-	StartedAt      time.Time `json:"startedAt,omitzero"`
-	RuntimeSeconds float64   `json:"runtimeSeconds"`
-	// LastCheckpoint is the last Heartbeat/ExtendLease/Progress call.
-	LastCheckpoint time.Time `json:"lastCheckpoint,omitzero"`
-	Progress       float64   `json:"progress"`
-}
-
-// InspectData is a worker's inspect reply.
-type InspectData struct {
-	Tasks   []InFlightTask `json:"tasks"`
-	Revoked []revoke.Entry `json:"revoked,omitempty"`
-	// Ignored are revoke records the worker does not apply, with why
-	// (with a signing key: unsigned or mis-signed).
-	Ignored []IgnoredRevoke `json:"ignored,omitempty"`
-}
-
-// IgnoredRevoke is a revoke record a worker refused, and why.
-type IgnoredRevoke struct {
-	Entry revoke.Entry `json:"entry"`
-	Why   string       `json:"why"`
-}
-
-// PauseStatus is one stored pause as a worker sees it: whether it applies
-// to this worker, and why (or why not).
-type PauseStatus struct {
-	Queue string `json:"queue"`
-	// Scope is the record's worker scope: "" for every worker, a node
-	// name, or a worker id.
-	Scope       string    `json:"scope,omitempty"`
-	PausedAt    time.Time `json:"pausedAt,omitzero"`
-	RequestedBy string    `json:"requestedBy,omitempty"`
-	Applied     bool      `json:"applied"`
-	Why         string    `json:"why"`
-}
-
-// StatsData is a worker's stats reply.
-type StatsData struct {
-	Worker  string   `json:"worker"`
-	Node    string   `json:"node"`
-	Host    string   `json:"host"`
-	PID     int      `json:"pid"`
-	Version string   `json:"version,omitempty"`
-	Queues  []string `json:"queues"`
-	Paused  []string `json:"paused"`
-	// Pauses are the stored pauses that apply to this worker, and those it
-	// ignores for their signature, each with why.
-	Pauses            []PauseStatus    `json:"pauses,omitempty"`
-	Broadcasts        []string         `json:"broadcasts"`
-	InFlight          int              `json:"inFlight"`
-	Prefetched        int              `json:"prefetched"`
-	ActiveConcurrency int              `json:"activeConcurrency"`
-	MinConcurrency    int              `json:"minConcurrency"`
-	MaxConcurrency    int              `json:"maxConcurrency"`
-	Autoscale         bool             `json:"autoscale"`
-	Prefetch          int              `json:"prefetch"`
-	QueueDepth        map[string]int64 `json:"queueDepth"`
-	// ChildRecycles counts isolation children replaced, by reason.
-	ChildRecycles map[string]int64 `json:"childRecycles"`
-	Counters      Counters         `json:"counters"`
-	// BrokerDurability says whether the broker keeps accepted tasks across
-	// a crash of its server (absent when the engine cannot tell, or the
-	// settings could not be read).
-	BrokerDurability *broker.Durability `json:"brokerDurability,omitempty"`
-	StartedAt        time.Time          `json:"startedAt"`
-	UptimeSeconds    float64            `json:"uptimeSeconds"`
-}
-
-// RevokeArgs are the arguments of a revoke request.
-type RevokeArgs struct {
-	Entries []revoke.Entry `json:"entries"`
-}
-
-// RevokeData is a worker's revoke reply.
-type RevokeData struct {
-	// Revoked are the task ids now in the worker's revoke cache.
-	Revoked []string `json:"revoked"`
-	// Terminated are the running tasks the worker cancelled.
-	Terminated []string `json:"terminated,omitempty"`
-}
-
-// AutoscaleArgs are the arguments of an autoscale request: new bounds.
-type AutoscaleArgs struct {
-	Min int `json:"min"`
-	Max int `json:"max"`
-}
-
-// ShutdownArgs are the arguments of a shutdown request.
-type ShutdownArgs struct {
-	Mode string `json:"mode"`
-}
-
-// QueuesArgs are the arguments of pause and resume.
-type QueuesArgs struct {
-	Queues []string `json:"queues"`
-}
-
-// PingData is a worker's ping reply.
-type PingData struct {
-	State         string  `json:"state"`
-	UptimeSeconds float64 `json:"uptimeSeconds"`
-}
-
-// serveControl answers control requests until sub is closed.
 func (w *Worker) serveControl(sub control.Subscription) {
 	for msg := range sub.C() {
 		w.handleControl(msg)
@@ -267,11 +148,11 @@ type controlState struct {
 	// seen: ids of accepted signed requests, until when to remember them.
 	seen map[string]time.Time
 	// ignored: revoke records refused, by task id.
-	ignored map[string]IgnoredRevoke
+	ignored map[string]control.IgnoredRevoke
 	// logged: records already reported as ignored (each is logged once).
 	logged map[string]bool
 	// pauses: the last pause-store read, as StatsData shows it.
-	pauses []PauseStatus
+	pauses []control.PauseStatus
 }
 
 // noteIgnored reports a refused record once per record and per worker
@@ -300,9 +181,9 @@ func (w *Worker) noteIgnored(key string, fields logrus.Fields, msg string) {
 func (w *Worker) control(req control.Request) (data any, after func(), err error) {
 	switch req.Type {
 	case control.TypePing:
-		return PingData{State: w.Info().State, UptimeSeconds: w.uptime()}, nil, nil
+		return control.PingData{State: w.Info().State, UptimeSeconds: w.uptime()}, nil, nil
 	case control.TypeInspect:
-		var a InspectArgs
+		var a control.InspectArgs
 		if err := decodeArgs(req, &a); err != nil {
 			return nil, nil, err
 		}
@@ -310,13 +191,13 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 	case control.TypeStats:
 		return w.controlStats(), nil, nil
 	case control.TypeRevoke:
-		var a RevokeArgs
+		var a control.RevokeArgs
 		if err := decodeArgs(req, &a); err != nil {
 			return nil, nil, err
 		}
 		return w.ApplyRevokes(a.Entries), nil, nil
 	case control.TypeShutdown:
-		var a ShutdownArgs
+		var a control.ShutdownArgs
 		if err := decodeArgs(req, &a); err != nil {
 			return nil, nil, err
 		}
@@ -325,9 +206,9 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 			return nil, nil, err
 		}
 		w.log.WithField(logging.FieldMode, m.String()).Info("shutdown requested over the control plane")
-		return PingData{State: "draining", UptimeSeconds: w.uptime()}, func() { w.Shutdown(m) }, nil
+		return control.PingData{State: "draining", UptimeSeconds: w.uptime()}, func() { w.Shutdown(m) }, nil
 	case control.TypeAutoscale:
-		var a AutoscaleArgs
+		var a control.AutoscaleArgs
 		if err := decodeArgs(req, &a); err != nil {
 			return nil, nil, err
 		}
@@ -339,7 +220,7 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 		}
 		return w.controlStats(), nil, nil
 	case control.TypePause, control.TypeResume:
-		var a QueuesArgs
+		var a control.QueuesArgs
 		if err := decodeArgs(req, &a); err != nil {
 			return nil, nil, err
 		}
@@ -377,13 +258,13 @@ func (w *Worker) uptime() float64 {
 	return w.cfg.Now().Sub(w.startedAt).Seconds()
 }
 
-func (w *Worker) inspect(includeRevoked bool) InspectData {
+func (w *Worker) inspect(includeRevoked bool) control.InspectData {
 	now := w.cfg.Now()
 	w.mu.Lock()
-	tasks := make([]InFlightTask, 0, len(w.outstanding))
+	tasks := make([]control.InFlightTask, 0, len(w.outstanding))
 	for _, r := range w.outstanding {
 		env := r.d.Envelope
-		t := InFlightTask{ID: env.ID, Name: env.Name, Queue: env.Queue, Attempt: env.Attempt, State: "prefetched"}
+		t := control.InFlightTask{ID: env.ID, Name: env.Name, Queue: env.Queue, Attempt: env.Attempt, State: "prefetched"}
 		switch r.state.Load() {
 		case runRunning:
 			t.State = "running"
@@ -403,7 +284,7 @@ func (w *Worker) inspect(includeRevoked bool) InspectData {
 		}
 		return tasks[i].ID < tasks[j].ID
 	})
-	out := InspectData{Tasks: tasks}
+	out := control.InspectData{Tasks: tasks}
 	if includeRevoked {
 		out.Revoked = w.RevokedEntries()
 		out.Ignored = w.IgnoredRevokes()
@@ -411,7 +292,7 @@ func (w *Worker) inspect(includeRevoked bool) InspectData {
 	return out
 }
 
-func (w *Worker) controlStats() StatsData {
+func (w *Worker) controlStats() control.StatsData {
 	st := w.Stats()
 	depth := map[string]int64{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -431,7 +312,7 @@ func (w *Worker) controlStats() StatsData {
 	}
 	broadcasts := append([]string{}, w.cfg.Broadcasts...)
 	minC, maxC := w.bounds()
-	return StatsData{
+	return control.StatsData{
 		Worker: w.id, Node: w.cfg.Node, Host: w.cfg.Hostname, PID: os.Getpid(), Version: w.cfg.Version,
 		Queues: w.cfg.Queues, Paused: w.PausedQueues(), Pauses: w.pauseStatus(), Broadcasts: broadcasts,
 		InFlight: st.InFlight, Prefetched: st.Outstanding - st.InFlight,
@@ -448,16 +329,16 @@ func (w *Worker) controlStats() StatsData {
 // missing or invalid are not applied: they are logged once and listed by
 // IgnoredRevokes. The cache keeps at most the revoke cap (newest kept).
 // The log line at INFO carries counts; the task ids are at DEBUG.
-func (w *Worker) ApplyRevokes(entries []revoke.Entry) RevokeData {
+func (w *Worker) ApplyRevokes(entries []revoke.Entry) control.RevokeData {
 	return w.applyRevokes(entries, false)
 }
 
-func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) RevokeData {
-	var out RevokeData
+func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) control.RevokeData {
+	var out control.RevokeData
 	now := w.cfg.Now()
 	terminate := map[string]revoke.Entry{}
 	key := w.cfg.SigningKey
-	var ignored []IgnoredRevoke
+	var ignored []control.IgnoredRevoke
 	added := 0
 	w.rmu.Lock()
 	for _, e := range entries {
@@ -470,7 +351,7 @@ func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) RevokeData 
 				if e.Sig != "" {
 					why = "signature invalid (another key, or the record was altered)"
 				}
-				ignored = append(ignored, IgnoredRevoke{Entry: e, Why: why})
+				ignored = append(ignored, control.IgnoredRevoke{Entry: e, Why: why})
 				continue
 			}
 		}
@@ -548,7 +429,7 @@ func (w *Worker) revokeCount() int {
 
 // recordIgnored remembers refused revoke records for inspect and logs each
 // once. A sync replaces the set (the store is the source); a message adds.
-func (w *Worker) recordIgnored(ignored []IgnoredRevoke, replace bool) {
+func (w *Worker) recordIgnored(ignored []control.IgnoredRevoke, replace bool) {
 	for _, ig := range ignored {
 		e := ig.Entry
 		w.noteIgnored("revoke|"+e.TaskID+"|"+strconv.FormatInt(e.Version, 10)+"|"+e.Sig,
@@ -559,7 +440,7 @@ func (w *Worker) recordIgnored(ignored []IgnoredRevoke, replace bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if replace || c.ignored == nil {
-		c.ignored = map[string]IgnoredRevoke{}
+		c.ignored = map[string]control.IgnoredRevoke{}
 	}
 	for _, ig := range ignored {
 		if len(c.ignored) >= w.revokeCap() {
@@ -571,10 +452,10 @@ func (w *Worker) recordIgnored(ignored []IgnoredRevoke, replace bool) {
 
 // IgnoredRevokes returns the revoke records this worker refused (unsigned
 // or mis-signed while it has a signing key), sorted by task id.
-func (w *Worker) IgnoredRevokes() []IgnoredRevoke {
+func (w *Worker) IgnoredRevokes() []control.IgnoredRevoke {
 	c := &w.ctl
 	c.mu.Lock()
-	out := make([]IgnoredRevoke, 0, len(c.ignored))
+	out := make([]control.IgnoredRevoke, 0, len(c.ignored))
 	for _, ig := range c.ignored {
 		out = append(out, ig)
 	}
@@ -734,12 +615,12 @@ func (w *Worker) syncPauses(ctx context.Context) error {
 	}
 	key := w.cfg.SigningKey
 	m := map[string]bool{}
-	var status []PauseStatus
+	var status []control.PauseStatus
 	for _, p := range ps {
 		if !p.AppliesTo(w.id, w.cfg.Node) {
 			continue
 		}
-		st := PauseStatus{Queue: p.Queue, Scope: p.Worker, PausedAt: p.PausedAt, RequestedBy: p.RequestedBy}
+		st := control.PauseStatus{Queue: p.Queue, Scope: p.Worker, PausedAt: p.PausedAt, RequestedBy: p.RequestedBy}
 		switch {
 		case len(key) > 0 && p.Verify(key) != nil:
 			st.Why = "ignored: unsigned (workers with STEM_CONTROL_SIGNING_KEY apply signed pauses only)"
@@ -775,11 +656,11 @@ func (w *Worker) syncPauses(ctx context.Context) error {
 	return nil
 }
 
-func (w *Worker) pauseStatus() []PauseStatus {
+func (w *Worker) pauseStatus() []control.PauseStatus {
 	c := &w.ctl
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]PauseStatus(nil), c.pauses...)
+	return append([]control.PauseStatus(nil), c.pauses...)
 }
 
 // shownURL is a store URL for a log line: the password redacted, or a

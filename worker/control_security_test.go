@@ -183,13 +183,13 @@ func TestSignedRequestsCannotBeReplayed(t *testing.T) {
 
 	// A captured shutdown of another namespace sharing the key, published
 	// here: refused, the worker keeps running.
-	other, msg := signedRequest(t, f.sigKey, "other-ns", control.TypeShutdown, time.Now(), worker.ShutdownArgs{Mode: "hard"})
+	other, msg := signedRequest(t, f.sigKey, "other-ns", control.TypeShutdown, time.Now(), control.ShutdownArgs{Mode: "hard"})
 	if rep := f.rawRequest(t, msg, other.ReplyTo); !strings.Contains(rep.Error, control.ErrWrongNamespace.Error()) {
 		t.Fatalf("request for another namespace: reply %+v", rep)
 	}
 	// Stale and future requests.
 	for _, at := range []time.Time{time.Now().Add(-time.Minute), time.Now().Add(time.Minute)} {
-		old, msg := signedRequest(t, f.sigKey, f.ns, control.TypeShutdown, at, worker.ShutdownArgs{Mode: "hard"})
+		old, msg := signedRequest(t, f.sigKey, f.ns, control.TypeShutdown, at, control.ShutdownArgs{Mode: "hard"})
 		if rep := f.rawRequest(t, msg, old.ReplyTo); !strings.Contains(rep.Error, "too old or from the future") {
 			t.Fatalf("request sent at %s: reply %+v", at, rep)
 		}
@@ -324,11 +324,11 @@ func TestUnsignedStoredRevokeIsNotApplied(t *testing.T) {
 			if n := f.calls.Load(); n != 2 {
 				t.Fatalf("%d tasks ran, want the 2 with unsigned or mis-signed revokes", n)
 			}
-			res, err := f.requester().Do(context.Background(), control.TypeInspect, worker.InspectArgs{IncludeRevoked: true}, nil, 5*time.Second)
+			res, err := f.requester().Do(context.Background(), control.TypeInspect, control.InspectArgs{IncludeRevoked: true}, nil, 5*time.Second)
 			if err != nil || len(res.Replies) != 1 {
 				t.Fatal(res, err)
 			}
-			var in worker.InspectData
+			var in control.InspectData
 			json.Unmarshal(res.Replies[0].Data, &in)
 			if len(in.Revoked) != 1 || in.Revoked[0].TaskID != signed[0] || len(in.Ignored) != 2 {
 				t.Fatalf("inspect: revoked %+v ignored %+v", in.Revoked, in.Ignored)
@@ -365,13 +365,13 @@ func TestPerWorkerPauseIsPerWorker(t *testing.T) {
 	beta := f.worker("beta", fast)
 	stopBeta := f.start(beta)
 	f.waitRegistered(2)
-	stats := func(id string) worker.StatsData {
+	stats := func(id string) control.StatsData {
 		t.Helper()
 		res, err := f.requester().Do(ctx, control.TypeStats, nil, []string{id}, 5*time.Second)
 		if err != nil || len(res.Replies) != 1 {
 			t.Fatal(res, err)
 		}
-		var st worker.StatsData
+		var st control.StatsData
 		json.Unmarshal(res.Replies[0].Data, &st)
 		return st
 	}

@@ -151,7 +151,7 @@ func TestTargetsByNodeAndUnknownTarget(t *testing.T) {
 	if len(res.Replies) != 2 || len(res.Unknown) != 1 || res.Unknown[0] != "ghost" {
 		t.Fatalf("result %+v", res)
 	}
-	var st worker.StatsData
+	var st control.StatsData
 	if err := json.Unmarshal(res.Replies[1].Data, &st); err != nil || st.Worker != "b@h" || st.ActiveConcurrency != 4 || st.QueueDepth["default"] != 0 {
 		t.Fatalf("stats %+v %v", st, err)
 	}
@@ -189,11 +189,11 @@ func TestTerminateStopsCheckpointingTask(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().InFlight == 1 }, "loop never started")
 	e := revoke.Entry{Namespace: f.ns, TaskID: ids[0], Version: 2, Terminate: true, Reason: "runaway"}
 	t0 := time.Now()
-	res, err := f.requester().Do(context.Background(), control.TypeRevoke, worker.RevokeArgs{Entries: []revoke.Entry{e}}, nil, 5*time.Second)
+	res, err := f.requester().Do(context.Background(), control.TypeRevoke, control.RevokeArgs{Entries: []revoke.Entry{e}}, nil, 5*time.Second)
 	if err != nil || len(res.Replies) != 1 {
 		t.Fatalf("%+v %v", res, err)
 	}
-	var rd worker.RevokeData
+	var rd control.RevokeData
 	json.Unmarshal(res.Replies[0].Data, &rd)
 	if len(rd.Terminated) != 1 || rd.Terminated[0] != ids[0] {
 		t.Fatalf("revoke reply %+v", rd)
@@ -222,13 +222,13 @@ func TestPauseAndResumeAreDurable(t *testing.T) {
 	if err != nil || len(res.Replies) != 1 {
 		t.Fatal(res, err)
 	}
-	var st worker.StatsData
+	var st control.StatsData
 	json.Unmarshal(res.Replies[0].Data, &st)
 	if len(st.Paused) != 1 || st.QueueDepth["default"] != 3 || f.calls.Load() != 0 {
 		t.Fatalf("paused worker: stats %+v calls %d", st, f.calls.Load())
 	}
 	f.bus.Resume(context.Background(), f.ns, "", []string{"default"})
-	if _, err := f.requester().Do(context.Background(), control.TypeResume, worker.QueuesArgs{Queues: []string{"default"}}, nil, 5*time.Second); err != nil {
+	if _, err := f.requester().Do(context.Background(), control.TypeResume, control.QueuesArgs{Queues: []string{"default"}}, nil, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	f.waitState(ids, result.Succeeded, 5*time.Second)
@@ -264,7 +264,7 @@ func TestRemoteShutdown(t *testing.T) {
 	go func() { done <- w.Run(context.Background()) }()
 	<-w.Ready()
 	f.waitRegistered(1)
-	res, err := f.requester().Do(context.Background(), control.TypeShutdown, worker.ShutdownArgs{Mode: "warm"}, []string{"a"}, 5*time.Second)
+	res, err := f.requester().Do(context.Background(), control.TypeShutdown, control.ShutdownArgs{Mode: "warm"}, []string{"a"}, 5*time.Second)
 	if err != nil || len(res.Replies) != 1 || res.Replies[0].Error != "" {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -273,7 +273,7 @@ func TestRemoteShutdown(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("worker did not stop after a remote shutdown")
 	}
-	res, _ = f.requester().Do(context.Background(), control.TypeShutdown, worker.ShutdownArgs{Mode: "sideways"}, nil, 100*time.Millisecond)
+	res, _ = f.requester().Do(context.Background(), control.TypeShutdown, control.ShutdownArgs{Mode: "sideways"}, nil, 100*time.Millisecond)
 	if len(res.Replies) != 0 {
 		t.Fatalf("a stopped worker replied: %+v", res)
 	}
@@ -288,11 +288,11 @@ func TestInspectShowsRunningTasks(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().InFlight == 1 }, "loop never started")
 	f.store.Upsert(context.Background(), []revoke.Entry{{Namespace: f.ns, TaskID: "other", Version: 5}})
 	w.ApplyRevokes([]revoke.Entry{{Namespace: f.ns, TaskID: "other", Version: 5}})
-	res, err := f.requester().Do(context.Background(), control.TypeInspect, worker.InspectArgs{IncludeRevoked: true}, nil, 5*time.Second)
+	res, err := f.requester().Do(context.Background(), control.TypeInspect, control.InspectArgs{IncludeRevoked: true}, nil, 5*time.Second)
 	if err != nil || len(res.Replies) != 1 {
 		t.Fatal(res, err)
 	}
-	var in worker.InspectData
+	var in control.InspectData
 	json.Unmarshal(res.Replies[0].Data, &in)
 	if len(in.Tasks) != 1 || in.Tasks[0].ID != ids[0] || in.Tasks[0].State != "running" || in.Tasks[0].Name != "loop" || len(in.Revoked) != 1 {
 		t.Fatalf("inspect %+v", in)
@@ -371,7 +371,7 @@ func TestPauseHandsBackClaimedTasks(t *testing.T) {
 	first := <-started
 	// The two others are claimed ahead and wait for the one slot.
 	testutil.Eventually(t, 5*time.Second, func() bool { return w.Stats().Outstanding == 3 }, "the other tasks were not claimed ahead")
-	res, err := f.requester().Do(context.Background(), control.TypePause, worker.QueuesArgs{Queues: []string{"default"}}, nil, 5*time.Second)
+	res, err := f.requester().Do(context.Background(), control.TypePause, control.QueuesArgs{Queues: []string{"default"}}, nil, 5*time.Second)
 	if err != nil || len(res.Replies) != 1 {
 		t.Fatalf("pause: %+v, %v", res, err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/memory"
+	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
@@ -184,12 +185,12 @@ func TestMaxTasksPerChildRecycles(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, func() bool { return statsOf(f, w).ChildRecycles[worker.RecycleMaxTasks] >= 1 }, "recycle not counted")
 }
 
-func statsOf(f *ctlFixture, w *worker.Worker) worker.StatsData {
+func statsOf(f *ctlFixture, w *worker.Worker) control.StatsData {
 	res, err := f.requester().Do(context.Background(), "stats", nil, []string{w.ID()}, 5*time.Second)
 	if err != nil || len(res.Replies) != 1 {
 		f.t.Fatalf("stats: %+v %v", res, err)
 	}
-	var st worker.StatsData
+	var st control.StatsData
 	json.Unmarshal(res.Replies[0].Data, &st)
 	return st
 }

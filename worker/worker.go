@@ -260,18 +260,6 @@ func (c Config) Validate() error {
 // ID returns "<node>@<hostname>".
 func (c Config) ID() string { return c.Node + "@" + c.Hostname }
 
-// Counters are the worker's cumulative task counts.
-type Counters struct {
-	Processed int64 `json:"processed"`
-	Succeeded int64 `json:"succeeded"`
-	Failed    int64 `json:"failed"`
-	Retried   int64 `json:"retried"`
-	Revoked   int64 `json:"revoked"`
-	// LeasesLost counts tasks (running or prefetched) this worker stopped
-	// because it could not prove it still held their lease.
-	LeasesLost int64 `json:"leasesLost"`
-}
-
 // Worker runs tasks. Create it with New, start it with Run.
 type Worker struct {
 	cfg   Config
@@ -438,13 +426,13 @@ func (w *Worker) currentMode() Mode {
 
 // Stats is a snapshot of the worker.
 type Stats struct {
-	ID                string    `json:"id"`
-	InFlight          int       `json:"inFlight"`
-	Outstanding       int       `json:"outstanding"`
-	ActiveConcurrency int       `json:"activeConcurrency"`
-	Prefetch          int       `json:"prefetch"`
-	StartedAt         time.Time `json:"startedAt"`
-	Counters          Counters  `json:"counters"`
+	ID                string           `json:"id"`
+	InFlight          int              `json:"inFlight"`
+	Outstanding       int              `json:"outstanding"`
+	ActiveConcurrency int              `json:"activeConcurrency"`
+	Prefetch          int              `json:"prefetch"`
+	StartedAt         time.Time        `json:"startedAt"`
+	Counters          control.Counters `json:"counters"`
 }
 
 // Stats returns a snapshot of the worker.
@@ -460,8 +448,8 @@ func (w *Worker) Stats() Stats {
 }
 
 // Counters returns the cumulative task counts.
-func (w *Worker) Counters() Counters {
-	return Counters{
+func (w *Worker) Counters() control.Counters {
+	return control.Counters{
 		Processed:  w.counters.processed.Load(),
 		Succeeded:  w.counters.succeeded.Load(),
 		Failed:     w.counters.failed.Load(),

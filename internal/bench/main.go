@@ -299,7 +299,7 @@ func isolation(ctx context.Context, o options, t target, ns string) error {
 				time.Sleep(100 * time.Microsecond)
 			}
 			t0 := time.Now()
-			if _, err := req.Do(ctx, control.TypeRevoke, worker.RevokeArgs{Entries: []revoke.Entry{{Namespace: ns, TaskID: id, Version: 1, Terminate: true}}}, nil, 5*time.Second); err != nil {
+			if _, err := req.Do(ctx, control.TypeRevoke, control.RevokeArgs{Entries: []revoke.Entry{{Namespace: ns, TaskID: id, Version: 1, Terminate: true}}}, nil, 5*time.Second); err != nil {
 				return err
 			}
 			for w.Stats().InFlight != 0 {
