@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 )
@@ -69,10 +70,10 @@ tasks a worker claimed ahead and has not started are handed back, not run.
 			ns, key := s.cfg.ControlNamespace, []byte(s.cfg.SigningKey)
 			if pause {
 				now, by := time.Now().UTC(), defaultRequester()
-				var recs []control.Pause
+				var recs []broker.Pause
 				for _, sc := range scopes {
 					for _, q := range qs {
-						p := control.Pause{Namespace: ns, Queue: q, Worker: sc, PausedAt: now, RequestedBy: by}
+						p := broker.Pause{Namespace: ns, Queue: q, Worker: sc, PausedAt: now, RequestedBy: by}
 						if len(key) > 0 {
 							p = p.Sign(key)
 						}

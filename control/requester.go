@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/registry"
 )
 
@@ -20,7 +21,7 @@ import (
 // are serialised. Replies are matched to their request by id, so a late
 // reply to an earlier request is ignored.
 type Requester struct {
-	Transport Transport
+	Transport broker.ControlTransport
 	// Registry lists live workers: it names who did not answer and
 	// resolves node names to worker ids. Optional.
 	Registry  registry.Registry
@@ -31,7 +32,7 @@ type Requester struct {
 	Now        func() time.Time
 
 	mu      sync.Mutex
-	sub     Subscription
+	sub     broker.Subscription
 	replyTo string
 }
 

@@ -14,7 +14,7 @@ import (
 
 // answer subscribes a fake worker that answers every request (or, with
 // silent, receives requests and never answers: a worker dying mid-request).
-func answer(t *testing.T, bus *control.Memory, ns, id string, silent bool) {
+func answer(t *testing.T, bus *memory.Engine, ns, id string, silent bool) {
 	sub, err := bus.SubscribeWorker(context.Background(), ns, id)
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +36,7 @@ func answer(t *testing.T, bus *control.Memory, ns, id string, silent bool) {
 }
 
 func TestRequesterNamesWhoDidNotAnswer(t *testing.T) {
-	bus := control.NewMemory()
+	bus := memory.New(memory.Options{})
 	reg := memory.New(memory.Options{})
 	defer reg.Close()
 	ctx := context.Background()

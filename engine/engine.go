@@ -26,7 +26,6 @@ import (
 	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
-	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/stemerr"
@@ -56,8 +55,8 @@ type Engine struct {
 	Broker   broker.Broker
 	Results  result.Backend
 	Registry registry.Registry
-	Control  control.Transport
-	Pauses   control.PauseStore
+	Control  broker.ControlTransport
+	Pauses   broker.PauseStore
 	closers  []io.Closer
 }
 
@@ -87,10 +86,10 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 	e := &Engine{Broker: b.broker, Results: b.results, Registry: b.registry, closers: []io.Closer{b}}
 	// Optional capabilities are asked for: an engine that carries control
 	// messages and pause state says so by implementing the interfaces.
-	if t, ok := b.control.(control.Transport); ok {
+	if t, ok := b.control.(broker.ControlTransport); ok {
 		e.Control = t
 	}
-	if p, ok := b.control.(control.PauseStore); ok {
+	if p, ok := b.control.(broker.PauseStore); ok {
 		e.Pauses = p
 	}
 	if o.ResultURL != o.BrokerURL {
@@ -109,7 +108,7 @@ type opened struct {
 	broker   broker.Broker
 	results  result.Backend
 	registry registry.Registry
-	control  any // asked for control.Transport and control.PauseStore
+	control  any // asked for broker.ControlTransport and broker.PauseStore
 	close    func() error
 }
 
@@ -129,9 +128,9 @@ func openURL(ctx context.Context, raw string, o Options) (*opened, error) {
 	u, _ := url.Parse(raw)
 	switch strings.ToLower(u.Scheme) {
 	case "memory":
-		m, ctl := sharedMemory(raw, o)
+		m := sharedMemory(raw, o)
 		// The shared engine outlives this handle: closing it is a no-op.
-		return &opened{broker: m, results: m, registry: m, control: ctl, close: func() error { return nil }}, nil
+		return &opened{broker: m, results: m, registry: m, control: m, close: func() error { return nil }}, nil
 	case "sqlite":
 		s, err := stemsqlite.Open(ctx, raw, stemsqlite.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
 		if err != nil {
@@ -153,28 +152,23 @@ func openURL(ctx context.Context, raw string, o Options) (*opened, error) {
 	}
 }
 
-type memEngine struct {
-	eng *memory.Engine
-	ctl *control.Memory
-}
-
 var (
 	memMu sync.Mutex
-	mems  = map[string]memEngine{}
+	mems  = map[string]*memory.Engine{}
 )
 
-// sharedMemory returns the process-wide memory engine and control
-// transport for a URL.
-func sharedMemory(raw string, o Options) (*memory.Engine, *control.Memory) {
+// sharedMemory returns the process-wide memory engine of a URL and
+// namespace.
+func sharedMemory(raw string, o Options) *memory.Engine {
 	key := raw + "|" + o.Namespace
 	memMu.Lock()
 	defer memMu.Unlock()
 	if m, ok := mems[key]; ok {
-		return m.eng, m.ctl
+		return m
 	}
-	m := memEngine{eng: memory.New(memory.Options{ResultTTL: o.ResultTTL}), ctl: control.NewMemory()}
+	m := memory.New(memory.Options{ResultTTL: o.ResultTTL})
 	mems[key] = m
-	return m.eng, m.ctl
+	return m
 }
 
 // ErrNotConfigured is returned when no URL is given.

@@ -22,7 +22,7 @@ import (
 	"github.com/stemhq/stem/stemerr"
 )
 
-func (w *Worker) serveControl(sub control.Subscription) {
+func (w *Worker) serveControl(sub broker.Subscription) {
 	for msg := range sub.C() {
 		w.handleControl(msg)
 	}

@@ -354,8 +354,8 @@ func TestPerWorkerPauseIsPerWorker(t *testing.T) {
 	f.sigKey = []byte("s3cret")
 	ctx := context.Background()
 	fast := func(c *worker.Config) { c.RevokeSync = 20 * time.Millisecond }
-	if err := f.bus.Pause(ctx, []control.Pause{
-		control.Pause{Namespace: f.ns, Queue: "default", Worker: "alpha", PausedAt: time.Now(), RequestedBy: "ops"}.Sign(f.sigKey),
+	if err := f.bus.Pause(ctx, []broker.Pause{
+		broker.Pause{Namespace: f.ns, Queue: "default", Worker: "alpha", PausedAt: time.Now(), RequestedBy: "ops"}.Sign(f.sigKey),
 		{Namespace: f.ns, Queue: "default", Worker: "beta@h"}, // unsigned: ignored
 	}); err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/broker/memory"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/internal/testutil"
@@ -64,7 +65,7 @@ func (s *mapStore) Close() error                                          { retu
 
 type ctlFixture struct {
 	*fixture
-	bus    *control.Memory
+	bus    *memory.Engine
 	store  *mapStore
 	ns     string
 	calls  atomic.Int32
@@ -72,7 +73,7 @@ type ctlFixture struct {
 }
 
 func setupControl(t *testing.T) *ctlFixture {
-	f := &ctlFixture{fixture: setup(t), bus: control.NewMemory(), store: newMapStore(), ns: "ctl"}
+	f := &ctlFixture{fixture: setup(t), bus: memory.New(memory.Options{}), store: newMapStore(), ns: "ctl"}
 	f.reg.MustRegister("count", func(tc worker.TaskContext, _ json.RawMessage) (any, error) {
 		f.calls.Add(1)
 		return nil, nil
@@ -213,7 +214,7 @@ func TestTerminateStopsCheckpointingTask(t *testing.T) {
 func TestPauseAndResumeAreDurable(t *testing.T) {
 	f := setupControl(t)
 	// Paused before the worker starts: the worker reads the pause store.
-	f.bus.Pause(context.Background(), []control.Pause{{Namespace: f.ns, Queue: "default"}})
+	f.bus.Pause(context.Background(), []broker.Pause{{Namespace: f.ns, Queue: "default"}})
 	w := f.worker("a", nil)
 	f.start(w)
 	f.waitRegistered(1)

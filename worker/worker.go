@@ -146,8 +146,8 @@ type Config struct {
 
 	// Control plane (all optional; see control.go). Namespace is also the
 	// control namespace.
-	Control    control.Transport
-	Pauses     control.PauseStore
+	Control    broker.ControlTransport
+	Pauses     broker.PauseStore
 	Revokes    revoke.Store
 	RevokeSync time.Duration // re-read Revokes and Pauses this often (default 30s)
 	SigningKey []byte        // refuse control requests not signed with it
@@ -480,7 +480,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if !w.loadControlState(ctx) {
 		return w.stopBeforeStart()
 	}
-	var ctlSub control.Subscription
+	var ctlSub broker.Subscription
 	if w.cfg.Control != nil {
 		var err error
 		if ctlSub, err = w.cfg.Control.SubscribeWorker(ctx, w.cfg.Namespace, w.id); err != nil {

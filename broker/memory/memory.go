@@ -69,9 +69,11 @@ func (o Options) WithDefaults() Options {
 	return o
 }
 
-// Engine is the in-process broker, result backend and worker registry. It
-// is safe for concurrent use. Close closes all three roles at once.
+// Engine is the in-process broker, result backend, worker registry,
+// control transport and pause store. It is safe for concurrent use. Close
+// closes every role at once.
 type Engine struct {
+	*controlPlane
 	opts Options
 
 	mu      sync.Mutex
@@ -92,21 +94,24 @@ type Engine struct {
 
 // The roles an Engine provides.
 var (
-	_ broker.Broker     = (*Engine)(nil)
-	_ result.Backend    = (*Engine)(nil)
-	_ registry.Registry = (*Engine)(nil)
+	_ broker.Broker           = (*Engine)(nil)
+	_ result.Backend          = (*Engine)(nil)
+	_ registry.Registry       = (*Engine)(nil)
+	_ broker.ControlTransport = (*Engine)(nil)
+	_ broker.PauseStore       = (*Engine)(nil)
 )
 
 // New returns an empty engine.
 func New(opts Options) *Engine {
 	return &Engine{
-		opts:    opts.WithDefaults(),
-		done:    make(chan struct{}),
-		changed: make(chan struct{}),
-		queues:  map[string]*queue{},
-		leases:  map[string]*lease{},
-		results: map[string]storedState{},
-		workers: map[string]map[string]storedWorker{},
+		controlPlane: newControlPlane(),
+		opts:         opts.WithDefaults(),
+		done:         make(chan struct{}),
+		changed:      make(chan struct{}),
+		queues:       map[string]*queue{},
+		leases:       map[string]*lease{},
+		results:      map[string]storedState{},
+		workers:      map[string]map[string]storedWorker{},
 	}
 }
 

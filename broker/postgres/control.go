@@ -15,8 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/broker"
 )
 
 // The Engine is also the control transport and the pause store of a
@@ -49,8 +48,8 @@ import (
 //
 // Paused queues are rows of paused_queues.
 var (
-	_ control.Transport  = (*Engine)(nil)
-	_ control.PauseStore = (*Engine)(nil)
+	_ broker.ControlTransport = (*Engine)(nil)
+	_ broker.PauseStore       = (*Engine)(nil)
 )
 
 // Control-plane limits and timings.
@@ -182,10 +181,10 @@ func checkControlNamespace(op, namespace string) error {
 	return nil
 }
 
-// SubscribeWorker implements control.Transport: it receives the
+// SubscribeWorker implements broker.ControlTransport: it receives the
 // namespace's broadcasts and the messages sent to workerID, from the moment
 // it returns.
-func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string) (control.Subscription, error) {
+func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string) (broker.Subscription, error) {
 	op := "subscribe worker " + workerID
 	if workerID == "" {
 		return nil, errors.New("postgres engine: subscribe: empty worker id")
@@ -197,10 +196,10 @@ func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string
 		e.ctlChannelFor(namespace, ctlKindBroadcast, ""), e.ctlChannelFor(namespace, ctlKindWorker, workerID))
 }
 
-// ListenReplies implements control.Transport: it receives the replies sent
+// ListenReplies implements broker.ControlTransport: it receives the replies sent
 // to replyTo from the moment it returns. Closing it deletes the channel's
 // stored payloads.
-func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (control.Subscription, error) {
+func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (broker.Subscription, error) {
 	op := "listen for replies on " + replyTo
 	if replyTo == "" {
 		return nil, errors.New("postgres engine: listen for replies: empty reply channel")
@@ -212,20 +211,20 @@ func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (
 	return e.ctlSubscribe(ctx, op, ch.name, ch)
 }
 
-// Broadcast implements control.Transport. It returns how many
+// Broadcast implements broker.ControlTransport. It returns how many
 // subscriptions of the namespace were listening (see the type's comment):
 // each of them receives the message.
 func (e *Engine) Broadcast(ctx context.Context, namespace string, msg []byte) (int, error) {
 	return e.ctlPublish(ctx, "control broadcast", namespace, e.ctlChannelFor(namespace, ctlKindBroadcast, ""), msg)
 }
 
-// Send implements control.Transport; the count is as for Broadcast (0 when
+// Send implements broker.ControlTransport; the count is as for Broadcast (0 when
 // the worker does not listen).
 func (e *Engine) Send(ctx context.Context, namespace, workerID string, msg []byte) (int, error) {
 	return e.ctlPublish(ctx, "control send to "+workerID, namespace, e.ctlChannelFor(namespace, ctlKindWorker, workerID), msg)
 }
 
-// Reply implements control.Transport. A reply nobody listens for (the
+// Reply implements broker.ControlTransport. A reply nobody listens for (the
 // requester gave up) is not sent, and is an error the worker logs at debug
 // level.
 func (e *Engine) Reply(ctx context.Context, namespace, replyTo string, msg []byte) error {
@@ -378,10 +377,10 @@ func (s *ctlSub) state() (live bool, sessions uint64) {
 	return s.live, s.sessions
 }
 
-// C implements control.Subscription.
+// C implements broker.Subscription.
 func (s *ctlSub) C() <-chan []byte { return s.ch }
 
-// Close implements control.Subscription: it closes the connection (which
+// Close implements broker.Subscription: it closes the connection (which
 // releases the locks), deletes a reply channel's stored payloads, and then
 // closes C. Closing twice is safe.
 func (s *ctlSub) Close() error {
@@ -509,8 +508,8 @@ func (s *ctlSub) decode(ctx context.Context, conn *pgx.Conn, payload string) ([]
 	return nil, false
 }
 
-// Pause implements control.PauseStore, in one statement.
-func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
+// Pause implements broker.PauseStore, in one statement.
+func (e *Engine) Pause(ctx context.Context, pauses []broker.Pause) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
@@ -519,7 +518,7 @@ func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 			return err
 		}
 	}
-	if err := control.ValidatePauses(pauses); err != nil {
+	if err := broker.ValidatePauses(pauses); err != nil {
 		return fmt.Errorf("postgres engine: %w", err)
 	}
 	if len(pauses) == 0 {
@@ -538,7 +537,7 @@ func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 	return nil
 }
 
-// Resume implements control.PauseStore, in one statement.
+// Resume implements broker.PauseStore, in one statement.
 func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []string) error {
 	if err := e.checkOpen(); err != nil {
 		return err
@@ -556,8 +555,8 @@ func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []
 	return nil
 }
 
-// Pauses implements control.PauseStore.
-func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause, error) {
+// Pauses implements broker.PauseStore.
+func (e *Engine) Pauses(ctx context.Context, namespace string) ([]broker.Pause, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -569,8 +568,8 @@ func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause,
 	if err != nil {
 		return nil, e.fail(op, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (control.Pause, error) {
-		p := control.Pause{Namespace: namespace}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (broker.Pause, error) {
+		p := broker.Pause{Namespace: namespace}
 		err := r.Scan(&p.Worker, &p.Queue, &p.PausedAt, &p.RequestedBy, &p.Sig)
 		p.PausedAt = p.PausedAt.UTC()
 		return p, err
@@ -579,7 +578,7 @@ func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause,
 		return nil, e.fail(op, err)
 	}
 	if out == nil {
-		out = []control.Pause{}
+		out = []broker.Pause{}
 	}
 	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/controltest"
 	"github.com/stemhq/stem/internal/testutil"
@@ -137,7 +138,7 @@ func TestControlReceiverCount(t *testing.T) {
 	e := newTestEngine(t, Options{})
 	other := openTestEngine(t, testURL(t), Options{Namespace: e.Namespace()}) // same schema, another Engine
 	ctx := t.Context()
-	var subs []control.Subscription
+	var subs []broker.Subscription
 	for i := range 3 {
 		eng := e
 		if i == 2 {
@@ -263,7 +264,7 @@ func TestControlMigratesVersion1(t *testing.T) {
 	if err := again.pool.QueryRow(ctx, e.ctlSQL(`SELECT max(version) FROM {schema}.schema_version`)).Scan(&version); err != nil || version != SchemaVersion || SchemaVersion < 2 {
 		t.Fatalf("schema version %d (%v), want %d (>= 2)", version, err, SchemaVersion)
 	}
-	if err := again.Pause(ctx, []control.Pause{{Namespace: "ns", Queue: "q", Worker: "alpha"}}); err != nil {
+	if err := again.Pause(ctx, []broker.Pause{{Namespace: "ns", Queue: "q", Worker: "alpha"}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -277,7 +278,7 @@ func TestControlPing(t *testing.T) {
 	w := openTestEngine(t, testURL(t), Options{Namespace: e.Namespace()})
 	const ns = "ctl"
 	var wg sync.WaitGroup
-	var subs []control.Subscription
+	var subs []broker.Subscription
 	defer func() {
 		for _, s := range subs {
 			_ = s.Close()
@@ -340,9 +341,9 @@ func TestControlPaused(t *testing.T) {
 	t.Parallel()
 	e := newTestEngine(t, Options{})
 	ctx := t.Context()
-	var ps []control.Pause
+	var ps []broker.Pause
 	for _, q := range []string{"b", "B", "a-b", "ab"} {
-		ps = append(ps, control.Pause{Namespace: "ns", Queue: q})
+		ps = append(ps, broker.Pause{Namespace: "ns", Queue: q})
 	}
 	if err := e.Pause(ctx, ps); err != nil {
 		t.Fatal(err)
@@ -355,7 +356,7 @@ func TestControlPaused(t *testing.T) {
 	if err != nil || fmt.Sprint(qs) != "[B a-b ab b]" {
 		t.Fatalf("Pauses = %v, %v", qs, err)
 	}
-	if err := e.Pause(ctx, []control.Pause{{Namespace: "ns"}}); err == nil {
+	if err := e.Pause(ctx, []broker.Pause{{Namespace: "ns"}}); err == nil {
 		t.Fatal("an empty queue name was accepted")
 	}
 	if _, err := e.Pauses(ctx, ""); err == nil {

@@ -7,8 +7,7 @@ import (
 	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
-
-	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/broker"
 )
 
 // The Engine is also the control transport and pause store of a Redis
@@ -16,11 +15,11 @@ import (
 // namespace's broadcast channel, and PUBLISH returns how many received the
 // message, so a requester knows how many replies to wait for.
 var (
-	_ control.Transport  = (*Engine)(nil)
-	_ control.PauseStore = (*Engine)(nil)
+	_ broker.ControlTransport = (*Engine)(nil)
+	_ broker.PauseStore       = (*Engine)(nil)
 )
 
-// subscription adapts a *goredis.PubSub to control.Subscription; the
+// subscription adapts a *goredis.PubSub to broker.Subscription; the
 // go-redis type never leaves this package.
 type subscription struct {
 	ps   *goredis.PubSub
@@ -42,7 +41,7 @@ func (s *subscription) Close() error {
 
 // subscribe subscribes to channels and returns once Redis confirmed the
 // subscription (so nothing published afterwards is missed).
-func (e *Engine) subscribe(ctx context.Context, channels ...string) (control.Subscription, error) {
+func (e *Engine) subscribe(ctx context.Context, channels ...string) (broker.Subscription, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -76,13 +75,13 @@ func (e *Engine) subscribe(ctx context.Context, channels ...string) (control.Sub
 	return s, nil
 }
 
-// SubscribeWorker implements control.Transport.
-func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string) (control.Subscription, error) {
+// SubscribeWorker implements broker.ControlTransport.
+func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string) (broker.Subscription, error) {
 	return e.subscribe(ctx, e.keys.ctlBroadcast(namespace), e.keys.ctlWorker(namespace, workerID))
 }
 
-// ListenReplies implements control.Transport.
-func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (control.Subscription, error) {
+// ListenReplies implements broker.ControlTransport.
+func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (broker.Subscription, error) {
 	return e.subscribe(ctx, e.keys.ctlReply(namespace, replyTo))
 }
 
@@ -97,17 +96,17 @@ func (e *Engine) publishCtl(ctx context.Context, op, channel string, msg []byte)
 	return int(n), nil
 }
 
-// Broadcast implements control.Transport.
+// Broadcast implements broker.ControlTransport.
 func (e *Engine) Broadcast(ctx context.Context, namespace string, msg []byte) (int, error) {
 	return e.publishCtl(ctx, "control broadcast", e.keys.ctlBroadcast(namespace), msg)
 }
 
-// Send implements control.Transport.
+// Send implements broker.ControlTransport.
 func (e *Engine) Send(ctx context.Context, namespace, workerID string, msg []byte) (int, error) {
 	return e.publishCtl(ctx, "control send", e.keys.ctlWorker(namespace, workerID), msg)
 }
 
-// Reply implements control.Transport. A reply nobody receives (the
+// Reply implements broker.ControlTransport. A reply nobody receives (the
 // requester gave up) is an error the worker logs at debug level.
 func (e *Engine) Reply(ctx context.Context, namespace, replyTo string, msg []byte) error {
 	n, err := e.publishCtl(ctx, "control reply", e.keys.ctlReply(namespace, replyTo), msg)
@@ -117,12 +116,12 @@ func (e *Engine) Reply(ctx context.Context, namespace, replyTo string, msg []byt
 	return err
 }
 
-// Pause implements control.PauseStore: one HSET of every pause.
-func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
+// Pause implements broker.PauseStore: one HSET of every pause.
+func (e *Engine) Pause(ctx context.Context, pauses []broker.Pause) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
-	if err := control.ValidatePauses(pauses); err != nil {
+	if err := broker.ValidatePauses(pauses); err != nil {
 		return fmt.Errorf("redis engine: %w", err)
 	}
 	byNS := map[string][]any{}
@@ -144,7 +143,7 @@ func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 	return nil
 }
 
-// Resume implements control.PauseStore: HDEL of the scope's fields (and,
+// Resume implements broker.PauseStore: HDEL of the scope's fields (and,
 // for the namespace-wide scope, SREM from the SET older versions wrote).
 func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []string) error {
 	if err := e.checkOpen(); err != nil {
@@ -169,10 +168,10 @@ func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []
 	return nil
 }
 
-// Pauses implements control.PauseStore: HGETALL, plus the members of the
+// Pauses implements broker.PauseStore: HGETALL, plus the members of the
 // SET older versions wrote (namespace-wide, unsigned). A value that does
 // not decode is skipped.
-func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause, error) {
+func (e *Engine) Pauses(ctx context.Context, namespace string) ([]broker.Pause, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -182,10 +181,10 @@ func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause,
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, e.fail("read paused queues", err)
 	}
-	out := []control.Pause{}
+	out := []broker.Pause{}
 	seen := map[string]bool{}
 	for _, v := range h.Val() {
-		var p control.Pause
+		var p broker.Pause
 		if json.Unmarshal([]byte(v), &p) != nil || p.Queue == "" {
 			continue
 		}
@@ -195,9 +194,9 @@ func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause,
 	}
 	for _, q := range legacy.Val() {
 		if !seen[pauseField("", q)] {
-			out = append(out, control.Pause{Namespace: namespace, Queue: q})
+			out = append(out, broker.Pause{Namespace: namespace, Queue: q})
 		}
 	}
-	control.SortPauses(out)
+	broker.SortPauses(out)
 	return out, nil
 }

@@ -95,7 +95,7 @@ func (k keys) paused(namespace string) string { return k.ns + ":paused:" + names
 
 // pauses is the HASH of a control namespace's pauses: field
 // "<worker scope>\n<queue>" (the scope empty for every worker), value the
-// control.Pause as JSON.
+// broker.Pause as JSON.
 func (k keys) pauses(namespace string) string { return k.ns + ":pauses:" + namespace }
 
 // pauseField is the field of one pause in the pauses HASH.

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/broker"
 )
 
 // The Engine is also the control transport and the pause store of a SQLite
@@ -43,8 +43,8 @@ import (
 //
 // Paused queues are rows of stem_paused_queues.
 var (
-	_ control.Transport  = (*Engine)(nil)
-	_ control.PauseStore = (*Engine)(nil)
+	_ broker.ControlTransport = (*Engine)(nil)
+	_ broker.PauseStore       = (*Engine)(nil)
 )
 
 // Control-plane timings.
@@ -157,27 +157,27 @@ func checkControlNamespace(op, namespace string) error {
 	return nil
 }
 
-// SubscribeWorker implements control.Transport: it receives the
+// SubscribeWorker implements broker.ControlTransport: it receives the
 // namespace's broadcasts and the messages sent to workerID, from the moment
 // it returns.
-func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string) (control.Subscription, error) {
+func (e *Engine) SubscribeWorker(ctx context.Context, namespace, workerID string) (broker.Subscription, error) {
 	if workerID == "" {
 		return nil, errors.New("sqlite engine: subscribe: empty worker id")
 	}
 	return e.ctlSubscribe(ctx, "subscribe worker "+workerID, namespace, ctlBroadcast, ctlWorker(workerID))
 }
 
-// ListenReplies implements control.Transport: it receives the replies sent
+// ListenReplies implements broker.ControlTransport: it receives the replies sent
 // to replyTo from the moment it returns. Closing it deletes the channel's
 // messages.
-func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (control.Subscription, error) {
+func (e *Engine) ListenReplies(ctx context.Context, namespace, replyTo string) (broker.Subscription, error) {
 	if replyTo == "" {
 		return nil, errors.New("sqlite engine: listen for replies: empty reply channel")
 	}
 	return e.ctlSubscribe(ctx, "listen for replies on "+replyTo, namespace, ctlReply(replyTo))
 }
 
-// Broadcast implements control.Transport. It returns how many
+// Broadcast implements broker.ControlTransport. It returns how many
 // subscriptions of the namespace were live when the message was committed:
 // each of them receives it. A subscription of a process that died without
 // closing it counts until its rows expire (ctlSubTTL, 15 s), so for that
@@ -187,13 +187,13 @@ func (e *Engine) Broadcast(ctx context.Context, namespace string, msg []byte) (i
 	return e.ctlPublish(ctx, "control broadcast", namespace, ctlBroadcast, msg)
 }
 
-// Send implements control.Transport; the count is as for Broadcast (0 when
+// Send implements broker.ControlTransport; the count is as for Broadcast (0 when
 // the worker does not listen).
 func (e *Engine) Send(ctx context.Context, namespace, workerID string, msg []byte) (int, error) {
 	return e.ctlPublish(ctx, "control send to "+workerID, namespace, ctlWorker(workerID), msg)
 }
 
-// Reply implements control.Transport. A reply nobody listens for (the
+// Reply implements broker.ControlTransport. A reply nobody listens for (the
 // requester gave up) is not stored, and is an error the worker logs at
 // debug level.
 func (e *Engine) Reply(ctx context.Context, namespace, replyTo string, msg []byte) error {
@@ -317,10 +317,10 @@ func (s *ctlSub) register(ctx context.Context, tx *sql.Tx, now int64) error {
 	return nil
 }
 
-// C implements control.Subscription.
+// C implements broker.Subscription.
 func (s *ctlSub) C() <-chan []byte { return s.ch }
 
-// Close implements control.Subscription: it stops the poller, deletes the
+// Close implements broker.Subscription: it stops the poller, deletes the
 // subscription's rows and its private channel's messages, and then closes
 // C, so a consumer that sees C closed finds the rows gone. Closing twice
 // is safe; after the Engine closed, only the poller is stopped (the rows
@@ -525,8 +525,8 @@ func (h *ctlHub) wake(path string) {
 // microsecond (the precision signatures cover).
 const pauseTimeLayout = "2006-01-02T15:04:05.000000Z"
 
-// Pause implements control.PauseStore, in one write transaction.
-func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
+// Pause implements broker.PauseStore, in one write transaction.
+func (e *Engine) Pause(ctx context.Context, pauses []broker.Pause) error {
 	if err := e.checkOpen(); err != nil {
 		return err
 	}
@@ -535,7 +535,7 @@ func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 			return err
 		}
 	}
-	if err := control.ValidatePauses(pauses); err != nil {
+	if err := broker.ValidatePauses(pauses); err != nil {
 		return fmt.Errorf("sqlite engine: %w", err)
 	}
 	if len(pauses) == 0 {
@@ -553,7 +553,7 @@ func (e *Engine) Pause(ctx context.Context, pauses []control.Pause) error {
 	return e.fail(fmt.Sprintf("pause %d queue(s) of namespace %s", len(pauses), pauses[0].Namespace), err)
 }
 
-// Resume implements control.PauseStore, in one write transaction.
+// Resume implements broker.PauseStore, in one write transaction.
 func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []string) error {
 	if err := e.checkOpen(); err != nil {
 		return err
@@ -575,8 +575,8 @@ func (e *Engine) Resume(ctx context.Context, namespace, worker string, queues []
 	return e.fail(fmt.Sprintf("resume queues %s of namespace %s", strings.Join(queues, ","), namespace), err)
 }
 
-// Pauses implements control.PauseStore.
-func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause, error) {
+// Pauses implements broker.PauseStore.
+func (e *Engine) Pauses(ctx context.Context, namespace string) ([]broker.Pause, error) {
 	if err := e.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -589,9 +589,9 @@ func (e *Engine) Pauses(ctx context.Context, namespace string) ([]control.Pause,
 		return nil, e.fail(op, err)
 	}
 	defer rows.Close()
-	out := []control.Pause{}
+	out := []broker.Pause{}
 	for rows.Next() {
-		p := control.Pause{Namespace: namespace}
+		p := broker.Pause{Namespace: namespace}
 		var at string
 		if err := rows.Scan(&p.Worker, &p.Queue, &at, &p.RequestedBy, &p.Sig); err != nil {
 			return nil, e.fail(op, err)

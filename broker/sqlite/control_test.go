@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/controltest"
 )
@@ -31,11 +32,11 @@ type splitEngine struct {
 	sub, pub *Engine
 }
 
-func (s splitEngine) SubscribeWorker(ctx context.Context, ns, id string) (control.Subscription, error) {
+func (s splitEngine) SubscribeWorker(ctx context.Context, ns, id string) (broker.Subscription, error) {
 	return s.sub.SubscribeWorker(ctx, ns, id)
 }
 
-func (s splitEngine) ListenReplies(ctx context.Context, ns, replyTo string) (control.Subscription, error) {
+func (s splitEngine) ListenReplies(ctx context.Context, ns, replyTo string) (broker.Subscription, error) {
 	return s.sub.ListenReplies(ctx, ns, replyTo)
 }
 
@@ -51,7 +52,7 @@ func (s splitEngine) Reply(ctx context.Context, ns, replyTo string, msg []byte) 
 	return s.pub.Reply(ctx, ns, replyTo, msg)
 }
 
-func (s splitEngine) Pause(ctx context.Context, ps []control.Pause) error {
+func (s splitEngine) Pause(ctx context.Context, ps []broker.Pause) error {
 	return s.pub.Pause(ctx, ps)
 }
 
@@ -59,7 +60,7 @@ func (s splitEngine) Resume(ctx context.Context, ns, worker string, queues []str
 	return s.pub.Resume(ctx, ns, worker, queues)
 }
 
-func (s splitEngine) Pauses(ctx context.Context, ns string) ([]control.Pause, error) {
+func (s splitEngine) Pauses(ctx context.Context, ns string) ([]broker.Pause, error) {
 	return s.sub.Pauses(ctx, ns)
 }
 
@@ -114,7 +115,7 @@ func TestControlMigratesVersion1(t *testing.T) {
 	if n := rowCount(t, e.rdb, "stem_tasks"); n != 1 {
 		t.Fatalf("the migration lost tasks: %d left", n)
 	}
-	if err := e.Pause(ctx, []control.Pause{{Namespace: "ns", Queue: "q", Worker: "alpha"}}); err != nil {
+	if err := e.Pause(ctx, []broker.Pause{{Namespace: "ns", Queue: "q", Worker: "alpha"}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -354,7 +355,7 @@ func startControlHelper(t *testing.T, path, ns, id string) (io.WriteCloser, *exe
 // `stem worker ping` does: subscribe, broadcast, gather) and returns the
 // elapsed times, sorted. Every ping must get want replies, as counted by
 // Broadcast, well before the timeout.
-func pingRounds(t *testing.T, tr control.Transport, ns string, rounds, want int) []time.Duration {
+func pingRounds(t *testing.T, tr broker.ControlTransport, ns string, rounds, want int) []time.Duration {
 	t.Helper()
 	var out []time.Duration
 	for range rounds {
@@ -431,7 +432,7 @@ func TestControlSameProcessPing(t *testing.T) {
 	e := openTestEngine(t, path, Options{})
 	const ns = "ctl"
 	var wg sync.WaitGroup
-	var subs []control.Subscription
+	var subs []broker.Subscription
 	defer func() {
 		for _, s := range subs {
 			_ = s.Close()

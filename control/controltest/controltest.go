@@ -8,22 +8,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/internal/testutil"
-
-	"github.com/stemhq/stem/control"
 )
 
 // Engine is what the suite tests.
 type Engine interface {
-	control.Transport
-	control.PauseStore
+	broker.ControlTransport
+	broker.PauseStore
 }
 
 // Run runs the suite. newEngine returns a transport; each test uses its
 // own namespace, so engines may be shared.
 func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 	ns := func(t *testing.T) string { return fmt.Sprintf("ct%d", time.Now().UnixNano()) }
-	recv := func(t *testing.T, s control.Subscription) string {
+	recv := func(t *testing.T, s broker.Subscription) string {
 		t.Helper()
 		select {
 		case b := <-s.C():
@@ -33,7 +32,7 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 		}
 		return ""
 	}
-	silent := func(t *testing.T, s control.Subscription) {
+	silent := func(t *testing.T, s broker.Subscription) {
 		t.Helper()
 		select {
 		case b := <-s.C():
@@ -46,7 +45,7 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 	t.Run("BroadcastFansOutToEveryWorker", func(t *testing.T) {
 		t.Parallel()
 		e, n := newEngine(t), ns(t)
-		var subs []control.Subscription
+		var subs []broker.Subscription
 		for i := 0; i < 3; i++ {
 			s, err := e.SubscribeWorker(ctx, n, fmt.Sprintf("w%d@h", i))
 			if err != nil {
@@ -133,14 +132,14 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 		}
 	})
 
-	queues := func(ps []control.Pause) string {
+	queues := func(ps []broker.Pause) string {
 		var out []string
 		for _, p := range ps {
 			out = append(out, p.Worker+"/"+p.Queue)
 		}
 		return fmt.Sprint(out)
 	}
-	pauses := func(t *testing.T, e Engine, n string) []control.Pause {
+	pauses := func(t *testing.T, e Engine, n string) []broker.Pause {
 		t.Helper()
 		ps, err := e.Pauses(ctx, n)
 		if err != nil {
@@ -152,10 +151,10 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 	t.Run("PausedQueuesPerNamespace", func(t *testing.T) {
 		t.Parallel()
 		e, n := newEngine(t), ns(t)
-		if err := e.Pause(ctx, []control.Pause{{Namespace: n, Queue: "b"}, {Namespace: n, Queue: "a"}}); err != nil {
+		if err := e.Pause(ctx, []broker.Pause{{Namespace: n, Queue: "b"}, {Namespace: n, Queue: "a"}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.Pause(ctx, []control.Pause{{Namespace: n + "x", Queue: "z"}}); err != nil {
+		if err := e.Pause(ctx, []broker.Pause{{Namespace: n + "x", Queue: "z"}}); err != nil {
 			t.Fatal(err)
 		}
 		if got := queues(pauses(t, e, n)); got != "[/a /b]" {
@@ -181,8 +180,8 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 		t.Parallel()
 		e, n := newEngine(t), ns(t)
 		at := time.Date(2025, 11, 23, 10, 30, 15, 123456000, time.UTC)
-		alpha := control.Pause{Namespace: n, Queue: "q", Worker: "alpha@h", PausedAt: at, RequestedBy: "ops", Sig: "abc123"}
-		if err := e.Pause(ctx, []control.Pause{alpha, {Namespace: n, Queue: "q", Worker: "gamma"}, {Namespace: n, Queue: "q", PausedAt: at}}); err != nil {
+		alpha := broker.Pause{Namespace: n, Queue: "q", Worker: "alpha@h", PausedAt: at, RequestedBy: "ops", Sig: "abc123"}
+		if err := e.Pause(ctx, []broker.Pause{alpha, {Namespace: n, Queue: "q", Worker: "gamma"}, {Namespace: n, Queue: "q", PausedAt: at}}); err != nil {
 			t.Fatal(err)
 		}
 		got := pauses(t, e, n)
@@ -204,8 +203,8 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 			t.Fatalf("after resuming alpha@h: %v", got)
 		}
 		// Pausing again replaces the record (one per scope and queue).
-		again := control.Pause{Namespace: n, Queue: "q", Worker: "gamma", RequestedBy: "second"}
-		e.Pause(ctx, []control.Pause{again})
+		again := broker.Pause{Namespace: n, Queue: "q", Worker: "gamma", RequestedBy: "second"}
+		e.Pause(ctx, []broker.Pause{again})
 		if got := pauses(t, e, n); len(got) != 1 || got[0].RequestedBy != "second" {
 			t.Fatalf("after pausing twice: %+v", got)
 		}
@@ -215,7 +214,7 @@ func Run(t *testing.T, newEngine func(t *testing.T) Engine) {
 	t.Run("PauseRefusesBadRecords", func(t *testing.T) {
 		t.Parallel()
 		e, n := newEngine(t), ns(t)
-		if err := e.Pause(ctx, []control.Pause{{Namespace: n, Queue: "ok"}, {Namespace: n, Queue: ""}}); err == nil {
+		if err := e.Pause(ctx, []broker.Pause{{Namespace: n, Queue: "ok"}, {Namespace: n, Queue: ""}}); err == nil {
 			t.Fatal("a pause without a queue was stored")
 		}
 		if got := pauses(t, e, n); len(got) != 0 {

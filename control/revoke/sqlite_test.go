@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stemhq/stem/control"
+	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/stemerr"
 
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
@@ -72,7 +72,7 @@ func TestSQLiteSharesTheEngineFile(t *testing.T) {
 	if _, err := s.Upsert(ctx, []revoke.Entry{entry}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Pause(ctx, []control.Pause{{Namespace: "ns", Queue: "q"}}); err != nil {
+	if err := e.Pause(ctx, []broker.Pause{{Namespace: "ns", Queue: "q"}}); err != nil {
 		t.Fatalf("the engine after the store created its table: %v", err)
 	}
 	other := openSQLiteStore(t, path)

@@ -107,7 +107,7 @@ type benchEngine interface {
 	broker.Broker
 	result.Backend
 	registry.Registry
-	control.Transport
+	broker.ControlTransport
 }
 
 // target is one engine to measure: how to open a fresh namespace of it and

@@ -1,32 +1,30 @@
-package control
+package memory
 
 import (
 	"context"
 	"errors"
 	"sync"
+
+	"github.com/stemhq/stem/broker"
 )
 
-// Memory is an in-process Transport and PauseStore: every engine opened
-// with a memory:// URL in one process shares one. It exists for tests and
-// single-process embedding.
-type Memory struct {
+// controlPlane is the memory engine's in-process control transport and
+// pause store (Engine embeds it).
+type controlPlane struct {
 	mu     sync.Mutex
 	topics map[string]map[*memSub]struct{}
-	paused map[string]map[pauseKey]Pause
+	paused map[string]map[pauseKey]broker.Pause
 }
 
 type pauseKey struct{ worker, queue string }
 
-// NewMemory returns an empty in-process transport.
-func NewMemory() *Memory {
-	return &Memory{topics: map[string]map[*memSub]struct{}{}, paused: map[string]map[pauseKey]Pause{}}
+// newControlPlane returns an empty in-process transport and pause store.
+func newControlPlane() *controlPlane {
+	return &controlPlane{topics: map[string]map[*memSub]struct{}{}, paused: map[string]map[pauseKey]broker.Pause{}}
 }
 
-var _ Transport = (*Memory)(nil)
-var _ PauseStore = (*Memory)(nil)
-
 type memSub struct {
-	m      *Memory
+	m      *controlPlane
 	topics []string
 	ch     chan []byte
 	once   sync.Once
@@ -51,7 +49,7 @@ func (s *memSub) Close() error {
 	return nil
 }
 
-func (m *Memory) subscribe(topics ...string) *memSub {
+func (m *controlPlane) subscribe(topics ...string) *memSub {
 	s := &memSub{m: m, topics: topics, ch: make(chan []byte, 256), done: make(chan struct{})}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -66,7 +64,7 @@ func (m *Memory) subscribe(topics ...string) *memSub {
 
 // publish delivers msg to the topic's subscribers; a subscriber whose
 // buffer is full misses it (like a slow pub/sub client would).
-func (m *Memory) publish(topic string, msg []byte) int {
+func (m *controlPlane) publish(topic string, msg []byte) int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := 0
@@ -84,52 +82,52 @@ func broadcastTopic(ns string) string      { return ns + "|all" }
 func workerTopic(ns, id string) string     { return ns + "|w|" + id }
 func replyTopic(ns, replyTo string) string { return ns + "|r|" + replyTo }
 
-// SubscribeWorker implements Transport.
-func (m *Memory) SubscribeWorker(_ context.Context, ns, id string) (Subscription, error) {
+// SubscribeWorker implements broker.ControlTransport.
+func (m *controlPlane) SubscribeWorker(_ context.Context, ns, id string) (broker.Subscription, error) {
 	return m.subscribe(broadcastTopic(ns), workerTopic(ns, id)), nil
 }
 
-// Broadcast implements Transport.
-func (m *Memory) Broadcast(_ context.Context, ns string, msg []byte) (int, error) {
+// Broadcast implements broker.ControlTransport.
+func (m *controlPlane) Broadcast(_ context.Context, ns string, msg []byte) (int, error) {
 	return m.publish(broadcastTopic(ns), msg), nil
 }
 
-// Send implements Transport.
-func (m *Memory) Send(_ context.Context, ns, id string, msg []byte) (int, error) {
+// Send implements broker.ControlTransport.
+func (m *controlPlane) Send(_ context.Context, ns, id string, msg []byte) (int, error) {
 	return m.publish(workerTopic(ns, id), msg), nil
 }
 
-// ListenReplies implements Transport.
-func (m *Memory) ListenReplies(_ context.Context, ns, replyTo string) (Subscription, error) {
+// ListenReplies implements broker.ControlTransport.
+func (m *controlPlane) ListenReplies(_ context.Context, ns, replyTo string) (broker.Subscription, error) {
 	return m.subscribe(replyTopic(ns, replyTo)), nil
 }
 
-// Reply implements Transport.
-func (m *Memory) Reply(_ context.Context, ns, replyTo string, msg []byte) error {
+// Reply implements broker.ControlTransport.
+func (m *controlPlane) Reply(_ context.Context, ns, replyTo string, msg []byte) error {
 	if m.publish(replyTopic(ns, replyTo), msg) == 0 {
 		return errors.New("nobody listens on the reply channel (the requester gave up)")
 	}
 	return nil
 }
 
-// Pause implements PauseStore.
-func (m *Memory) Pause(_ context.Context, pauses []Pause) error {
-	if err := ValidatePauses(pauses); err != nil {
+// broker.Pause implements broker.PauseStore.
+func (m *controlPlane) Pause(_ context.Context, pauses []broker.Pause) error {
+	if err := broker.ValidatePauses(pauses); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, p := range pauses {
 		if m.paused[p.Namespace] == nil {
-			m.paused[p.Namespace] = map[pauseKey]Pause{}
+			m.paused[p.Namespace] = map[pauseKey]broker.Pause{}
 		}
 		m.paused[p.Namespace][pauseKey{p.Worker, p.Queue}] = p
 	}
 	return nil
 }
 
-// Resume implements PauseStore.
-func (m *Memory) Resume(_ context.Context, ns, worker string, queues []string) error {
+// Resume implements broker.PauseStore.
+func (m *controlPlane) Resume(_ context.Context, ns, worker string, queues []string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, q := range queues {
@@ -138,14 +136,14 @@ func (m *Memory) Resume(_ context.Context, ns, worker string, queues []string) e
 	return nil
 }
 
-// Pauses implements PauseStore.
-func (m *Memory) Pauses(_ context.Context, ns string) ([]Pause, error) {
+// Pauses implements broker.PauseStore.
+func (m *controlPlane) Pauses(_ context.Context, ns string) ([]broker.Pause, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Pause, 0, len(m.paused[ns]))
+	out := make([]broker.Pause, 0, len(m.paused[ns]))
 	for _, p := range m.paused[ns] {
 		out = append(out, p)
 	}
-	SortPauses(out)
+	broker.SortPauses(out)
 	return out, nil
 }
