@@ -11,7 +11,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
+	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/stemerr"
@@ -98,3 +100,42 @@ func (r redisLog) Printf(_ context.Context, format string, v ...any) {
 // routeRedisLogs installs redisLog. go-redis's logger is process-global, so
 // only the CLI (never a library package) sets it.
 func routeRedisLogs(log logrus.FieldLogger) { goredis.SetLogger(redisLog{log: log}) }
+
+// revokeStoreURL is the revoke store's URL, resolved as openRevokeStore
+// does.
+func revokeStoreURL(l config.Lookup) string {
+	url, _ := revoke.ResolveURL(func(k string) (string, bool) {
+		v, _, ok := l.Get(k)
+		return v, ok
+	})
+	return url
+}
+
+// openRevokeStore opens the revoke store: STEM_REVOKE_STORE_URL, else
+// STEM_RESULT_BACKEND_URL, else STEM_BROKER_URL (flags count as their
+// variables). Redis keys go under the deployment's namespace.
+func openRevokeStore(ctx context.Context, c config.Config, l config.Lookup, log logrus.FieldLogger) (revoke.Store, error) {
+	url, key := revoke.ResolveURL(func(k string) (string, bool) {
+		v, _, ok := l.Get(k)
+		return v, ok
+	})
+	if _, from, ok := l.Get(key); ok {
+		key = from
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if strings.HasPrefix(url, "sqlite:") {
+		// The SQLite store lives in a stem database: let the engine create
+		// (or check) the file first, so a revoke store of its own works.
+		eng, err := stemsqlite.Open(ctx, url, stemsqlite.Options{Namespace: c.Namespace})
+		if err != nil {
+			return nil, err
+		}
+		_ = eng.Close()
+	}
+	return revoke.Open(ctx, url, revoke.Options{
+		URLKey:         key,
+		RedisKeyPrefix: c.Namespace,
+		Warn:           func(err error) { log.WithError(err).Warn("revoke store") },
+	})
+}

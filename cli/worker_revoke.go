@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,53 +8,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
-	stemsqlite "github.com/stemhq/stem/broker/sqlite"
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
 )
-
-// revokeStoreURL is the revoke store's URL, resolved as openRevokeStore
-// does.
-func revokeStoreURL(l config.Lookup) string {
-	url, _ := revoke.ResolveURL(func(k string) (string, bool) {
-		v, _, ok := l.Get(k)
-		return v, ok
-	})
-	return url
-}
-
-// openRevokeStore opens the revoke store: STEM_REVOKE_STORE_URL, else
-// STEM_RESULT_BACKEND_URL, else STEM_BROKER_URL (flags count as their
-// variables). Redis keys go under the deployment's namespace.
-func openRevokeStore(ctx context.Context, c config.Config, l config.Lookup, log logrus.FieldLogger) (revoke.Store, error) {
-	url, key := revoke.ResolveURL(func(k string) (string, bool) {
-		v, _, ok := l.Get(k)
-		return v, ok
-	})
-	if _, from, ok := l.Get(key); ok {
-		key = from
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if strings.HasPrefix(url, "sqlite:") {
-		// The SQLite store lives in a stem database: let the engine create
-		// (or check) the file first, so a revoke store of its own works.
-		eng, err := stemsqlite.Open(ctx, url, stemsqlite.Options{Namespace: c.Namespace})
-		if err != nil {
-			return nil, err
-		}
-		_ = eng.Close()
-	}
-	return revoke.Open(ctx, url, revoke.Options{
-		URLKey:         key,
-		RedisKeyPrefix: c.Namespace,
-		Warn:           func(err error) { log.WithError(err).Warn("revoke store") },
-	})
-}
 
 type revokeOptions struct {
 	controlOptions
