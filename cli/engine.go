@@ -8,10 +8,8 @@ import (
 	"strings"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
-	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/engine"
@@ -87,24 +85,20 @@ func openRetrying[T any](ctx context.Context, log logrus.FieldLogger, what, rawU
 	}
 }
 
-// redisLog routes go-redis's own messages (dial failures, pool and pub/sub
-// reconnects) into the command's logger at debug level, instead of
-// go-redis printing them to stderr in its own format; stem logs every
-// failure that matters itself, with context.
-type redisLog struct{ log logrus.FieldLogger }
-
-func (r redisLog) Printf(_ context.Context, format string, v ...any) {
-	r.log.WithField("component", "go-redis").Debugf(format, v...)
+// routeRedisLogs routes the database drivers' own messages (go-redis's
+// dial failures, pool and pub/sub reconnects) into the command's logger at
+// debug level, instead of the driver printing them to stderr in its own
+// format; stem logs every failure that matters itself, with context. The
+// drivers' loggers are process-global, so only the CLI (never a library
+// package) sets them.
+func routeRedisLogs(log logrus.FieldLogger) {
+	engine.RouteDriverLogs(log.WithField("component", "go-redis").Debugf)
 }
-
-// routeRedisLogs installs redisLog. go-redis's logger is process-global, so
-// only the CLI (never a library package) sets it.
-func routeRedisLogs(log logrus.FieldLogger) { goredis.SetLogger(redisLog{log: log}) }
 
 // revokeStoreURL is the revoke store's URL, resolved as openRevokeStore
 // does.
 func revokeStoreURL(l config.Lookup) string {
-	url, _ := revoke.ResolveURL(func(k string) (string, bool) {
+	url, _ := engine.ResolveRevokeURL(func(k string) (string, bool) {
 		v, _, ok := l.Get(k)
 		return v, ok
 	})
@@ -113,9 +107,9 @@ func revokeStoreURL(l config.Lookup) string {
 
 // openRevokeStore opens the revoke store: STEM_REVOKE_STORE_URL, else
 // STEM_RESULT_BACKEND_URL, else STEM_BROKER_URL (flags count as their
-// variables). Redis keys go under the deployment's namespace.
+// variables), under the deployment's namespace.
 func openRevokeStore(ctx context.Context, c config.Config, l config.Lookup, log logrus.FieldLogger) (revoke.Store, error) {
-	url, key := revoke.ResolveURL(func(k string) (string, bool) {
+	url, key := engine.ResolveRevokeURL(func(k string) (string, bool) {
 		v, _, ok := l.Get(k)
 		return v, ok
 	})
@@ -124,18 +118,11 @@ func openRevokeStore(ctx context.Context, c config.Config, l config.Lookup, log 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if strings.HasPrefix(url, "sqlite:") {
-		// The SQLite store lives in a stem database: let the engine create
-		// (or check) the file first, so a revoke store of its own works.
-		eng, err := stemsqlite.Open(ctx, url, stemsqlite.Options{Namespace: c.Namespace})
-		if err != nil {
-			return nil, err
-		}
-		_ = eng.Close()
-	}
-	return revoke.Open(ctx, url, revoke.Options{
-		URLKey:         key,
-		RedisKeyPrefix: c.Namespace,
-		Warn:           func(err error) { log.WithError(err).Warn("revoke store") },
+	return engine.OpenRevokeStore(ctx, engine.RevokeOptions{
+		URL:             url,
+		URLKey:          key,
+		Namespace:       c.Namespace,
+		RedisRequireAOF: c.RedisRequireAOF,
+		Warn:            func(err error) { log.WithError(err).Warn("revoke store") },
 	})
 }

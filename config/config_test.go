@@ -117,7 +117,7 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_MAX_TASKS_PER_CHILD": c.MaxTasksPerChild, "STEM_WORKER_MAX_MEMORY_PER_CHILD": c.MaxChildMemory,
 		"STEM_WORKER_TERMINATE_GRACE": c.TerminateGrace, "STEM_UNKNOWN_TASK_TTL": c.UnknownTaskTTL, "STEM_METRICS_ADDR": c.MetricsAddr, "STEM_CONTROL_NAMESPACE": c.ControlNamespace,
 		"STEM_CONTROL_TIMEOUT": c.ControlTimeout, "STEM_CONTROL_SIGNING_KEY": c.SigningKey, "STEM_REDIS_REQUIRE_AOF": c.RedisRequireAOF, "STEM_CONTROL_MAX_AGE": c.ControlMaxAge,
-		"STEM_REVOKE_STORE_URL":     "(read by control/revoke.ResolveURL, tested there)",
+		"STEM_REVOKE_STORE_URL":     "(read by engine.ResolveRevokeURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": c.RevokeSync, "STEM_LOG_LEVEL": c.LogLevel,
 		"STEM_LOG_FORMAT": c.LogFormat,
 	}
@@ -132,7 +132,7 @@ func TestEveryVariableIsRead(t *testing.T) {
 		"STEM_WORKER_AUTOSCALE_TICK": 250 * time.Millisecond, "STEM_WORKER_SCALE_UP_COOLDOWN": time.Duration(0), "STEM_WORKER_SCALE_DOWN_COOLDOWN": time.Minute,
 		"STEM_WORKER_MAX_TASKS_PER_CHILD": 500, "STEM_WORKER_MAX_MEMORY_PER_CHILD": int64(512 << 20),
 		"STEM_WORKER_TERMINATE_GRACE": 3 * time.Second, "STEM_METRICS_ADDR": "127.0.0.1:9464", "STEM_CONTROL_NAMESPACE": "ctl",
-		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REDIS_REQUIRE_AOF": true, "STEM_REVOKE_STORE_URL": "(read by control/revoke.ResolveURL, tested there)",
+		"STEM_CONTROL_TIMEOUT": 750 * time.Millisecond, "STEM_CONTROL_SIGNING_KEY": "k3y", "STEM_REDIS_REQUIRE_AOF": true, "STEM_REVOKE_STORE_URL": "(read by engine.ResolveRevokeURL, tested there)",
 		"STEM_REVOKE_SYNC_INTERVAL": 10 * time.Second,
 		"STEM_LOG_LEVEL":            "debug", "STEM_LOG_FORMAT": "json",
 	}

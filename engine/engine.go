@@ -26,6 +26,7 @@ import (
 	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
+	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/stemerr"
@@ -57,7 +58,9 @@ type Engine struct {
 	Registry registry.Registry
 	Control  broker.ControlTransport
 	Pauses   broker.PauseStore
-	closers  []io.Closer
+	// Revokes is the broker engine's revoke store (closed with the engine).
+	Revokes revoke.Store
+	closers []io.Closer
 }
 
 // Close closes everything Open opened.
@@ -83,7 +86,7 @@ func Open(ctx context.Context, o Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{Broker: b.broker, Results: b.results, Registry: b.registry, closers: []io.Closer{b}}
+	e := &Engine{Broker: b.broker, Results: b.results, Registry: b.registry, Revokes: b.revokes, closers: []io.Closer{b}}
 	// Optional capabilities are asked for: an engine that carries control
 	// messages and pause state says so by implementing the interfaces.
 	if t, ok := b.control.(broker.ControlTransport); ok {
@@ -109,6 +112,7 @@ type opened struct {
 	results  result.Backend
 	registry registry.Registry
 	control  any // asked for broker.ControlTransport and broker.PauseStore
+	revokes  revoke.Store
 	close    func() error
 }
 
@@ -130,25 +134,25 @@ func openURL(ctx context.Context, raw string, o Options) (*opened, error) {
 	case "memory":
 		m := sharedMemory(raw, o)
 		// The shared engine outlives this handle: closing it is a no-op.
-		return &opened{broker: m, results: m, registry: m, control: m, close: func() error { return nil }}, nil
+		return &opened{broker: m, results: m, registry: m, control: m, revokes: revoke.SharedMemory(raw), close: func() error { return nil }}, nil
 	case "sqlite":
 		s, err := stemsqlite.Open(ctx, raw, stemsqlite.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
 		if err != nil {
 			return nil, err
 		}
-		return &opened{broker: s, results: s, registry: s, control: s, close: s.Close}, nil
+		return &opened{broker: s, results: s, registry: s, control: s, revokes: s.Revokes(), close: s.Close}, nil
 	case "postgres", "postgresql":
 		p, err := stempostgres.Open(ctx, raw, stempostgres.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL})
 		if err != nil {
 			return nil, err
 		}
-		return &opened{broker: p, results: p, registry: p, control: p, close: p.Close}, nil
+		return &opened{broker: p, results: p, registry: p, control: p, revokes: p.Revokes(), close: p.Close}, nil
 	default:
 		r, err := stemredis.Open(ctx, raw, stemredis.Options{Namespace: o.Namespace, ResultTTL: o.ResultTTL, RequireAOF: o.RedisRequireAOF, Warn: o.Warn})
 		if err != nil {
 			return nil, err
 		}
-		return &opened{broker: r, results: r, registry: r, control: r, close: r.Close}, nil
+		return &opened{broker: r, results: r, registry: r, control: r, revokes: r.Revokes(), close: r.Close}, nil
 	}
 }
 
@@ -170,6 +174,11 @@ func sharedMemory(raw string, o Options) *memory.Engine {
 	mems[key] = m
 	return m
 }
+
+// RouteDriverLogs sends the messages database drivers print on their own
+// (go-redis's dial failures and reconnects) to printf instead of stderr.
+// The drivers' loggers are process-global: a program calls it once.
+func RouteDriverLogs(printf func(format string, v ...any)) { stemredis.SetLogger(printf) }
 
 // ErrNotConfigured is returned when no URL is given.
 var ErrNotConfigured = fmt.Errorf("no broker URL configured")

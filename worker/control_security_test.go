@@ -18,9 +18,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/stemhq/stem/broker"
-	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
+	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/stemerr"
@@ -257,9 +257,9 @@ func TestForgedReplyIsIgnored(t *testing.T) {
 // signingStores opens each revoke store kind; Redis and Postgres when
 // their variables are set (required under CI).
 func signingStores(t *testing.T) map[string]func(t *testing.T) revoke.Store {
-	open := func(t *testing.T, url string, opts revoke.Options) revoke.Store {
+	open := func(t *testing.T, url, namespace string) revoke.Store {
 		t.Helper()
-		s, err := revoke.Open(context.Background(), url, opts)
+		s, err := engine.OpenRevokeStore(context.Background(), engine.RevokeOptions{URL: url, Namespace: namespace})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -267,29 +267,23 @@ func signingStores(t *testing.T) map[string]func(t *testing.T) revoke.Store {
 		return s
 	}
 	return map[string]func(t *testing.T) revoke.Store{
-		"memory": func(t *testing.T) revoke.Store { return open(t, "memory://"+t.Name(), revoke.Options{}) },
+		"memory": func(t *testing.T) revoke.Store { return open(t, "memory://"+t.Name(), "") },
 		"file": func(t *testing.T) revoke.Store {
-			return open(t, filepath.Join(t.TempDir(), "revokes.ndjson"), revoke.Options{})
+			return open(t, filepath.Join(t.TempDir(), "revokes.ndjson"), "")
 		},
 		"sqlite": func(t *testing.T) revoke.Store {
-			url := "sqlite://" + filepath.Join(t.TempDir(), "stem.db")
-			e, err := stemsqlite.Open(context.Background(), url, stemsqlite.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			e.Close()
-			return open(t, url, revoke.Options{})
+			return open(t, "sqlite://"+filepath.Join(t.TempDir(), "stem.db"), "")
 		},
 		"redis": func(t *testing.T) revoke.Store {
 			prefix := "wsig" + uuid.NewString()[:8]
-			s := open(t, testutil.EnvOrSkip(t, "STEM_TEST_REDIS_URL"), revoke.Options{RedisKeyPrefix: prefix})
+			s := open(t, testutil.EnvOrSkip(t, "STEM_TEST_REDIS_URL"), prefix)
 			t.Cleanup(func() { dropRedisPrefix(t, prefix) })
 			return s
 		},
 		"postgres": func(t *testing.T) revoke.Store {
-			table := "wsig_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
-			s := open(t, testutil.EnvOrSkip(t, "STEM_TEST_POSTGRES_URL"), revoke.Options{PostgresTable: table})
-			t.Cleanup(func() { dropPostgresTable(t, table) })
+			schema := "wsig_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+			s := open(t, testutil.EnvOrSkip(t, "STEM_TEST_POSTGRES_URL"), schema)
+			t.Cleanup(func() { dropPostgresSchema(t, schema) })
 			return s
 		},
 	}
@@ -410,15 +404,15 @@ func TestPerWorkerPauseIsPerWorker(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, func() bool { return len(alpha.PausedQueues()) == 0 }, "alpha still paused after its resume")
 }
 
-// dropPostgresTable removes a test table.
-func dropPostgresTable(t *testing.T, table string) {
+// dropPostgresSchema removes a test schema.
+func dropPostgresSchema(t *testing.T, schema string) {
 	pool, err := pgxpool.New(context.Background(), os.Getenv("STEM_TEST_POSTGRES_URL"))
 	if err != nil {
-		t.Logf("drop %s: %v", table, err)
+		t.Logf("drop %s: %v", schema, err)
 		return
 	}
 	defer pool.Close()
-	_, _ = pool.Exec(context.Background(), "DROP TABLE IF EXISTS "+pgx.Identifier{table}.Sanitize())
+	_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
 }
 
 // dropRedisPrefix removes a test's keys.

@@ -248,7 +248,7 @@ func TestControlMigratesVersion1(t *testing.T) {
 	e := newTestEngine(t, Options{})
 	ctx := t.Context()
 	for _, stmt := range []string{
-		`DROP TABLE {schema}.control_payloads`, `DROP TABLE {schema}.paused_queues`,
+		`DROP TABLE {schema}.control_payloads`, `DROP TABLE {schema}.paused_queues`, `DROP TABLE {schema}.revokes`,
 		`DELETE FROM {schema}.schema_version WHERE version >= 2`,
 	} {
 		if _, err := e.pool.Exec(ctx, e.ctlSQL(stmt)); err != nil {
@@ -377,6 +377,7 @@ func TestPausesMigrateFromVersion2(t *testing.T) {
 		`DROP TABLE {schema}.paused_queues`,
 		`CREATE TABLE {schema}.paused_queues (namespace text NOT NULL, queue text NOT NULL, paused_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (namespace, queue))`,
 		`INSERT INTO {schema}.paused_queues VALUES ('ctl', 'reports', '2026-11-30 03:00:00.123+00')`,
+		`DROP TABLE {schema}.revokes`,
 		`DELETE FROM {schema}.schema_version WHERE version >= 3`,
 	} {
 		if _, err := e.pool.Exec(ctx, e.ctlSQL(stmt)); err != nil {

@@ -216,7 +216,7 @@ func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
 		msg := stemerr.RedactError(err, rawURL).Error()
-		return nil, fmt.Errorf("postgres engine: invalid URL %s: %s (want postgres://[user[:password]@]host[:port]/dbname[?param=value...])", shown, msg)
+		return nil, stemerr.Incompatible(fmt.Errorf("postgres engine: invalid URL %s: %s (want postgres://[user[:password]@]host[:port]/dbname[?param=value...])", shown, msg))
 	}
 	if !strings.Contains(rawURL, "pool_max_conns") {
 		cfg.MaxConns = opts.MaxConns

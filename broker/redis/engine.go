@@ -342,3 +342,11 @@ func isUnavailable(err error) bool {
 	// exhaustion. All mean "try again later".
 	return true
 }
+
+// SetLogger makes go-redis print its own messages (dial failures, pool and
+// pub/sub reconnects) through printf. go-redis's logger is process-global.
+func SetLogger(printf func(format string, v ...any)) { goredis.SetLogger(driverLog(printf)) }
+
+type driverLog func(format string, v ...any)
+
+func (l driverLog) Printf(_ context.Context, format string, v ...any) { l(format, v...) }

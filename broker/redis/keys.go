@@ -100,3 +100,18 @@ func (k keys) pauses(namespace string) string { return k.ns + ":pauses:" + names
 
 // pauseField is the field of one pause in the pauses HASH.
 func pauseField(worker, queue string) string { return worker + "\n" + queue }
+
+// Revoke store (revoke.go): one HASH per revoke namespace and its expiry
+// index. A revoke namespace's keys share the hash tag {<namespace>}, so
+// the scripts, which take both, touch one cluster slot.
+
+// revokes is the HASH of a namespace's revokes: field = task id, value =
+// "<version>|<Entry JSON>", the version in decimal so that scripts compare
+// versions as strings, exactly (Lua numbers are doubles and cannot hold
+// every int64).
+func (k keys) revokes(namespace string) string { return k.ns + ":{" + namespace + "}:revokes" }
+
+// revokeExpiry is the ZSET of the namespace's task ids that have an
+// ExpiresAt, scored by it in microseconds since the epoch (rounded down),
+// so Prune finds its candidates without reading every revoke.
+func (k keys) revokeExpiry(namespace string) string { return k.revokes(namespace) + ":expiry" }

@@ -193,6 +193,11 @@ func (e *Engine) migrate(ctx context.Context) error {
 		return nil // nothing to write; the deferred rollback ends the transaction
 	}
 	for _, m := range migrations[current:] {
+		if m.version == 4 {
+			if err := addRevokeSig(ctx, tx); err != nil {
+				return fmt.Errorf("sqlite engine: %s: prepare schema migration 4: %w", e.path, err)
+			}
+		}
 		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
 			return fmt.Errorf("sqlite engine: %s: apply schema migration %d (%s): %w", e.path, m.version, m.description, err)
 		}
@@ -206,4 +211,19 @@ func (e *Engine) migrate(ctx context.Context) error {
 		return e.fail("commit schema migrations", err)
 	}
 	return nil
+}
+
+// addRevokeSig adds the sig column to a stem_revokes table that a revoke
+// store older than schema version 4 made before records were signed
+// (SQLite has no ADD COLUMN IF NOT EXISTS).
+func addRevokeSig(ctx context.Context, tx *sql.Tx) error {
+	var table, sig int
+	err := tx.QueryRowContext(ctx, `SELECT
+    (SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'stem_revokes'),
+    (SELECT count(*) FROM pragma_table_info('stem_revokes') WHERE name = 'sig')`).Scan(&table, &sig)
+	if err != nil || table == 0 || sig == 1 {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `ALTER TABLE stem_revokes ADD COLUMN sig TEXT NOT NULL DEFAULT ''`)
+	return err
 }

@@ -10,15 +10,11 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 )
 
-// Open resolves the store from the URL; a revoke is written with Upsert
-// and read back, in order, with List.
-func ExampleOpen() {
+// A revoke is written with Upsert (a higher version wins) and read back,
+// in order, with List. engine.OpenRevokeStore opens a store from a URL.
+func ExampleNewMemory() {
 	ctx := context.Background()
-	store, err := revoke.Open(ctx, "memory://example", revoke.Options{})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
+	store := revoke.NewMemory()
 	defer store.Close()
 
 	issued := time.Date(2025, 11, 23, 10, 0, 0, 0, time.UTC)
@@ -39,17 +35,6 @@ func ExampleOpen() {
 	// stored: report-42 2 runaway
 	// stored: report-42 2 runaway
 	// listed: 1 report-42 true
-}
-
-// ResolveURL applies the precedence of the store URL variables.
-func ExampleResolveURL() {
-	env := map[string]string{
-		"STEM_BROKER_URL":         "redis://broker:6379/0",
-		"STEM_RESULT_BACKEND_URL": "postgres://db/stem",
-	}
-	url, from := revoke.ResolveURL(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
-	fmt.Println(url, "from", from)
-	// Output: postgres://db/stem from STEM_RESULT_BACKEND_URL
 }
 
 // A file store: one JSON object per line, locked against other processes.

@@ -143,25 +143,25 @@ func (s *FileStore) Path() string { return s.path }
 
 // Upsert implements Store. It rewrites the file only when an entry won.
 func (s *FileStore) Upsert(ctx context.Context, entries []Entry) ([]Entry, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
+	if err := CheckCall(ctx, s.closed.Load()); err != nil {
 		return nil, err
 	}
-	if err := validateAll(entries); err != nil {
+	if err := ValidateAll(entries); err != nil {
 		return nil, err
 	}
 	if len(entries) == 0 {
 		return []Entry{}, nil
 	}
 	for _, e := range entries {
-		if _, err := encodeEntry(e); err != nil {
+		if _, err := EncodeEntry(e); err != nil {
 			return nil, err
 		}
 	}
-	latest := make(map[key]Entry, len(entries))
-	err := s.update(ctx, func(recs map[key]Entry) bool {
+	latest := make(map[Key]Entry, len(entries))
+	err := s.update(ctx, func(recs map[Key]Entry) bool {
 		changed := false
 		for _, e := range entries {
-			k := keyOf(e)
+			k := KeyOf(e)
 			if cur, ok := recs[k]; !ok || e.Version > cur.Version {
 				recs[k] = e
 				changed = true
@@ -173,16 +173,16 @@ func (s *FileStore) Upsert(ctx context.Context, entries []Entry) ([]Entry, error
 	if err != nil {
 		return nil, err
 	}
-	return resultsFor(entries, latest), nil
+	return ResultsFor(entries, latest), nil
 }
 
 // List implements Store. It reads the file without the lock: writes
 // replace it atomically.
 func (s *FileStore) List(ctx context.Context, namespace string) ([]Entry, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
+	if err := CheckCall(ctx, s.closed.Load()); err != nil {
 		return nil, err
 	}
-	if err := checkNamespace("list", namespace); err != nil {
+	if err := CheckNamespace("list", namespace); err != nil {
 		return nil, err
 	}
 	f, _, err := s.load()
@@ -195,21 +195,21 @@ func (s *FileStore) List(ctx context.Context, namespace string) ([]Entry, error)
 			out = append(out, e)
 		}
 	}
-	sortEntries(out)
+	SortEntries(out)
 	return out, nil
 }
 
 // Prune implements Store. It rewrites the file only when it removed
 // something.
 func (s *FileStore) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
-	if err := checkCall(ctx, s.closed.Load()); err != nil {
+	if err := CheckCall(ctx, s.closed.Load()); err != nil {
 		return 0, err
 	}
-	if err := checkNamespace("prune", namespace); err != nil {
+	if err := CheckNamespace("prune", namespace); err != nil {
 		return 0, err
 	}
 	n := 0
-	err := s.update(ctx, func(recs map[key]Entry) bool {
+	err := s.update(ctx, func(recs map[Key]Entry) bool {
 		for k, e := range recs {
 			if k.namespace == namespace && e.Expired(now) {
 				delete(recs, k)
@@ -226,19 +226,19 @@ func (s *FileStore) Prune(ctx context.Context, namespace string, now time.Time) 
 
 // Trim implements Store, under the lock like Prune.
 func (s *FileStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
+	if err := CheckTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	n := 0
-	err := s.update(ctx, func(recs map[key]Entry) bool {
+	err := s.update(ctx, func(recs map[Key]Entry) bool {
 		var all []Entry
 		for k, e := range recs {
 			if k.namespace == namespace {
 				all = append(all, e)
 			}
 		}
-		for _, e := range trimVictims(all, keep) {
-			delete(recs, keyOf(e))
+		for _, e := range TrimVictims(all, keep) {
+			delete(recs, KeyOf(e))
 			n++
 		}
 		return n > 0
@@ -260,7 +260,7 @@ func (s *FileStore) Close() error {
 // update runs one read-modify-write under the lock. fn changes recs in
 // place and reports whether it changed anything; the file is rewritten
 // only then.
-func (s *FileStore) update(ctx context.Context, fn func(recs map[key]Entry) bool) error {
+func (s *FileStore) update(ctx context.Context, fn func(recs map[Key]Entry) bool) error {
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -288,7 +288,7 @@ func (s *FileStore) update(ctx context.Context, fn func(recs map[key]Entry) bool
 
 // fileContent is a parsed revoke file.
 type fileContent struct {
-	recs map[key]Entry
+	recs map[Key]Entry
 	// corrupt holds the corrupt lines verbatim, in file order, to be
 	// written back.
 	corrupt [][]byte
@@ -301,7 +301,7 @@ type fileContent struct {
 func (s *FileStore) load() (fileContent, fs.FileMode, error) {
 	data, err := os.ReadFile(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fileContent{recs: map[key]Entry{}}, fileperm.CreateMode(), nil
+		return fileContent{recs: map[Key]Entry{}}, fileperm.CreateMode(), nil
 	}
 	if err != nil {
 		return fileContent{}, 0, fmt.Errorf("revoke file %s: %w", s.path, err)
@@ -341,7 +341,7 @@ func (s *FileStore) report(err error) {
 // returned as problems and the good ones loaded. The highest version of a
 // key wins; of equal versions, the first line.
 func parseFile(path string, data []byte) (fileContent, []*LineError) {
-	f := fileContent{recs: map[key]Entry{}}
+	f := fileContent{recs: map[Key]Entry{}}
 	var problems []*LineError
 	lines := bytes.Split(data, []byte{'\n'})
 	for i, raw := range lines {
@@ -358,7 +358,7 @@ func parseFile(path string, data []byte) (fileContent, []*LineError) {
 			}
 			continue
 		}
-		k := keyOf(e)
+		k := KeyOf(e)
 		if cur, ok := f.recs[k]; !ok || e.Version > cur.Version {
 			f.recs[k] = e
 		}
@@ -369,7 +369,7 @@ func parseFile(path string, data []byte) (fileContent, []*LineError) {
 // parseLine decodes one line into a valid Entry.
 func parseLine(line []byte) (Entry, error) {
 	if line[0] != '{' {
-		return Entry{}, fmt.Errorf("not a JSON object: %q", truncate(line, 60))
+		return Entry{}, fmt.Errorf("not a JSON object: %q", Truncate(line, 60))
 	}
 	var e Entry
 	if err := json.Unmarshal(line, &e); err != nil {
@@ -379,13 +379,6 @@ func parseLine(line []byte) (Entry, error) {
 		return Entry{}, err
 	}
 	return e, nil
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) <= n {
-		return string(b)
-	}
-	return string(b[:n]) + "..."
 }
 
 // render returns the file content: the corrupt lines kept verbatim, then
@@ -413,7 +406,7 @@ func (f fileContent) render() ([]byte, error) {
 	for _, e := range entries {
 		// Entries were either parsed from JSON or checked by encodeEntry
 		// in Upsert, so this does not fail; if it did, nothing is written.
-		line, err := encodeEntry(e)
+		line, err := EncodeEntry(e)
 		if err != nil {
 			return nil, err
 		}

@@ -31,10 +31,10 @@ var (
 	sharedStates = map[string]*memoryState{}
 )
 
-// sharedMemory returns a new handle on the process-wide records of a
+// SharedMemory returns a new handle on the process-wide records of a
 // memory:// URL: every handle opened with the same URL sees the same
 // records, and closing one handle does not affect the others.
-func sharedMemory(rawURL string) *Memory {
+func SharedMemory(rawURL string) *Memory {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
 	st, ok := sharedStates[rawURL]
@@ -47,16 +47,16 @@ func sharedMemory(rawURL string) *Memory {
 
 // Upsert implements Store.
 func (m *Memory) Upsert(ctx context.Context, entries []Entry) ([]Entry, error) {
-	if err := checkCall(ctx, m.closed.Load()); err != nil {
+	if err := CheckCall(ctx, m.closed.Load()); err != nil {
 		return nil, err
 	}
-	if err := validateAll(entries); err != nil {
+	if err := ValidateAll(entries); err != nil {
 		return nil, err
 	}
 	st := m.state
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	latest := make(map[key]Entry, len(entries))
+	latest := make(map[Key]Entry, len(entries))
 	for _, e := range entries {
 		ns := st.records[e.Namespace]
 		if ns == nil {
@@ -66,17 +66,17 @@ func (m *Memory) Upsert(ctx context.Context, entries []Entry) ([]Entry, error) {
 		if cur, ok := ns[e.TaskID]; !ok || e.Version > cur.Version {
 			ns[e.TaskID] = e
 		}
-		latest[keyOf(e)] = ns[e.TaskID]
+		latest[KeyOf(e)] = ns[e.TaskID]
 	}
-	return resultsFor(entries, latest), nil
+	return ResultsFor(entries, latest), nil
 }
 
 // List implements Store.
 func (m *Memory) List(ctx context.Context, namespace string) ([]Entry, error) {
-	if err := checkCall(ctx, m.closed.Load()); err != nil {
+	if err := CheckCall(ctx, m.closed.Load()); err != nil {
 		return nil, err
 	}
-	if err := checkNamespace("list", namespace); err != nil {
+	if err := CheckNamespace("list", namespace); err != nil {
 		return nil, err
 	}
 	st := m.state
@@ -86,16 +86,16 @@ func (m *Memory) List(ctx context.Context, namespace string) ([]Entry, error) {
 		out = append(out, e)
 	}
 	st.mu.Unlock()
-	sortEntries(out)
+	SortEntries(out)
 	return out, nil
 }
 
 // Prune implements Store.
 func (m *Memory) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
-	if err := checkCall(ctx, m.closed.Load()); err != nil {
+	if err := CheckCall(ctx, m.closed.Load()); err != nil {
 		return 0, err
 	}
-	if err := checkNamespace("prune", namespace); err != nil {
+	if err := CheckNamespace("prune", namespace); err != nil {
 		return 0, err
 	}
 	st := m.state
@@ -116,7 +116,7 @@ func (m *Memory) Prune(ctx context.Context, namespace string, now time.Time) (in
 
 // Trim implements Store.
 func (m *Memory) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := checkTrim(ctx, m.closed.Load(), namespace, keep); err != nil {
+	if err := CheckTrim(ctx, m.closed.Load(), namespace, keep); err != nil {
 		return 0, err
 	}
 	st := m.state
@@ -126,7 +126,7 @@ func (m *Memory) Trim(ctx context.Context, namespace string, keep int) (int, err
 	for _, e := range st.records[namespace] {
 		all = append(all, e)
 	}
-	victims := trimVictims(all, keep)
+	victims := TrimVictims(all, keep)
 	for _, e := range victims {
 		delete(st.records[namespace], e.TaskID)
 	}

@@ -18,18 +18,9 @@ func TestMemoryContract(t *testing.T) {
 
 func TestMemoryURLShared(t *testing.T) {
 	ctx := context.Background()
-	a, err := revoke.Open(ctx, "memory://shared-test", revoke.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := revoke.Open(ctx, "memory://shared-test", revoke.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := revoke.Open(ctx, "memory://other-test", revoke.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := revoke.SharedMemory("memory://shared-test")
+	b := revoke.SharedMemory("memory://shared-test")
+	other := revoke.SharedMemory("memory://other-test")
 	e := revoke.Entry{Namespace: "ns", TaskID: "t", Version: 1}
 	if _, err := a.Upsert(ctx, []revoke.Entry{e}); err != nil {
 		t.Fatal(err)
