@@ -11,7 +11,7 @@ export STEM_TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test?sslmode
 
 STATICCHECK ?= $(shell command -v staticcheck 2>/dev/null || echo $(HOME)/go/bin/staticcheck)
 
-.PHONY: help build test test-race test-short lint bench demo clean
+.PHONY: help build test test-race test-short lint verify bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,15 @@ lint: ## gofmt, go vet, staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	@if [ -x "$(STATICCHECK)" ]; then $(STATICCHECK) ./...; else echo "staticcheck missing: go install honnef.co/go/tools/cmd/staticcheck@latest"; exit 1; fi
+
+verify: ## generated files are current (README variable table, man pages, command tree), gofmt, go mod tidy
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt-clean (gofmt -w):"; echo "$$out"; exit 1; fi
+	@$(GO) mod tidy -diff >/dev/null 2>&1 || { echo "go.mod/go.sum are not tidy: run go mod tidy"; $(GO) mod tidy -diff; exit 1; }
+	$(GO) run ./internal/readmegen -check README.md
+	@dir=$$(mktemp -d /tmp/stem-verify.XXXXXX); \
+	$(GO) run ./internal/gendocs -out $$dir -version verify -date 2026-01-01 && test -s $$dir/man/stem.1 && test -s $$dir/completions/stem.bash; rc=$$?; \
+	rm -rf $$dir; [ $$rc -eq 0 ] || { echo "man pages or completions did not generate (go run ./internal/gendocs)"; exit 1; }
+	$(GO) test -count=1 -run 'TestCommandList|TestREADME|TestEveryCommandTeaches|TestEveryBoundFlagIsDocumented' ./cli
 
 bench: build ## throughput and latency on Redis, SQLite and Postgres (local services); prints the docs/benchmarks.md report
 	@dir=$$(mktemp -d /tmp/stem-bench.XXXXXX); \
