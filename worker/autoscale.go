@@ -105,7 +105,7 @@ func (a *autoscaler) config() AutoscaleConfig {
 func (a *autoscaler) setBounds(minC, maxC int) error {
 	// a.mu is held through the resize, so a concurrent step cannot apply a
 	// decision made under the old bounds afterwards (lock order: a.mu,
-	// then the worker's mu inside resize).
+	// then the outstanding set's inside resize).
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	next := a.cfg
@@ -151,10 +151,7 @@ func (a *autoscaler) step(ctx context.Context, now time.Time) int {
 		}
 		backlog += n
 	}
-	a.w.mu.Lock()
-	waiting := len(a.w.outstanding) - held
-	a.w.mu.Unlock()
-	if waiting > 0 {
+	if waiting := a.w.out.len() - held; waiting > 0 {
 		backlog += int64(waiting)
 	}
 	a.mu.Lock()
@@ -189,9 +186,7 @@ func (a *autoscaler) step(ctx context.Context, now time.Time) int {
 func (w *Worker) resize(n int, why string) {
 	_, old := w.slots.stats()
 	w.slots.setLimit(n)
-	w.mu.Lock()
-	w.capCond.Broadcast()
-	w.mu.Unlock()
+	w.out.wake()
 	if n != old {
 		w.log.WithFields(logrus.Fields{"from": old, "to": n, "why": why}).Info("concurrency changed")
 	}

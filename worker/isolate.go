@@ -522,7 +522,9 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				}
 			case msgProgress:
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
-				p.w.recordProgress(r, m.Progress, m.Data)
+				if err := p.w.recordProgress(context.Background(), r, m.Progress, m.Data); err != nil {
+					p.w.log.WithError(err).WithField(logging.FieldTask, env.ID).Warn("could not record progress")
+				}
 			case msgResult:
 				if m.ID != env.ID {
 					p.countRecycle(RecycleProtocol)
@@ -570,18 +572,11 @@ func (p *pool) exitState(c *child) string {
 
 // recordProgress stores a task's progress (from an inline or isolated
 // handler) in the run and the result backend.
-func (w *Worker) recordProgress(r *run, p float64, data []byte) {
+func (w *Worker) recordProgress(ctx context.Context, r *run, p float64, data []byte) error {
 	r.progress.Store(math.Float64bits(p))
-	env := r.d.Envelope
-	now := w.cfg.Now()
-	st := result.TaskState{
-		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started, Attempt: env.Attempt,
-		Worker: w.id, EnqueuedAt: env.CreatedAt, StartedAt: r.startedAt, UpdatedAt: now,
-		Progress: p, ProgressData: data,
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	st := w.taskState(r.d.Envelope, result.Started, w.cfg.Now())
+	st.StartedAt, st.Progress, st.ProgressData = r.startedAt, p, data
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := w.cfg.Results.Set(ctx, []result.TaskState{st}); err != nil {
-		w.log.WithError(err).WithField(logging.FieldTask, env.ID).Warn("could not record progress")
-	}
+	return w.cfg.Results.Set(ctx, []result.TaskState{st})
 }

@@ -128,16 +128,15 @@ func (w *Worker) keepLeases(ctx context.Context) {
 		next := now + lease/2
 		var batch, fenced []*run
 		due := false
-		w.mu.Lock()
-		for _, r := range w.outstanding {
+		w.out.each(func(r *run) {
 			if r.state.Load() == runSettled || r.lost.Load() {
-				continue
+				return
 			}
 			dl := time.Duration(r.deadline.Load())
 			fenceAt := dl - margin
 			if now >= fenceAt {
 				fenced = append(fenced, r)
-				continue
+				return
 			}
 			next = min(next, fenceAt)
 			left := dl - now
@@ -148,8 +147,7 @@ func (w *Worker) keepLeases(ctx context.Context) {
 			if renewAt := dl - lease/2; renewAt > now {
 				next = min(next, renewAt)
 			}
-		}
-		w.mu.Unlock()
+		})
 		for _, r := range fenced {
 			w.fence(r, fmt.Sprintf("no renewal confirmed by %s before its deadline", margin))
 		}

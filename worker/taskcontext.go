@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"time"
-
-	"github.com/stemhq/stem/result"
 )
 
 // revokedError is the cancel cause of a task terminated by a revoke.
@@ -96,17 +93,7 @@ func (t *taskContext) Progress(p float64, data any) error {
 	t.mu.Lock()
 	t.progress, t.data = p, raw
 	t.mu.Unlock()
-	t.run.progress.Store(math.Float64bits(p))
-	env := t.run.d.Envelope
-	now := t.w.cfg.Now()
-	st := result.TaskState{
-		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started, Attempt: env.Attempt,
-		Worker: t.w.id, EnqueuedAt: env.CreatedAt, StartedAt: t.run.startedAt, UpdatedAt: now,
-		Progress: p, ProgressData: raw,
-	}
-	ctx, cancel := context.WithTimeout(t.ctx, 5*time.Second)
-	defer cancel()
-	if err := t.w.cfg.Results.Set(ctx, []result.TaskState{st}); err != nil {
+	if err := t.w.recordProgress(t.ctx, t.run, p, raw); err != nil {
 		return fmt.Errorf("record progress of task %s: %w", t.ID(), err)
 	}
 	return nil

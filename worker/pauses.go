@@ -1,0 +1,92 @@
+package worker
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/stemhq/stem/control"
+)
+
+// pauseState is which queues are paused, and why (the last pause-store
+// read, as StatsData shows it).
+type pauseState struct {
+	queues atomic.Pointer[map[string]bool]
+	mu     sync.Mutex
+	status []control.PauseStatus
+}
+
+// PausedQueues returns the paused queues this worker consumes, sorted.
+func (w *Worker) PausedQueues() []string {
+	m := *w.pauses.queues.Load()
+	out := []string{}
+	for _, q := range w.cfg.Queues {
+		if m[q] {
+			out = append(out, q)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (w *Worker) setPaused(queues []string, paused bool) {
+	old := *w.pauses.queues.Load()
+	m := make(map[string]bool, len(old)+len(queues))
+	for k, v := range old {
+		m[k] = v
+	}
+	for _, q := range queues {
+		if paused {
+			m[q] = true
+		} else {
+			delete(m, q)
+		}
+	}
+	w.pauses.queues.Store(&m)
+	verb := "resumed"
+	if paused {
+		verb = "paused"
+	}
+	w.log.WithField("queues", queues).Info("queues " + verb)
+}
+
+// queuePaused reports whether this worker has queue paused now.
+func (w *Worker) queuePaused(queue string) bool {
+	m := *w.pauses.queues.Load()
+	return len(m) > 0 && m[queue]
+}
+
+// activeQueues are the consumed queues that are not paused, in priority
+// order.
+func (w *Worker) activeQueues() []string {
+	m := *w.pauses.queues.Load()
+	if len(m) == 0 {
+		return w.cfg.Queues
+	}
+	out := make([]string, 0, len(w.cfg.Queues))
+	for _, q := range w.cfg.Queues {
+		if !m[q] {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+func (w *Worker) pauseStatus() []control.PauseStatus {
+	c := &w.pauses
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]control.PauseStatus(nil), c.status...)
+}
+
+func sameSet(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
