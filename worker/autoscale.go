@@ -125,16 +125,7 @@ func (a *autoscaler) run(ctx context.Context) {
 	if !a.config().Enabled {
 		return
 	}
-	t := time.NewTicker(a.config().Tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.step(ctx, a.w.cfg.Now())
-		}
-	}
+	every(ctx, a.config().Tick, func() { a.step(ctx, a.w.cfg.Now()) })
 }
 
 // step makes one decision at now and returns the concurrency after it.

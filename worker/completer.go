@@ -136,10 +136,7 @@ func (c *completer) flush(batch []finish) {
 			nacks = append(nacks, broker.Nack{Delivery: f.run.d, Action: f.action, Envelope: f.retryEnv, Delay: f.delay, Reason: f.reason})
 		}
 	}
-	if err := c.retrying("write task states", func(ctx context.Context) error {
-		if len(states) == 0 {
-			return nil
-		}
+	if err := c.retrying("write task states", len(states), func(ctx context.Context) error {
 		return w.cfg.Results.Set(ctx, states)
 	}); err != nil {
 		if c.hardStopping() {
@@ -154,18 +151,8 @@ func (c *completer) flush(batch []finish) {
 			c.writeStatesOneByOne(states)
 		}
 	}
-	_ = c.retrying("ack deliveries", func(ctx context.Context) error {
-		if len(acks) == 0 {
-			return nil
-		}
-		return w.cfg.Broker.Ack(ctx, acks)
-	})
-	_ = c.retrying("hand back deliveries", func(ctx context.Context) error {
-		if len(nacks) == 0 {
-			return nil
-		}
-		return w.cfg.Broker.Nack(ctx, nacks)
-	})
+	_ = c.retrying("ack deliveries", len(acks), func(ctx context.Context) error { return w.cfg.Broker.Ack(ctx, acks) })
+	_ = c.retrying("hand back deliveries", len(nacks), func(ctx context.Context) error { return w.cfg.Broker.Nack(ctx, nacks) })
 	if len(settled) == 0 {
 		return
 	}
@@ -177,12 +164,16 @@ func (c *completer) flush(batch []finish) {
 	}
 }
 
-// retrying runs op until it succeeds, backing off between attempts. It
+// retrying runs op (a write of n items: none, nothing to do) until it
+// succeeds, backing off between attempts. It
 // gives up, returning the last error, after three failures during a hard
 // shutdown (which also cuts a back-off short), or after three failures
 // that are not the backend being unavailable (an error that retrying will
 // not clear).
-func (c *completer) retrying(what string, op func(context.Context) error) error {
+func (c *completer) retrying(what string, n int, op func(context.Context) error) error {
+	if n == 0 {
+		return nil
+	}
 	log := c.w.log
 	b := newBackoff(c.base, c.max)
 	for {

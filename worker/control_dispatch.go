@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/logging"
@@ -38,23 +39,20 @@ func (w *Worker) handleControl(msg []byte) {
 		}
 	}
 	rep := control.Reply{V: control.Version, Type: req.Type, RequestID: req.ID, Worker: w.id, Namespace: w.cfg.Namespace}
-	var after func()
 	if err == nil {
-		err = w.admit(req)
-		if err != nil {
+		if err = w.admit(req); err != nil {
 			w.log.WithError(err).WithFields(logrus.Fields{"type": req.Type, "request": req.ID}).Warn("refused a control request")
 		}
 	}
+	var data any
+	var after func()
+	if err == nil {
+		data, after, err = w.control(req)
+	}
 	if err != nil {
 		rep.Error = err.Error()
-	} else {
-		var data any
-		data, after, err = w.control(req)
-		if err != nil {
-			rep.Error = err.Error()
-		} else if data != nil {
-			rep.Data, _ = json.Marshal(data)
-		}
+	} else if data != nil {
+		rep.Data, _ = json.Marshal(data)
 	}
 	rep.SentAt = w.cfg.Now().UTC()
 	if len(w.cfg.SigningKey) > 0 {
@@ -98,7 +96,7 @@ func (w *Worker) admit(req control.Request) error {
 	if req.Namespace == "" {
 		return control.ErrWrongNamespace
 	}
-	maxAge := w.maxAge()
+	maxAge := w.cfg.MaxAge
 	now := w.cfg.Now()
 	if d := now.Sub(req.SentAt); d > maxAge || d < -maxAge {
 		return fmt.Errorf("%w: sent %s, now %s", control.ErrStale, req.SentAt.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))
@@ -125,13 +123,6 @@ func (w *Worker) admit(req control.Request) error {
 	// Remembered until the request could no longer pass the age check.
 	c.seen[req.ID] = req.SentAt.Add(maxAge)
 	return nil
-}
-
-func (w *Worker) maxAge() time.Duration {
-	if w.cfg.MaxAge > 0 {
-		return w.cfg.MaxAge
-	}
-	return control.DefaultMaxAge
 }
 
 // control executes one request. after, if set, runs once the reply is

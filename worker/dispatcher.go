@@ -110,20 +110,11 @@ func (o *outstanding) settle(fs []finish) {
 	o.cond.Broadcast()
 }
 
-// wake wakes a fetcher waiting for capacity (the concurrency changed).
-func (o *outstanding) wake() {
-	o.mu.Lock()
-	o.cond.Broadcast()
-	o.mu.Unlock()
-}
-
+// wake wakes a fetcher waiting for capacity (the concurrency changed);
 // stop makes waitFree return false.
-func (o *outstanding) stop() {
-	o.mu.Lock()
-	o.stopping = true
-	o.cond.Broadcast()
-	o.mu.Unlock()
-}
+func (o *outstanding) wake()           { o.update(func() {}) }
+func (o *outstanding) stop()           { o.update(func() { o.stopping = true }) }
+func (o *outstanding) update(f func()) { o.mu.Lock(); defer o.mu.Unlock(); f(); o.cond.Broadcast() }
 
 // slots is a counting semaphore whose limit can change at run time (the
 // autoscaler resizes it). Shrinking never interrupts holders: it only stops
@@ -156,26 +147,10 @@ func (s *slots) acquire() bool {
 	return true
 }
 
-func (s *slots) release() {
-	s.mu.Lock()
-	s.held--
-	s.mu.Unlock()
-	s.cond.Broadcast()
-}
-
-func (s *slots) setLimit(n int) {
-	s.mu.Lock()
-	s.limit = n
-	s.mu.Unlock()
-	s.cond.Broadcast()
-}
-
-func (s *slots) close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.cond.Broadcast()
-}
+func (s *slots) release()        { s.update(func() { s.held-- }) }
+func (s *slots) setLimit(n int)  { s.update(func() { s.limit = n }) }
+func (s *slots) close()          { s.update(func() { s.closed = true }) }
+func (s *slots) update(f func()) { s.mu.Lock(); f(); s.mu.Unlock(); s.cond.Broadcast() }
 
 func (s *slots) stats() (held, limit int) {
 	s.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -44,12 +45,8 @@ func (w *Worker) runHandler(r *run) finish {
 	if env.TimeLimit > 0 {
 		limit = env.TimeLimit
 	}
-	ctx := r.ctx
-	if limit > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, limit, fmt.Errorf("time limit %s exceeded", limit))
-		defer cancel()
-	}
+	ctx, cancel := withTimeLimit(r.ctx, limit)
+	defer cancel()
 	var value any
 	var err error
 	if h.Options.Isolated {
@@ -94,9 +91,7 @@ func (w *Worker) runHandler(r *run) finish {
 	if err != nil {
 		e, o.revoked = w.revokedEntry(env.ID)
 		if errors.Is(err, context.DeadlineExceeded) || (ctx.Err() != nil && r.ctx.Err() == nil) {
-			if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
-				err = fmt.Errorf("%w: %v", c, err)
-			}
+			err = withCause(ctx, err)
 		}
 	}
 	switch decide(o) {
@@ -161,6 +156,40 @@ func (w *Worker) taskLog(env broker.Envelope) logrus.FieldLogger {
 	return w.log.WithFields(logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name})
 }
 
+// withTimeLimit returns ctx ending after limit (if positive), with a
+// cause that says so.
+func withTimeLimit(ctx context.Context, limit time.Duration) (context.Context, context.CancelFunc) {
+	if limit <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeoutCause(ctx, limit, fmt.Errorf("time limit %s exceeded", limit))
+}
+
+// withCause prefixes err with why ctx ended (a time limit), unless err
+// says so already.
+func withCause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
+		return fmt.Errorf("%w: %v", c, err)
+	}
+	return err
+}
+
+// progressData checks the arguments of a Progress call and marshals its
+// data.
+func progressData(p float64, data any) (json.RawMessage, error) {
+	if p < 0 || p > 1 {
+		return nil, fmt.Errorf("progress %v out of range [0, 1]", p)
+	}
+	if data == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return nil, fmt.Errorf("progress data is not JSON-marshalable: %w", err)
+	}
+	return b, nil
+}
+
 func safeCall(fn HandlerFunc, tc TaskContext, args json.RawMessage) (v any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -188,4 +217,93 @@ func marshalResult(v any) (json.RawMessage, error) {
 		return nil, fmt.Errorf("result is not JSON-marshalable: %w", err)
 	}
 	return b, nil
+}
+
+// revokedError is the cancel cause of a task terminated by a revoke.
+type revokedError struct {
+	reason, by string
+}
+
+func (e *revokedError) Error() string {
+	msg := "task revoked"
+	if e.reason != "" {
+		msg += ": " + e.reason
+	}
+	return msg
+}
+
+func (e *revokedError) Is(target error) bool { return target == ErrTaskRevoked }
+
+// taskContext is the TaskContext of an inline handler.
+type taskContext struct {
+	ctx context.Context
+	run *run
+	w   *Worker
+
+	mu       sync.Mutex
+	progress float64
+	data     json.RawMessage
+}
+
+func (t *taskContext) Context() context.Context { return t.ctx }
+func (t *taskContext) ID() string               { return t.run.d.Envelope.ID }
+func (t *taskContext) Name() string             { return t.run.d.Envelope.Name }
+func (t *taskContext) Queue() string            { return t.run.d.Envelope.Queue }
+func (t *taskContext) Attempt() int             { return t.run.d.Envelope.Attempt }
+
+// check returns ErrTaskRevoked (wrapped with the reason) once the task was
+// terminated, or the shutdown/time-limit cause once its context ended.
+func (t *taskContext) check() error {
+	t.run.lastBeat.Store(t.w.cfg.Now().UnixNano())
+	if t.ctx.Err() == nil {
+		return nil
+	}
+	cause := context.Cause(t.ctx)
+	var re *revokedError
+	if errors.As(cause, &re) {
+		return re
+	}
+	if errors.Is(cause, errShutdown) {
+		return fmt.Errorf("%w: %v", ErrTaskRevoked, errShutdown)
+	}
+	return cause
+}
+
+// Heartbeat implements TaskContext.
+func (t *taskContext) Heartbeat() error { return t.check() }
+
+// ExtendLease implements TaskContext.
+func (t *taskContext) ExtendLease(d time.Duration) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	if d <= 0 {
+		return fmt.Errorf("extend lease: duration %s must be positive", d)
+	}
+	return t.w.extendLease(t.ctx, t.run, d)
+}
+
+// Progress implements TaskContext. It writes the progress through to the
+// result backend at once (a later final state always wins over it).
+func (t *taskContext) Progress(p float64, data any) error {
+	if err := t.check(); err != nil {
+		return err
+	}
+	raw, err := progressData(p, data)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.progress, t.data = p, raw
+	t.mu.Unlock()
+	if err := t.w.recordProgress(t.ctx, t.run, p, raw); err != nil {
+		return fmt.Errorf("record progress of task %s: %w", t.ID(), err)
+	}
+	return nil
+}
+
+func (t *taskContext) lastProgress() (float64, json.RawMessage) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.progress, t.data
 }

@@ -109,12 +109,10 @@ func (b *backoff) reset() { b.failures = 0 }
 // sleep waits d, or less if stop closes first; it reports whether it
 // waited the whole d.
 func sleep(stop <-chan struct{}, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
 	select {
 	case <-stop:
 		return false
-	case <-t.C:
+	case <-time.After(d):
 		return true
 	}
 }

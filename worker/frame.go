@@ -109,3 +109,17 @@ func (f *frameReader) read() (frameMsg, error) {
 	}
 	return m, nil
 }
+
+// pump reads frames onto msgs until a read fails, then sends the error on
+// errc and closes msgs.
+func (f *frameReader) pump(msgs chan<- frameMsg, errc chan<- error) {
+	for {
+		m, err := f.read()
+		if err != nil {
+			errc <- err
+			close(msgs)
+			return
+		}
+		msgs <- m
+	}
+}

@@ -29,18 +29,27 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	if w.cfg.Registry == nil {
 		return
 	}
-	t := time.NewTicker(w.cfg.Heartbeat)
-	defer t.Stop()
-	for {
+	beat := func() {
 		hctx, cancel := context.WithTimeout(ctx, w.cfg.Heartbeat)
+		defer cancel()
 		if err := w.cfg.Registry.Heartbeat(hctx, w.Info(), 3*w.cfg.Heartbeat); err != nil && ctx.Err() == nil {
 			w.log.WithError(err).Warn("heartbeat failed")
 		}
-		cancel()
+	}
+	beat()
+	every(ctx, w.cfg.Heartbeat, beat)
+}
+
+// every calls f every d until ctx ends.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			f()
 		}
 	}
 }
@@ -56,11 +65,9 @@ func (w *Worker) Alive() error {
 		w.out.len() // taking the lock is the probe
 		close(locked)
 	}()
-	t := time.NewTimer(5 * time.Second)
-	defer t.Stop()
 	select {
 	case <-locked:
-	case <-t.C:
+	case <-time.After(5 * time.Second):
 		return errors.New("the worker's central lock is held for over 5s")
 	}
 	if since := w.claimSince.Load(); since != 0 {

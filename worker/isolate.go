@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -54,18 +55,12 @@ func (c IsolationConfig) WithDefaults() IsolationConfig {
 	if len(c.Command) == 0 {
 		c.Command = []string{"/proc/self/exe"}
 	}
-	if c.TerminateGrace <= 0 {
-		c.TerminateGrace = 5 * time.Second
-	}
-	if c.StartTimeout <= 0 {
-		c.StartTimeout = 10 * time.Second
-	}
+	orDefault(&c.TerminateGrace, 5*time.Second)
+	orDefault(&c.StartTimeout, 10*time.Second)
 	if c.Stderr == nil {
 		c.Stderr = os.Stderr
 	}
-	if c.ProcRoot == "" {
-		c.ProcRoot = "/proc"
-	}
+	orDefault(&c.ProcRoot, "/proc")
 	return c
 }
 
@@ -173,11 +168,13 @@ func newPool(cfg IsolationConfig, w *Worker) *pool {
 func (p *pool) Recycles() map[string]int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make(map[string]int64, len(p.recycles))
-	for k, v := range p.recycles {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(p.recycles)
+}
+
+// recycle kills c and counts why.
+func (p *pool) recycle(c *child, reason string) {
+	p.countRecycle(reason)
+	p.kill(c)
 }
 
 func (p *pool) countRecycle(reason string) {
@@ -228,15 +225,7 @@ func (p *pool) start() (*child, error) {
 		r: newFrameReader(fromChildR), msgs: make(chan frameMsg, 64), errc: make(chan error, 1)}
 	go func() {
 		defer fromChildR.Close()
-		for {
-			m, err := c.r.read()
-			if err != nil {
-				c.errc <- err
-				close(c.msgs)
-				return
-			}
-			c.msgs <- m
-		}
+		c.r.pump(c.msgs, c.errc)
 	}()
 	t := time.NewTimer(p.cfg.StartTimeout)
 	defer t.Stop()
@@ -415,8 +404,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 	}
 	c.tasks++
 	if err := c.w.write(frameMsg{T: msgRun, ID: env.ID, Name: env.Name, Queue: env.Queue, Attempt: env.Attempt, Args: env.Args, TimeLimit: limit}); err != nil {
-		p.countRecycle(RecycleCrashed)
-		p.kill(c)
+		p.recycle(c, RecycleCrashed)
 		return isolatedOutcome{err: fmt.Errorf("isolation: send task to child %d: %w", c.pid, err)}
 	}
 	var grace <-chan time.Time
@@ -452,8 +440,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 	leaseLost := func() isolatedOutcome {
 		// Another worker may claim the task soon: no grace.
 		log.Warn("lease of an isolated task lost; killing its child at once")
-		p.countRecycle(RecycleLeaseLost)
-		p.kill(c)
+		p.recycle(c, RecycleLeaseLost)
 		return isolatedOutcome{err: fmt.Errorf("%w; child process killed", ErrLeaseLost)}
 	}
 	for {
@@ -478,14 +465,12 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 			grace = t.C
 		case <-grace:
 			log.WithField(logging.FieldDuration, p.cfg.TerminateGrace.String()).Warn("isolated task did not stop; killing its child process group")
-			p.countRecycle(RecycleKilled)
-			p.kill(c)
+			p.recycle(c, RecycleKilled)
 			return isolatedOutcome{revoked: true, err: fmt.Errorf("%w; child process killed %s later", context.Cause(ctx), p.cfg.TerminateGrace)}
 		case <-memTick:
 			if rss, err := p.rss(c.pid); err == nil && rss > 2*p.cfg.MaxMemoryPerChildBytes {
 				log.WithField("rss", rss).Error("isolated task exceeded twice the child memory limit; killing its child")
-				p.countRecycle(RecycleOOM)
-				p.kill(c)
+				p.recycle(c, RecycleOOM)
 				return isolatedOutcome{err: fmt.Errorf("child process used %d MiB, over twice max memory per child (%d MiB); killed", rss>>20, p.cfg.MaxMemoryPerChildBytes>>20)}
 			}
 		case m, ok := <-c.msgs:
@@ -527,8 +512,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				}
 			case msgResult:
 				if m.ID != env.ID {
-					p.countRecycle(RecycleProtocol)
-					p.kill(c)
+					p.recycle(c, RecycleProtocol)
 					return isolatedOutcome{err: fmt.Errorf("isolation child %d: protocol error: result for task %q while running %q", c.pid, m.ID, env.ID)}
 				}
 				p.put(c)
@@ -542,8 +526,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				}
 				return isolatedOutcome{err: errors.New(m.Error)}
 			default:
-				p.countRecycle(RecycleProtocol)
-				p.kill(c)
+				p.recycle(c, RecycleProtocol)
 				return isolatedOutcome{err: fmt.Errorf("isolation child %d: protocol error: unexpected %q message", c.pid, m.T)}
 			}
 		}

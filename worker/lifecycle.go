@@ -99,7 +99,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	// honoured from the first task on. Until the stores are read nothing
 	// is claimed and Ready stays open; a shutdown meanwhile returns nil.
 	if !w.loadControlState(ctx) {
-		return w.stopBeforeStart()
+		// Nothing was claimed, so there is nothing to hand back.
+		close(w.stoppingCh)
+		w.pool.close()
+		w.log.Info("worker stopped before it consumed")
+		return nil
 	}
 	var ctlSub broker.Subscription
 	if w.cfg.Control != nil {
@@ -165,15 +169,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	c := w.Counters()
 	w.log.WithFields(logrus.Fields{"processed": c.Processed, "failed": c.Failed, "retried": c.Retried}).Info("worker stopped")
-	return nil
-}
-
-// stopBeforeStart ends a Run that stopped before consuming: nothing was
-// claimed, so there is nothing to hand back.
-func (w *Worker) stopBeforeStart() error {
-	close(w.stoppingCh)
-	w.pool.close()
-	w.log.Info("worker stopped before it consumed")
 	return nil
 }
 

@@ -1,7 +1,8 @@
 package worker
 
 import (
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -18,23 +19,14 @@ type pauseState struct {
 
 // PausedQueues returns the paused queues this worker consumes, sorted.
 func (w *Worker) PausedQueues() []string {
-	m := *w.pauses.queues.Load()
-	out := []string{}
-	for _, q := range w.cfg.Queues {
-		if m[q] {
-			out = append(out, q)
-		}
-	}
-	sort.Strings(out)
+	out := w.queuesPaused(true)
+	slices.Sort(out)
 	return out
 }
 
 func (w *Worker) setPaused(queues []string, paused bool) {
 	old := *w.pauses.queues.Load()
-	m := make(map[string]bool, len(old)+len(queues))
-	for k, v := range old {
-		m[k] = v
-	}
+	m := maps.Clone(old)
 	for _, q := range queues {
 		if paused {
 			m[q] = true
@@ -59,13 +51,19 @@ func (w *Worker) queuePaused(queue string) bool {
 // activeQueues are the consumed queues that are not paused, in priority
 // order.
 func (w *Worker) activeQueues() []string {
-	m := *w.pauses.queues.Load()
-	if len(m) == 0 {
+	if len(*w.pauses.queues.Load()) == 0 {
 		return w.cfg.Queues
 	}
-	out := make([]string, 0, len(w.cfg.Queues))
+	return w.queuesPaused(false)
+}
+
+// queuesPaused returns the consumed queues that are (or are not) paused,
+// in priority order.
+func (w *Worker) queuesPaused(paused bool) []string {
+	m := *w.pauses.queues.Load()
+	out := []string{}
 	for _, q := range w.cfg.Queues {
-		if !m[q] {
+		if m[q] == paused {
 			out = append(out, q)
 		}
 	}
@@ -77,16 +75,4 @@ func (w *Worker) pauseStatus() []control.PauseStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]control.PauseStatus(nil), c.status...)
-}
-
-func sameSet(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if !b[k] {
-			return false
-		}
-	}
-	return true
 }

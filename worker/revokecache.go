@@ -1,12 +1,17 @@
 package worker
 
 import (
+	"cmp"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/logging"
@@ -24,13 +29,6 @@ type revokeCache struct {
 	logged map[string]bool
 }
 
-func (w *Worker) revokeCap() int {
-	if w.cfg.RevokeMaxEntries > 0 {
-		return w.cfg.RevokeMaxEntries
-	}
-	return revoke.DefaultMaxEntries
-}
-
 // noteIgnored reports a refused record once per record and per worker
 // (key identifies the record, signature included).
 func (w *Worker) noteIgnored(key string, fields logrus.Fields, msg string) {
@@ -41,7 +39,7 @@ func (w *Worker) noteIgnored(key string, fields logrus.Fields, msg string) {
 	}
 	first := !c.logged[key]
 	if first {
-		if len(c.logged) >= 2*w.revokeCap() {
+		if len(c.logged) >= 2*w.cfg.RevokeMaxEntries {
 			clear(c.logged) // bounded: at worst a record is reported again
 		}
 		c.logged[key] = true
@@ -79,11 +77,7 @@ func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) control.Rev
 		}
 		if len(key) > 0 {
 			if err := e.Verify(key); err != nil {
-				why := "unsigned (workers with STEM_CONTROL_SIGNING_KEY apply signed revokes only)"
-				if e.Sig != "" {
-					why = "signature invalid (another key, or the record was altered)"
-				}
-				ignored = append(ignored, control.IgnoredRevoke{Entry: e, Why: why})
+				ignored = append(ignored, control.IgnoredRevoke{Entry: e, Why: whyIgnored("revokes", e.Sig)})
 				continue
 			}
 		}
@@ -99,6 +93,7 @@ func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) control.Rev
 		}
 	}
 	trimmed := w.trimRevokeCacheLocked(now)
+	cached := len(w.revokes.entries)
 	w.revokes.mu.Unlock()
 	w.recordIgnored(ignored, fromSync)
 	if len(terminate) > 0 {
@@ -111,7 +106,7 @@ func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) control.Rev
 	}
 	sort.Strings(out.Revoked)
 	sort.Strings(out.Terminated)
-	fields := logrus.Fields{"new": added, "cached": w.revokeCount(), "terminated": len(out.Terminated), "ignored": len(ignored), "dropped": trimmed}
+	fields := logrus.Fields{"new": added, "cached": cached, "terminated": len(out.Terminated), "ignored": len(ignored), "dropped": trimmed}
 	if added > 0 || len(out.Terminated) > 0 || trimmed > 0 {
 		w.log.WithFields(fields).Info("revokes applied")
 	}
@@ -123,7 +118,7 @@ func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) control.Rev
 // oldest versions. w.revokes.mu is held. It returns how many it dropped.
 func (w *Worker) trimRevokeCacheLocked(now time.Time) int {
 	n := 0
-	capN := w.revokeCap()
+	capN := w.cfg.RevokeMaxEntries
 	m := w.revokes.entries
 	if len(m) <= capN {
 		return 0
@@ -138,24 +133,13 @@ func (w *Worker) trimRevokeCacheLocked(now time.Time) int {
 		all = append(all, e)
 	}
 	if len(all) > capN {
-		sort.Slice(all, func(i, j int) bool {
-			if all[i].Version != all[j].Version {
-				return all[i].Version < all[j].Version
-			}
-			return all[i].TaskID < all[j].TaskID
-		})
+		slices.SortFunc(all, byVersion)
 		for _, e := range all[:len(all)-capN] {
 			delete(m, e.TaskID)
 			n++
 		}
 	}
 	return n
-}
-
-func (w *Worker) revokeCount() int {
-	w.revokes.mu.Lock()
-	defer w.revokes.mu.Unlock()
-	return len(w.revokes.entries)
 }
 
 // recordIgnored remembers refused revoke records for inspect and logs each
@@ -174,11 +158,20 @@ func (w *Worker) recordIgnored(ignored []control.IgnoredRevoke, replace bool) {
 		c.ignored = map[string]control.IgnoredRevoke{}
 	}
 	for _, ig := range ignored {
-		if len(c.ignored) >= w.revokeCap() {
+		if len(c.ignored) >= w.cfg.RevokeMaxEntries {
 			break
 		}
 		c.ignored[ig.Entry.TaskID] = ig
 	}
+}
+
+// whyIgnored says why a record of kind ("revokes", "pauses") with
+// signature sig was refused by a worker with a signing key.
+func whyIgnored(kind, sig string) string {
+	if sig != "" {
+		return "signature invalid (another key, or the record was altered)"
+	}
+	return "unsigned (workers with STEM_CONTROL_SIGNING_KEY apply signed " + kind + " only)"
 }
 
 // IgnoredRevokes returns the revoke records this worker refused (unsigned
@@ -186,30 +179,24 @@ func (w *Worker) recordIgnored(ignored []control.IgnoredRevoke, replace bool) {
 func (w *Worker) IgnoredRevokes() []control.IgnoredRevoke {
 	c := &w.revokes
 	c.mu.Lock()
-	out := make([]control.IgnoredRevoke, 0, len(c.ignored))
-	for _, ig := range c.ignored {
-		out = append(out, ig)
-	}
+	out := slices.AppendSeq([]control.IgnoredRevoke{}, maps.Values(c.ignored))
 	c.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Entry.TaskID < out[j].Entry.TaskID })
+	slices.SortFunc(out, func(a, b control.IgnoredRevoke) int { return strings.Compare(a.Entry.TaskID, b.Entry.TaskID) })
 	return out
 }
 
 // RevokedEntries returns the revoke cache sorted by version.
 func (w *Worker) RevokedEntries() []revoke.Entry {
 	w.revokes.mu.Lock()
-	out := make([]revoke.Entry, 0, len(w.revokes.entries))
-	for _, e := range w.revokes.entries {
-		out = append(out, e)
-	}
+	out := slices.AppendSeq([]revoke.Entry{}, maps.Values(w.revokes.entries))
 	w.revokes.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Version != out[j].Version {
-			return out[i].Version < out[j].Version
-		}
-		return out[i].TaskID < out[j].TaskID
-	})
+	slices.SortFunc(out, byVersion)
 	return out
+}
+
+// byVersion orders revoke entries oldest first (by version, then task id).
+func byVersion(a, b revoke.Entry) int {
+	return cmp.Or(cmp.Compare(a.Version, b.Version), strings.Compare(a.TaskID, b.TaskID))
 }
 
 func (w *Worker) revokedEntry(id string) (revoke.Entry, bool) {

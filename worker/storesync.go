@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/stemerr"
@@ -38,10 +40,10 @@ func (w *Worker) syncRevokes(ctx context.Context) error {
 	if _, err := s.Prune(ctx, ns, w.cfg.Now()); err != nil {
 		w.log.WithError(err).Warn("could not prune expired revokes")
 	}
-	if n, err := s.Trim(ctx, ns, w.revokeCap()); err != nil {
+	if n, err := s.Trim(ctx, ns, w.cfg.RevokeMaxEntries); err != nil {
 		w.log.WithError(err).Warn("could not trim the revoke store to its cap")
 	} else if n > 0 {
-		w.log.WithFields(logrus.Fields{"dropped": n, "cap": w.revokeCap()}).Warn("revoke store over its cap: the oldest revokes were dropped")
+		w.log.WithFields(logrus.Fields{"dropped": n, "cap": w.cfg.RevokeMaxEntries}).Warn("revoke store over its cap: the oldest revokes were dropped")
 	}
 	entries, err := s.List(ctx, ns)
 	if err != nil {
@@ -68,10 +70,7 @@ func (w *Worker) syncPauses(ctx context.Context) error {
 		st := control.PauseStatus{Queue: p.Queue, Scope: p.Worker, PausedAt: p.PausedAt, RequestedBy: p.RequestedBy}
 		switch {
 		case len(key) > 0 && p.Verify(key) != nil:
-			st.Why = "ignored: unsigned (workers with STEM_CONTROL_SIGNING_KEY apply signed pauses only)"
-			if p.Sig != "" {
-				st.Why = "ignored: signature invalid (another key, or the record was altered)"
-			}
+			st.Why = "ignored: " + whyIgnored("pauses", p.Sig)
 			w.noteIgnored("pause|"+p.Worker+"|"+p.Queue+"|"+p.Sig,
 				logrus.Fields{"queue": p.Queue, "scope": p.Worker, "requestedBy": p.RequestedBy, "why": st.Why},
 				"ignoring a pause record")
@@ -88,14 +87,9 @@ func (w *Worker) syncPauses(ctx context.Context) error {
 	w.pauses.status = status
 	w.pauses.mu.Unlock()
 	old := *w.pauses.queues.Load()
-	if !sameSet(old, m) {
+	if !maps.Equal(old, m) {
 		w.pauses.queues.Store(&m)
-		qs := make([]string, 0, len(m))
-		for q := range m {
-			qs = append(qs, q)
-		}
-		sort.Strings(qs)
-		w.log.WithField("paused", qs).Info("paused queues loaded")
+		w.log.WithField("paused", slices.Sorted(maps.Keys(m))).Info("paused queues loaded")
 	}
 	return nil
 }
@@ -115,9 +109,6 @@ func shownURL(u string) string {
 // shutdown (ctx done or Shutdown) came first.
 func (w *Worker) loadControlState(ctx context.Context) bool {
 	backoff := w.cfg.ControlRetry
-	if backoff <= 0 {
-		backoff = 100 * time.Millisecond
-	}
 	for attempt := 1; ; attempt++ {
 		err := w.syncControlState(ctx)
 		if err == nil {
@@ -128,16 +119,13 @@ func (w *Worker) loadControlState(ctx context.Context) bool {
 		}
 		w.log.WithError(err).WithFields(logrus.Fields{"attempt": attempt, "retryIn": backoff.String()}).
 			Warn("cannot read the control stores; not claiming tasks until they are read")
-		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return false
 		case m := <-w.modeCh:
-			t.Stop()
 			w.log.WithField(logging.FieldMode, m.String()).Info("shutdown requested before the control stores were read")
 			return false
-		case <-t.C:
+		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 10*time.Second)
 	}
@@ -149,16 +137,9 @@ func (w *Worker) resyncControlState(ctx context.Context) {
 	if w.cfg.Revokes == nil && w.cfg.Pauses == nil {
 		return
 	}
-	t := time.NewTicker(w.cfg.RevokeSync)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := w.syncControlState(ctx); err != nil {
-				w.log.WithError(err).Warn("could not re-read the control stores; will retry")
-			}
+	every(ctx, w.cfg.RevokeSync, func() {
+		if err := w.syncControlState(ctx); err != nil {
+			w.log.WithError(err).Warn("could not re-read the control stores; will retry")
 		}
-	}
+	})
 }

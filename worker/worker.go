@@ -111,6 +111,9 @@ func (c Config) WithDefaults() Config {
 	orDefault(&c.HardWait, time.Second)
 	orDefault(&c.RevokeSync, 30*time.Second)
 	orDefault(&c.UnknownTaskTTL, time.Hour)
+	orDefault(&c.MaxAge, control.DefaultMaxAge)
+	orDefault(&c.RevokeMaxEntries, revoke.DefaultMaxEntries)
+	orDefault(&c.ControlRetry, 100*time.Millisecond)
 	if c.Logger == nil {
 		c.Logger = logging.Discard()
 	}
