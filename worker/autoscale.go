@@ -38,27 +38,14 @@ type AutoscaleConfig struct {
 // WithDefaults fills unset fields; concurrency is the worker's configured
 // concurrency, the default Max.
 func (c AutoscaleConfig) WithDefaults(concurrency int) AutoscaleConfig {
-	if c.Max == 0 {
-		c.Max = max(concurrency, 1)
-	}
-	if c.Min == 0 {
-		c.Min = 1
-	}
-	if c.ScaleUpStep == 0 {
-		c.ScaleUpStep = 1
-	}
-	if c.ScaleDownStep == 0 {
-		c.ScaleDownStep = 1
-	}
-	if c.IdlePeriod == 0 {
-		c.IdlePeriod = 30 * time.Second
-	}
-	if c.Tick == 0 {
-		c.Tick = time.Second
-	}
-	if c.DownCooldown == 0 {
-		c.DownCooldown = c.IdlePeriod
-	}
+	// Zero only: Validate refuses negative values.
+	ifZero(&c.Max, max(concurrency, 1))
+	ifZero(&c.Min, 1)
+	ifZero(&c.ScaleUpStep, 1)
+	ifZero(&c.ScaleDownStep, 1)
+	ifZero(&c.IdlePeriod, 30*time.Second)
+	ifZero(&c.Tick, time.Second)
+	ifZero(&c.DownCooldown, c.IdlePeriod)
 	return c
 }
 

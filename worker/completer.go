@@ -71,15 +71,6 @@ func (c *completer) close() {
 	c.mu.Unlock()
 }
 
-func (c *completer) hardStopping() bool {
-	select {
-	case <-c.stop:
-		return true
-	default:
-		return false
-	}
-}
-
 // run gathers finish events and flushes them in batches until close.
 func (c *completer) run() {
 	maxBatch := c.w.cfg.MaxBatch
@@ -139,7 +130,7 @@ func (c *completer) flush(batch []finish) {
 	if err := c.retrying("write task states", len(states), func(ctx context.Context) error {
 		return w.cfg.Results.Set(ctx, states)
 	}); err != nil {
-		if c.hardStopping() {
+		if w.currentMode() == Hard {
 			// The states were not written (hard shutdown gave up): leave
 			// the deliveries leased, so they are redelivered and run again
 			// rather than acked with their outcome lost.
@@ -175,7 +166,7 @@ func (c *completer) retrying(what string, n int, op func(context.Context) error)
 		return nil
 	}
 	log := c.w.log
-	b := newBackoff(c.base, c.max)
+	b := &backoff{base: c.base, max: c.max}
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		err := op(ctx)
@@ -186,7 +177,7 @@ func (c *completer) retrying(what string, n int, op func(context.Context) error)
 			}
 			return nil
 		}
-		if c.hardStopping() && b.failures >= 3 {
+		if c.w.currentMode() == Hard && b.failures >= 3 {
 			log.WithError(err).Errorf("%s: giving up during hard shutdown; leases will expire and the broker will redeliver", what)
 			return err
 		}

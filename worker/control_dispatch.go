@@ -104,9 +104,6 @@ func (w *Worker) admit(req control.Request) error {
 	c := &w.replay
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.seen == nil {
-		c.seen = map[string]time.Time{}
-	}
 	if _, dup := c.seen[req.ID]; dup {
 		return control.ErrReplayed
 	}
@@ -128,51 +125,45 @@ func (w *Worker) admit(req control.Request) error {
 // control executes one request. after, if set, runs once the reply is
 // sent (a shutdown replies first).
 func (w *Worker) control(req control.Request) (data any, after func(), err error) {
+	var a struct {
+		inspect   control.InspectArgs
+		revoke    control.RevokeArgs
+		shutdown  control.ShutdownArgs
+		autoscale control.AutoscaleArgs
+		queues    control.QueuesArgs
+	}
+	args := map[string]any{control.TypeInspect: &a.inspect, control.TypeRevoke: &a.revoke, control.TypeShutdown: &a.shutdown,
+		control.TypeAutoscale: &a.autoscale, control.TypePause: &a.queues, control.TypeResume: &a.queues}
+	if v, ok := args[req.Type]; ok {
+		if err := decodeArgs(req, v); err != nil {
+			return nil, nil, err
+		}
+	}
 	switch req.Type {
 	case control.TypePing:
 		return control.PingData{State: w.Info().State, UptimeSeconds: w.uptime()}, nil, nil
 	case control.TypeInspect:
-		var a control.InspectArgs
-		if err := decodeArgs(req, &a); err != nil {
-			return nil, nil, err
-		}
-		return w.inspect(a.IncludeRevoked), nil, nil
+		return w.inspect(a.inspect.IncludeRevoked), nil, nil
 	case control.TypeStats:
 		return w.controlStats(), nil, nil
 	case control.TypeRevoke:
-		var a control.RevokeArgs
-		if err := decodeArgs(req, &a); err != nil {
-			return nil, nil, err
-		}
-		return w.ApplyRevokes(a.Entries), nil, nil
+		return w.ApplyRevokes(a.revoke.Entries), nil, nil
 	case control.TypeShutdown:
-		var a control.ShutdownArgs
-		if err := decodeArgs(req, &a); err != nil {
-			return nil, nil, err
-		}
-		m, err := ParseMode(a.Mode)
+		m, err := ParseMode(a.shutdown.Mode)
 		if err != nil {
 			return nil, nil, err
 		}
 		w.log.WithField(logging.FieldMode, m.String()).Info("shutdown requested over the control plane")
 		return control.PingData{State: "draining", UptimeSeconds: w.uptime()}, func() { w.Shutdown(m) }, nil
 	case control.TypeAutoscale:
-		var a control.AutoscaleArgs
-		if err := decodeArgs(req, &a); err != nil {
-			return nil, nil, err
-		}
 		if !w.scaler.config().Enabled {
 			return nil, nil, fmt.Errorf("autoscaling is off on this worker (start it with --autoscale)")
 		}
-		if err := w.scaler.setBounds(a.Min, a.Max); err != nil {
+		if err := w.scaler.setBounds(a.autoscale.Min, a.autoscale.Max); err != nil {
 			return nil, nil, err
 		}
 		return w.controlStats(), nil, nil
 	case control.TypePause, control.TypeResume:
-		var a control.QueuesArgs
-		if err := decodeArgs(req, &a); err != nil {
-			return nil, nil, err
-		}
 		if w.cfg.Pauses != nil {
 			// The CLI stored the pause (with its scope and signature)
 			// first: the store says what applies to this worker.
@@ -183,7 +174,7 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 				return nil, nil, fmt.Errorf("%s: read the pause store: %v", req.Type, err)
 			}
 		} else {
-			w.setPaused(a.Queues, req.Type == control.TypePause)
+			w.setPaused(a.queues.Queues, req.Type == control.TypePause)
 		}
 		return w.controlStats(), nil, nil
 	}

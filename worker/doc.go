@@ -3,30 +3,23 @@
 // result backend, retries failures with exponential backoff and jitter,
 // renews leases of long tasks, and keeps a heartbeat in the worker registry.
 //
-// # Components, and the file of each
+// # Components, a file each
 //
-//   - worker.go: Config, the Worker struct, New, and the glue (stats).
-//   - fetcher.go: claims up to the free outstanding capacity (deliveries
-//     claimed and not yet settled, never more than Concurrency+Prefetch; at
-//     most MaxBatch per claim) and backs off when claims fail.
-//   - dispatcher.go: the outstanding set, the slots (running handlers,
-//     never more than the current concurrency) and the prefetch queue; it
-//     starts a handler per delivery as slots free up, or hands back what
-//     must not start.
-//   - executor.go: runs one task and turns its outcome into a finish event.
-//   - decide.go: the pure retry/revoke/dead-letter/hand-back decision.
-//   - completer.go: gathers finish events, writes their states in one batch
-//     (a task's "started" coalesced with its final state), then acks or
-//     nacks the deliveries in one batch, then frees their capacity.
-//   - lease.go: renews every outstanding lease at half the lease and fences
-//     a task whose renewal it cannot confirm in time.
-//   - heartbeat.go: the registry heartbeat and the liveness probe (Alive).
-//   - lifecycle.go: Run, the shutdown modes and the shutdown order.
-//   - control_dispatch.go, revokecache.go, pauses.go, storesync.go: the
-//     control plane (requests, the revoke cache, paused queues, and the
-//     reads of the revoke and pause stores).
-//   - unknown.go: tasks whose name no handler here knows; autoscale.go,
-//     isolate.go (with child.go, frame.go), metrics.go: as named.
+//   - fetcher.go claims up to the free outstanding capacity (claimed, not
+//     yet settled: at most Concurrency+Prefetch) and backs off on errors;
+//   - dispatcher.go holds the outstanding set, the slots and the prefetch
+//     queue, starts a handler as a slot frees, hands back what must not start;
+//   - executor.go runs a task and turns its outcome into a finish event;
+//   - decide.go is the pure retry/revoke/dead-letter/hand-back decision;
+//   - completer.go writes the states of a batch of finish events, then acks
+//     or nacks their deliveries in one batch, then frees their capacity;
+//   - lease.go renews outstanding leases and fences those it cannot keep;
+//   - heartbeat.go: the registry heartbeat and the liveness probe (Alive);
+//   - lifecycle.go: Run, the shutdown modes and the shutdown order;
+//   - control_dispatch.go (requests), revokecache.go, pauses.go and
+//     storesync.go (reads of the revoke and pause stores): the control plane;
+//   - worker.go: Config, the Worker struct and New. Also unknown.go,
+//     autoscale.go, isolate.go (child.go, frame.go) and metrics.go.
 //
 // # Shutdown order
 //
@@ -39,8 +32,8 @@
 //     waits up to ShutdownGrace, then escalates to hard; hard cancels them,
 //     gives them HardWait to return, and hands back the deliveries of those
 //     still running (without counting an attempt);
-//  4. the completer flushes every pending state, ack and nack (during a
-//     hard shutdown it gives up on a backend that keeps failing);
+//  4. the completer flushes every pending state, ack and nack (a hard
+//     shutdown cuts its back-off short and gives up on a failing backend);
 //  5. the lease renewer and heartbeater stop, and the registry record is
 //     removed.
 //

@@ -18,7 +18,7 @@ func (w *Worker) capacity() int {
 // fetch claims deliveries while there is outstanding capacity, and queues
 // them for the dispatcher, until ctx ends or the outstanding set stops.
 func (w *Worker) fetch(ctx context.Context) {
-	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
+	backoff := &backoff{base: 100 * time.Millisecond, max: 10 * time.Second}
 	readyOnce := sync.Once{}
 	for {
 		free, ok := w.out.waitFree(w.capacity)
@@ -57,7 +57,7 @@ func (w *Worker) fetch(ctx context.Context) {
 		if backoff.failures > 0 {
 			w.log.Info("broker reachable again")
 		}
-		backoff.reset()
+		backoff.failures = 0
 		readyOnce.Do(func() { close(w.ready) })
 		if len(ds) == 0 {
 			continue
@@ -96,15 +96,11 @@ type backoff struct {
 	failures  int
 }
 
-func newBackoff(base, max time.Duration) *backoff { return &backoff{base: base, max: max} }
-
 func (b *backoff) next() time.Duration {
 	d := Backoff(b.failures, b.base, b.max)
 	b.failures++
 	return d
 }
-
-func (b *backoff) reset() { b.failures = 0 }
 
 // sleep waits d, or less if stop closes first; it reports whether it
 // waited the whole d.

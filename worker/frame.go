@@ -67,14 +67,10 @@ func (f *frameWriter) write(m frameMsg) error {
 	if err != nil {
 		return err
 	}
-	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	frame := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b)))
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err = f.w.Write(b)
+	_, err = f.w.Write(append(frame, b...))
 	return err
 }
 

@@ -72,15 +72,9 @@ type TaskOptions struct {
 
 // WithDefaults fills unset fields.
 func (o TaskOptions) WithDefaults() TaskOptions {
-	if o.Queue == "" {
-		o.Queue = "default"
-	}
-	if o.RetryBackoff <= 0 {
-		o.RetryBackoff = time.Second
-	}
-	if o.RetryBackoffMax <= 0 {
-		o.RetryBackoffMax = 10 * time.Minute
-	}
+	ifZero(&o.Queue, "default")
+	orDefault(&o.RetryBackoff, time.Second)
+	orDefault(&o.RetryBackoffMax, 10*time.Minute)
 	return o
 }
 

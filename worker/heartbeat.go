@@ -61,10 +61,7 @@ func every(ctx context.Context, d time.Duration, f func()) {
 // alive. It is what the systemd watchdog pings depend on.
 func (w *Worker) Alive() error {
 	locked := make(chan struct{})
-	go func() {
-		w.out.len() // taking the lock is the probe
-		close(locked)
-	}()
+	go func() { w.out.len(); close(locked) }() // taking the lock is the probe
 	select {
 	case <-locked:
 	case <-time.After(5 * time.Second):

@@ -57,9 +57,7 @@ func (c IsolationConfig) WithDefaults() IsolationConfig {
 	}
 	orDefault(&c.TerminateGrace, 5*time.Second)
 	orDefault(&c.StartTimeout, 10*time.Second)
-	if c.Stderr == nil {
-		c.Stderr = os.Stderr
-	}
+	ifZero(&c.Stderr, io.Writer(os.Stderr))
 	orDefault(&c.ProcRoot, "/proc")
 	return c
 }

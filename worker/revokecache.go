@@ -18,7 +18,7 @@ import (
 )
 
 // revokeCache is the worker's copy of the revokes of its namespace, and the
-// revoke records it refused. Its maps are made on first use.
+// revoke records it refused.
 type revokeCache struct {
 	mu      sync.Mutex
 	entries map[string]revoke.Entry // by task id
@@ -34,9 +34,6 @@ type revokeCache struct {
 func (w *Worker) noteIgnored(key string, fields logrus.Fields, msg string) {
 	c := &w.revokes
 	c.mu.Lock()
-	if c.logged == nil {
-		c.logged = map[string]bool{}
-	}
 	first := !c.logged[key]
 	if first {
 		if len(c.logged) >= 2*w.cfg.RevokeMaxEntries {
@@ -68,9 +65,6 @@ func (w *Worker) applyRevokes(entries []revoke.Entry, fromSync bool) control.Rev
 	var ignored []control.IgnoredRevoke
 	added := 0
 	w.revokes.mu.Lock()
-	if w.revokes.entries == nil {
-		w.revokes.entries = map[string]revoke.Entry{}
-	}
 	for _, e := range entries {
 		if e.Namespace != w.cfg.Namespace || e.Expired(now) {
 			continue

@@ -21,18 +21,14 @@ import (
 func (w *Worker) syncControlState(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var errs []error
+	var errRevokes, errPauses error
 	if w.cfg.Revokes != nil {
-		if err := w.syncRevokes(ctx); err != nil {
-			errs = append(errs, err)
-		}
+		errRevokes = w.syncRevokes(ctx)
 	}
 	if w.cfg.Pauses != nil {
-		if err := w.syncPauses(ctx); err != nil {
-			errs = append(errs, err)
-		}
+		errPauses = w.syncPauses(ctx)
 	}
-	return errors.Join(errs...)
+	return errors.Join(errRevokes, errPauses)
 }
 
 func (w *Worker) syncRevokes(ctx context.Context) error {

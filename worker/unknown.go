@@ -110,9 +110,6 @@ func withoutUnknownHeaders(h map[string]string) map[string]string {
 func (w *Worker) shouldLogUnknown(name string, now time.Time) bool {
 	w.unknownMu.Lock()
 	defer w.unknownMu.Unlock()
-	if w.unknownLogged == nil {
-		w.unknownLogged = map[string]time.Time{}
-	}
 	if last, ok := w.unknownLogged[name]; ok && now.Sub(last) < unknownLogEvery {
 		return false
 	}

@@ -128,10 +128,18 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// orDefault sets *p to d when it is zero (or negative).
+// orDefault sets *p to d when it is zero or negative (unset).
 func orDefault[T cmp.Ordered](p *T, d T) {
 	var zero T
 	if *p <= zero {
+		*p = d
+	}
+}
+
+// ifZero sets *p to d when it is the zero value.
+func ifZero[T comparable](p *T, d T) {
+	var zero T
+	if *p == zero {
 		*p = d
 	}
 }
@@ -219,6 +227,10 @@ func New(cfg Config) (*Worker, error) {
 		hard:       make(chan struct{}),
 		ready:      make(chan struct{}),
 		stoppingCh: make(chan struct{}),
+
+		revokes:       revokeCache{entries: map[string]revoke.Entry{}, logged: map[string]bool{}},
+		replay:        replayWindow{seen: map[string]time.Time{}},
+		unknownLogged: map[string]time.Time{},
 	}
 	w.comp = newCompleter(w, 4*(capacity+cfg.MaxBatch), w.hard)
 	w.pauses.queues.Store(&map[string]bool{})
