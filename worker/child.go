@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -111,9 +110,7 @@ type childTask struct {
 	w       *frameWriter
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
-	revoked atomic.Bool
-	mu      sync.Mutex
-	reason  revokedError
+	revoked atomic.Pointer[revokedError] // set before the context is cancelled
 }
 
 func newChildTask(m frameMsg, w *frameWriter) *childTask {
@@ -122,10 +119,7 @@ func newChildTask(m frameMsg, w *frameWriter) *childTask {
 }
 
 func (t *childTask) revoke(reason, by string) {
-	t.mu.Lock()
-	t.reason = revokedError{reason: reason, by: by}
-	t.mu.Unlock()
-	t.revoked.Store(true)
+	t.revoked.Store(&revokedError{reason: reason, by: by})
 	t.cancel(&revokedError{reason: reason, by: by})
 }
 
@@ -141,7 +135,7 @@ func (t *childTask) run(handlers *Registry) frameMsg {
 	defer cancel()
 	tc := &childContext{t: t, ctx: ctx}
 	value, err := safeCall(h.Run, tc, t.msg.Args)
-	if t.revoked.Load() {
+	if t.revoked.Load() != nil {
 		res.Revoked = true
 		res.Error = ErrTaskRevoked.Error()
 		return res
@@ -176,10 +170,8 @@ func (c *childContext) Queue() string            { return c.t.msg.Queue }
 func (c *childContext) Attempt() int             { return c.t.msg.Attempt }
 
 func (c *childContext) check() error {
-	if c.t.revoked.Load() {
-		c.t.mu.Lock()
-		defer c.t.mu.Unlock()
-		e := c.t.reason
+	if re := c.t.revoked.Load(); re != nil {
+		e := *re
 		return &e
 	}
 	if c.ctx.Err() != nil {

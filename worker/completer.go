@@ -43,10 +43,6 @@ type completer struct {
 	base, max time.Duration // back-off of failing writes
 }
 
-func newCompleter(w *Worker, size int, stop <-chan struct{}) *completer {
-	return &completer{w: w, ch: make(chan finish, size), stop: stop, base: 50 * time.Millisecond, max: 5 * time.Second}
-}
-
 // send queues f. Only the dispatcher and the lifecycle, which run before
 // close, send this way; handlers use finishRun.
 func (c *completer) send(f finish) { c.ch <- f }
@@ -155,12 +151,11 @@ func (c *completer) flush(batch []finish) {
 	}
 }
 
-// retrying runs op (a write of n items: none, nothing to do) until it
-// succeeds, backing off between attempts. It
-// gives up, returning the last error, after three failures during a hard
-// shutdown (which also cuts a back-off short), or after three failures
-// that are not the backend being unavailable (an error that retrying will
-// not clear).
+// retrying runs op, a write of n items (none: nothing to do), until it
+// succeeds, backing off between attempts. It gives up, returning the last
+// error, after three failures during a hard shutdown (which also cuts a
+// back-off short), or after three failures that are not the backend being
+// unavailable (an error that retrying will not clear).
 func (c *completer) retrying(what string, n int, op func(context.Context) error) error {
 	if n == 0 {
 		return nil

@@ -134,9 +134,9 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 	}
 	args := map[string]any{control.TypeInspect: &a.inspect, control.TypeRevoke: &a.revoke, control.TypeShutdown: &a.shutdown,
 		control.TypeAutoscale: &a.autoscale, control.TypePause: &a.queues, control.TypeResume: &a.queues}
-	if v, ok := args[req.Type]; ok {
-		if err := decodeArgs(req, v); err != nil {
-			return nil, nil, err
+	if v, ok := args[req.Type]; ok && len(req.Args) > 0 {
+		if err := json.Unmarshal(req.Args, v); err != nil {
+			return nil, nil, fmt.Errorf("%s: bad arguments: %v", req.Type, err)
 		}
 	}
 	switch req.Type {
@@ -181,20 +181,7 @@ func (w *Worker) control(req control.Request) (data any, after func(), err error
 	return nil, nil, fmt.Errorf("unknown control request type %q", req.Type)
 }
 
-func decodeArgs(req control.Request, v any) error {
-	if len(req.Args) == 0 {
-		return nil
-	}
-	if err := json.Unmarshal(req.Args, v); err != nil {
-		return fmt.Errorf("%s: bad arguments: %v", req.Type, err)
-	}
-	return nil
-}
-
 func (w *Worker) uptime() float64 {
-	if w.startedAt.IsZero() {
-		return 0
-	}
 	return w.cfg.Now().Sub(w.startedAt).Seconds()
 }
 

@@ -102,8 +102,7 @@ func (b *backoff) next() time.Duration {
 	return d
 }
 
-// sleep waits d, or less if stop closes first; it reports whether it
-// waited the whole d.
+// sleep waits d unless stop closes first, and reports whether it waited d.
 func sleep(stop <-chan struct{}, d time.Duration) bool {
 	select {
 	case <-stop:

@@ -210,23 +210,20 @@ func (p *pool) start() (*child, error) {
 	// would kill it before it could, and Go delivers Pdeathsig when the
 	// forking thread exits, not the process.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		toChildR.Close()
+	err = cmd.Start()
+	toChildR.Close() // the child's ends
+	fromChildW.Close()
+	if err != nil {
 		toChildW.Close()
 		fromChildR.Close()
-		fromChildW.Close()
 		return nil, fmt.Errorf("isolation: start child %s: %w", p.cfg.Command[0], err)
 	}
-	toChildR.Close()
-	fromChildW.Close()
 	c := &child{cmd: cmd, pid: cmd.Process.Pid, w: &frameWriter{w: toChildW}, in: toChildW,
 		r: newFrameReader(fromChildR), msgs: make(chan frameMsg, 64), errc: make(chan error, 1)}
 	go func() {
 		defer fromChildR.Close()
 		c.r.pump(c.msgs, c.errc)
 	}()
-	t := time.NewTimer(p.cfg.StartTimeout)
-	defer t.Stop()
 	select {
 	case m, ok := <-c.msgs:
 		if ok && m.T == msgReady {
@@ -251,7 +248,7 @@ func (p *pool) start() (*child, error) {
 		}
 		p.kill(c)
 		return nil, fmt.Errorf("isolation: child %d: %w (does the program call worker.ServeChildIfRequested?)", c.pid, err)
-	case <-t.C:
+	case <-time.After(p.cfg.StartTimeout):
 		p.kill(c)
 		return nil, fmt.Errorf("isolation: child %d did not start within %s", c.pid, p.cfg.StartTimeout)
 	}
@@ -312,11 +309,9 @@ func (p *pool) stop(c *child) {
 	c.in.Close()
 	done := make(chan struct{})
 	go func() { _ = c.wait(); close(done) }()
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
 	select {
 	case <-done:
-	case <-t.C:
+	case <-time.After(time.Second):
 		c.killGroup(p.cfg.ProcRoot)
 		<-done
 	}
@@ -371,13 +366,9 @@ func (p *pool) rss(pid int) (int64, error) {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		line := s.Text()
-		if strings.HasPrefix(line, "VmRSS:") {
-			fields := strings.Fields(line)
-			if len(fields) >= 2 {
-				kb, err := strconv.ParseInt(fields[1], 10, 64)
-				return kb * 1024, err
-			}
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok && len(strings.Fields(rest)) > 0 {
+			kb, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return kb * 1024, err
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
@@ -458,9 +449,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				reason, by = re.reason, re.by
 			}
 			_ = c.w.write(frameMsg{T: msgRevoke, ID: env.ID, Reason: reason, By: by})
-			t := time.NewTimer(p.cfg.TerminateGrace)
-			defer t.Stop()
-			grace = t.C
+			grace = time.After(p.cfg.TerminateGrace)
 		case <-grace:
 			log.WithField(logging.FieldDuration, p.cfg.TerminateGrace.String()).Warn("isolated task did not stop; killing its child process group")
 			p.recycle(c, RecycleKilled)
@@ -535,12 +524,10 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 func (p *pool) exitState(c *child) string {
 	done := make(chan error, 1)
 	go func() { done <- c.wait() }()
-	t := time.NewTimer(2 * time.Second)
-	defer t.Stop()
 	var err error
 	select {
 	case err = <-done:
-	case <-t.C:
+	case <-time.After(2 * time.Second):
 		c.killGroup(p.cfg.ProcRoot)
 		err = <-done
 	}

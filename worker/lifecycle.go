@@ -183,20 +183,16 @@ func (w *Worker) drainRunning(mode Mode) {
 		case Soft:
 			w.cancelRunning(errShutdown)
 			if grace == nil {
-				t := time.NewTimer(w.cfg.ShutdownGrace)
-				defer t.Stop()
-				grace = t.C
+				grace = time.After(w.cfg.ShutdownGrace)
 			}
 		case Hard:
 			w.cancelRunning(errShutdown)
-			t := time.NewTimer(w.cfg.HardWait)
 			select {
 			case <-allDone:
-			case <-t.C:
+			case <-time.After(w.cfg.HardWait):
 				w.handBackRunning()
 				w.pool.close() // kill isolated tasks' children now
 			}
-			t.Stop()
 			return
 		}
 		select {

@@ -196,9 +196,6 @@ func byVersion(a, b revoke.Entry) int {
 func (w *Worker) revokedEntry(id string) (revoke.Entry, bool) {
 	w.revokes.mu.Lock()
 	defer w.revokes.mu.Unlock()
-	if len(w.revokes.entries) == 0 {
-		return revoke.Entry{}, false
-	}
 	e, ok := w.revokes.entries[id]
 	if ok && e.Expired(w.cfg.Now()) {
 		delete(w.revokes.entries, id)

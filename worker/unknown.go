@@ -73,10 +73,8 @@ func (w *Worker) settleUnknown(r *run, deadLetter bool) {
 		return
 	}
 	next := env
-	next.Headers = maps.Clone(env.Headers)
-	if next.Headers == nil {
-		next.Headers = map[string]string{}
-	}
+	next.Headers = make(map[string]string, len(env.Headers)+2)
+	maps.Copy(next.Headers, env.Headers)
 	next.Headers[HeaderUnknownSince] = since.UTC().Format(time.RFC3339Nano)
 	next.Headers[HeaderUnknownHandbacks] = strconv.Itoa(handbacks + 1)
 	delay := Backoff(handbacks, time.Second, time.Minute)

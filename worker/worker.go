@@ -176,21 +176,17 @@ type Worker struct {
 
 	startedAt time.Time
 	counters  struct{ processed, succeeded, failed, retried, revoked, leasesLost atomic.Int64 }
-	// monoBase is the origin of the monotonic clock of local lease
-	// deadlines (see lease.go).
-	monoBase time.Time
+	monoBase  time.Time // origin of the monotonic clock of local lease deadlines (lease.go)
 
-	out     *outstanding   // claimed, not yet settled (dispatcher.go)
-	slots   *slots         // running handlers (dispatcher.go)
-	queue   chan *run      // claimed, waiting for a slot: fetcher → dispatcher
-	running sync.WaitGroup // handlers running (executor.go)
-	comp    *completer     // completer.go
-	pool    *pool          // isolation children (isolate.go)
-	metrics *Metrics
-	scaler  *autoscaler
-	// claimSince is when the fetcher entered Claim (unix nanos), 0 while
-	// it is not inside Claim; Alive uses it.
-	claimSince atomic.Int64
+	out        *outstanding   // claimed, not yet settled (dispatcher.go)
+	slots      *slots         // running handlers (dispatcher.go)
+	queue      chan *run      // claimed, waiting for a slot: fetcher → dispatcher
+	running    sync.WaitGroup // handlers running (executor.go)
+	comp       *completer     // completer.go
+	pool       *pool          // isolation children (isolate.go)
+	metrics    *Metrics
+	scaler     *autoscaler
+	claimSince atomic.Int64 // when the fetcher entered Claim (unix nanos), 0 outside; for Alive
 
 	// Lifecycle (lifecycle.go).
 	shutdownMu sync.Mutex
@@ -205,9 +201,8 @@ type Worker struct {
 	pauses  pauseState   // pauses.go
 	replay  replayWindow // control_dispatch.go
 
-	// unknownLogged rate-limits the hand-back log of unknown task names.
 	unknownMu     sync.Mutex
-	unknownLogged map[string]time.Time
+	unknownLogged map[string]time.Time // rate-limits the hand-back log of unknown names
 }
 
 // New validates cfg and returns a Worker.
@@ -232,7 +227,7 @@ func New(cfg Config) (*Worker, error) {
 		replay:        replayWindow{seen: map[string]time.Time{}},
 		unknownLogged: map[string]time.Time{},
 	}
-	w.comp = newCompleter(w, 4*(capacity+cfg.MaxBatch), w.hard)
+	w.comp = &completer{w: w, ch: make(chan finish, 4*(capacity+cfg.MaxBatch)), stop: w.hard, base: 50 * time.Millisecond, max: 5 * time.Second}
 	w.pauses.queues.Store(&map[string]bool{})
 	w.startedAt = cfg.Now() // set once, before anything (a metrics scrape) can read it
 	w.monoBase = time.Now()
@@ -270,9 +265,8 @@ type Stats struct {
 // Stats returns a snapshot of the worker.
 func (w *Worker) Stats() Stats {
 	held, limit := w.slots.stats()
-	out := w.out.len()
 	return Stats{
-		ID: w.id, InFlight: held, Outstanding: out, ActiveConcurrency: limit,
+		ID: w.id, InFlight: held, Outstanding: w.out.len(), ActiveConcurrency: limit,
 		Prefetch: w.cfg.Prefetch, StartedAt: w.startedAt, Counters: w.Counters(),
 	}
 }
