@@ -14,7 +14,6 @@ import (
 	logrustest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/sirupsen/logrus"
-
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/memory"
 	"github.com/stemhq/stem/control"
