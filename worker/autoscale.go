@@ -38,27 +38,14 @@ type AutoscaleConfig struct {
 // WithDefaults fills unset fields; concurrency is the worker's configured
 // concurrency, the default Max.
 func (c AutoscaleConfig) WithDefaults(concurrency int) AutoscaleConfig {
-	if c.Max == 0 {
-		c.Max = max(concurrency, 1)
-	}
-	if c.Min == 0 {
-		c.Min = 1
-	}
-	if c.ScaleUpStep == 0 {
-		c.ScaleUpStep = 1
-	}
-	if c.ScaleDownStep == 0 {
-		c.ScaleDownStep = 1
-	}
-	if c.IdlePeriod == 0 {
-		c.IdlePeriod = 30 * time.Second
-	}
-	if c.Tick == 0 {
-		c.Tick = time.Second
-	}
-	if c.DownCooldown == 0 {
-		c.DownCooldown = c.IdlePeriod
-	}
+	// Zero only: Validate refuses negative values.
+	ifZero(&c.Max, max(concurrency, 1))
+	ifZero(&c.Min, 1)
+	ifZero(&c.ScaleUpStep, 1)
+	ifZero(&c.ScaleDownStep, 1)
+	ifZero(&c.IdlePeriod, 30*time.Second)
+	ifZero(&c.Tick, time.Second)
+	ifZero(&c.DownCooldown, c.IdlePeriod)
 	return c
 }
 
@@ -105,7 +92,7 @@ func (a *autoscaler) config() AutoscaleConfig {
 func (a *autoscaler) setBounds(minC, maxC int) error {
 	// a.mu is held through the resize, so a concurrent step cannot apply a
 	// decision made under the old bounds afterwards (lock order: a.mu,
-	// then the worker's mu inside resize).
+	// then the outstanding set's inside resize).
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	next := a.cfg
@@ -125,16 +112,7 @@ func (a *autoscaler) run(ctx context.Context) {
 	if !a.config().Enabled {
 		return
 	}
-	t := time.NewTicker(a.config().Tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.step(ctx, a.w.cfg.Now())
-		}
-	}
+	every(ctx, a.config().Tick, func() { a.step(ctx, a.w.cfg.Now()) })
 }
 
 // step makes one decision at now and returns the concurrency after it.
@@ -151,10 +129,7 @@ func (a *autoscaler) step(ctx context.Context, now time.Time) int {
 		}
 		backlog += n
 	}
-	a.w.mu.Lock()
-	waiting := len(a.w.outstanding) - held
-	a.w.mu.Unlock()
-	if waiting > 0 {
+	if waiting := a.w.out.len() - held; waiting > 0 {
 		backlog += int64(waiting)
 	}
 	a.mu.Lock()
@@ -189,9 +164,7 @@ func (a *autoscaler) step(ctx context.Context, now time.Time) int {
 func (w *Worker) resize(n int, why string) {
 	_, old := w.slots.stats()
 	w.slots.setLimit(n)
-	w.mu.Lock()
-	w.capCond.Broadcast()
-	w.mu.Unlock()
+	w.out.wake()
 	if n != old {
 		w.log.WithFields(logrus.Fields{"from": old, "to": n, "why": why}).Info("concurrency changed")
 	}

@@ -2,12 +2,10 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,13 +34,11 @@ func ServeChildIfRequested(handlers *Registry) {
 	if os.Getenv(ChildEnv) != "1" {
 		return
 	}
-	if _, err := unix.FcntlInt(3, unix.F_GETFD, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
-		os.Exit(70)
-	}
-	if _, err := unix.FcntlInt(4, unix.F_GETFD, 0); err != nil {
-		fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
-		os.Exit(70)
+	for _, fd := range []int{3, 4} {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			fmt.Fprintln(os.Stderr, "stem child: fd 3 and 4 are not open")
+			os.Exit(70)
+		}
 	}
 	// A handler's subprocesses must not inherit the pipes (one holding
 	// fd 4 would hide the child's death from the worker), nor any other
@@ -71,17 +67,7 @@ func ServeChild(handlers *Registry, in io.Reader, out io.Writer) int {
 	}
 	msgs := make(chan frameMsg, 16)
 	readErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := r.read()
-			if err != nil {
-				readErr <- err
-				close(msgs)
-				return
-			}
-			msgs <- m
-		}
-	}()
+	go r.pump(msgs, readErr)
 	var cur *childTask
 	results := make(chan frameMsg, 1)
 	for {
@@ -124,9 +110,7 @@ type childTask struct {
 	w       *frameWriter
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
-	revoked atomic.Bool
-	mu      sync.Mutex
-	reason  revokedError
+	revoked atomic.Pointer[revokedError] // set before the context is cancelled
 }
 
 func newChildTask(m frameMsg, w *frameWriter) *childTask {
@@ -135,10 +119,7 @@ func newChildTask(m frameMsg, w *frameWriter) *childTask {
 }
 
 func (t *childTask) revoke(reason, by string) {
-	t.mu.Lock()
-	t.reason = revokedError{reason: reason, by: by}
-	t.mu.Unlock()
-	t.revoked.Store(true)
+	t.revoked.Store(&revokedError{reason: reason, by: by})
 	t.cancel(&revokedError{reason: reason, by: by})
 }
 
@@ -150,15 +131,11 @@ func (t *childTask) run(handlers *Registry) frameMsg {
 		res.NoRetry = true
 		return res
 	}
-	ctx := t.ctx
-	if t.msg.TimeLimit > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, t.msg.TimeLimit, fmt.Errorf("time limit %s exceeded", t.msg.TimeLimit))
-		defer cancel()
-	}
+	ctx, cancel := withTimeLimit(t.ctx, t.msg.TimeLimit)
+	defer cancel()
 	tc := &childContext{t: t, ctx: ctx}
 	value, err := safeCall(h.Run, tc, t.msg.Args)
-	if t.revoked.Load() {
+	if t.revoked.Load() != nil {
 		res.Revoked = true
 		res.Error = ErrTaskRevoked.Error()
 		return res
@@ -172,9 +149,7 @@ func (t *childTask) run(handlers *Registry) frameMsg {
 		err = merr
 	}
 	if ctx.Err() != nil {
-		if c := context.Cause(ctx); c != nil && !errors.Is(err, c) {
-			err = fmt.Errorf("%w: %v", c, err)
-		}
+		err = withCause(ctx, err)
 	}
 	res.Error = err.Error()
 	res.NoRetry = errors.Is(err, ErrNoRetry)
@@ -195,10 +170,8 @@ func (c *childContext) Queue() string            { return c.t.msg.Queue }
 func (c *childContext) Attempt() int             { return c.t.msg.Attempt }
 
 func (c *childContext) check() error {
-	if c.t.revoked.Load() {
-		c.t.mu.Lock()
-		defer c.t.mu.Unlock()
-		e := c.t.reason
+	if re := c.t.revoked.Load(); re != nil {
+		e := *re
 		return &e
 	}
 	if c.ctx.Err() != nil {
@@ -232,16 +205,9 @@ func (c *childContext) Progress(p float64, data any) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	if p < 0 || p > 1 {
-		return fmt.Errorf("progress %v out of range [0, 1]", p)
+	raw, err := progressData(p, data)
+	if err != nil {
+		return err
 	}
-	m := frameMsg{T: msgProgress, ID: c.t.msg.ID, Progress: p}
-	if data != nil {
-		b, err := json.Marshal(data)
-		if err != nil {
-			return fmt.Errorf("progress data is not JSON-marshalable: %w", err)
-		}
-		m.Data = b
-	}
-	return c.t.w.write(m)
+	return c.t.w.write(frameMsg{T: msgProgress, ID: c.t.msg.ID, Progress: p, Data: raw})
 }

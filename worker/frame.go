@@ -67,14 +67,10 @@ func (f *frameWriter) write(m frameMsg) error {
 	if err != nil {
 		return err
 	}
-	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	frame := binary.BigEndian.AppendUint32(make([]byte, 0, 4+len(b)), uint32(len(b)))
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, err := f.w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err = f.w.Write(b)
+	_, err = f.w.Write(append(frame, b...))
 	return err
 }
 
@@ -108,4 +104,18 @@ func (f *frameReader) read() (frameMsg, error) {
 		return frameMsg{}, fmt.Errorf("protocol error: frame without a type")
 	}
 	return m, nil
+}
+
+// pump reads frames onto msgs until a read fails, then sends the error on
+// errc and closes msgs.
+func (f *frameReader) pump(msgs chan<- frameMsg, errc chan<- error) {
+	for {
+		m, err := f.read()
+		if err != nil {
+			errc <- err
+			close(msgs)
+			return
+		}
+		msgs <- m
+	}
 }

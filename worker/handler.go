@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,15 +72,9 @@ type TaskOptions struct {
 
 // WithDefaults fills unset fields.
 func (o TaskOptions) WithDefaults() TaskOptions {
-	if o.Queue == "" {
-		o.Queue = "default"
-	}
-	if o.RetryBackoff <= 0 {
-		o.RetryBackoff = time.Second
-	}
-	if o.RetryBackoffMax <= 0 {
-		o.RetryBackoffMax = 10 * time.Minute
-	}
+	ifZero(&o.Queue, "default")
+	orDefault(&o.RetryBackoff, time.Second)
+	orDefault(&o.RetryBackoffMax, 10*time.Minute)
 	return o
 }
 
@@ -123,10 +118,7 @@ func (r *Registry) Register(name string, fn HandlerFunc, opts TaskOptions) error
 	if _, dup := old[name]; dup {
 		return fmt.Errorf("register %s: a handler with this name already exists", name)
 	}
-	m := make(map[string]Handler, len(old)+1)
-	for k, v := range old {
-		m[k] = v
-	}
+	m := maps.Clone(old)
 	m[name] = Handler{Name: name, Options: opts.WithDefaults(), Run: fn}
 	r.handlers.Store(&m)
 	return nil
@@ -147,11 +139,5 @@ func (r *Registry) Lookup(name string) (Handler, bool) {
 
 // Names returns the registered names, sorted.
 func (r *Registry) Names() []string {
-	m := *r.handlers.Load()
-	out := make([]string, 0, len(m))
-	for n := range m {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(*r.handlers.Load()))
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
@@ -54,18 +55,10 @@ func (c IsolationConfig) WithDefaults() IsolationConfig {
 	if len(c.Command) == 0 {
 		c.Command = []string{"/proc/self/exe"}
 	}
-	if c.TerminateGrace <= 0 {
-		c.TerminateGrace = 5 * time.Second
-	}
-	if c.StartTimeout <= 0 {
-		c.StartTimeout = 10 * time.Second
-	}
-	if c.Stderr == nil {
-		c.Stderr = os.Stderr
-	}
-	if c.ProcRoot == "" {
-		c.ProcRoot = "/proc"
-	}
+	orDefault(&c.TerminateGrace, 5*time.Second)
+	orDefault(&c.StartTimeout, 10*time.Second)
+	ifZero(&c.Stderr, io.Writer(os.Stderr))
+	orDefault(&c.ProcRoot, "/proc")
 	return c
 }
 
@@ -173,11 +166,13 @@ func newPool(cfg IsolationConfig, w *Worker) *pool {
 func (p *pool) Recycles() map[string]int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make(map[string]int64, len(p.recycles))
-	for k, v := range p.recycles {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(p.recycles)
+}
+
+// recycle kills c and counts why.
+func (p *pool) recycle(c *child, reason string) {
+	p.countRecycle(reason)
+	p.kill(c)
 }
 
 func (p *pool) countRecycle(reason string) {
@@ -215,31 +210,20 @@ func (p *pool) start() (*child, error) {
 	// would kill it before it could, and Go delivers Pdeathsig when the
 	// forking thread exits, not the process.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		toChildR.Close()
+	err = cmd.Start()
+	toChildR.Close() // the child's ends
+	fromChildW.Close()
+	if err != nil {
 		toChildW.Close()
 		fromChildR.Close()
-		fromChildW.Close()
 		return nil, fmt.Errorf("isolation: start child %s: %w", p.cfg.Command[0], err)
 	}
-	toChildR.Close()
-	fromChildW.Close()
 	c := &child{cmd: cmd, pid: cmd.Process.Pid, w: &frameWriter{w: toChildW}, in: toChildW,
 		r: newFrameReader(fromChildR), msgs: make(chan frameMsg, 64), errc: make(chan error, 1)}
 	go func() {
 		defer fromChildR.Close()
-		for {
-			m, err := c.r.read()
-			if err != nil {
-				c.errc <- err
-				close(c.msgs)
-				return
-			}
-			c.msgs <- m
-		}
+		c.r.pump(c.msgs, c.errc)
 	}()
-	t := time.NewTimer(p.cfg.StartTimeout)
-	defer t.Stop()
 	select {
 	case m, ok := <-c.msgs:
 		if ok && m.T == msgReady {
@@ -264,7 +248,7 @@ func (p *pool) start() (*child, error) {
 		}
 		p.kill(c)
 		return nil, fmt.Errorf("isolation: child %d: %w (does the program call worker.ServeChildIfRequested?)", c.pid, err)
-	case <-t.C:
+	case <-time.After(p.cfg.StartTimeout):
 		p.kill(c)
 		return nil, fmt.Errorf("isolation: child %d did not start within %s", c.pid, p.cfg.StartTimeout)
 	}
@@ -325,11 +309,9 @@ func (p *pool) stop(c *child) {
 	c.in.Close()
 	done := make(chan struct{})
 	go func() { _ = c.wait(); close(done) }()
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
 	select {
 	case <-done:
-	case <-t.C:
+	case <-time.After(time.Second):
 		c.killGroup(p.cfg.ProcRoot)
 		<-done
 	}
@@ -384,13 +366,9 @@ func (p *pool) rss(pid int) (int64, error) {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		line := s.Text()
-		if strings.HasPrefix(line, "VmRSS:") {
-			fields := strings.Fields(line)
-			if len(fields) >= 2 {
-				kb, err := strconv.ParseInt(fields[1], 10, 64)
-				return kb * 1024, err
-			}
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok && len(strings.Fields(rest)) > 0 {
+			kb, err := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return kb * 1024, err
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
@@ -415,8 +393,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 	}
 	c.tasks++
 	if err := c.w.write(frameMsg{T: msgRun, ID: env.ID, Name: env.Name, Queue: env.Queue, Attempt: env.Attempt, Args: env.Args, TimeLimit: limit}); err != nil {
-		p.countRecycle(RecycleCrashed)
-		p.kill(c)
+		p.recycle(c, RecycleCrashed)
 		return isolatedOutcome{err: fmt.Errorf("isolation: send task to child %d: %w", c.pid, err)}
 	}
 	var grace <-chan time.Time
@@ -452,8 +429,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 	leaseLost := func() isolatedOutcome {
 		// Another worker may claim the task soon: no grace.
 		log.Warn("lease of an isolated task lost; killing its child at once")
-		p.countRecycle(RecycleLeaseLost)
-		p.kill(c)
+		p.recycle(c, RecycleLeaseLost)
 		return isolatedOutcome{err: fmt.Errorf("%w; child process killed", ErrLeaseLost)}
 	}
 	for {
@@ -473,19 +449,15 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				reason, by = re.reason, re.by
 			}
 			_ = c.w.write(frameMsg{T: msgRevoke, ID: env.ID, Reason: reason, By: by})
-			t := time.NewTimer(p.cfg.TerminateGrace)
-			defer t.Stop()
-			grace = t.C
+			grace = time.After(p.cfg.TerminateGrace)
 		case <-grace:
 			log.WithField(logging.FieldDuration, p.cfg.TerminateGrace.String()).Warn("isolated task did not stop; killing its child process group")
-			p.countRecycle(RecycleKilled)
-			p.kill(c)
+			p.recycle(c, RecycleKilled)
 			return isolatedOutcome{revoked: true, err: fmt.Errorf("%w; child process killed %s later", context.Cause(ctx), p.cfg.TerminateGrace)}
 		case <-memTick:
 			if rss, err := p.rss(c.pid); err == nil && rss > 2*p.cfg.MaxMemoryPerChildBytes {
 				log.WithField("rss", rss).Error("isolated task exceeded twice the child memory limit; killing its child")
-				p.countRecycle(RecycleOOM)
-				p.kill(c)
+				p.recycle(c, RecycleOOM)
 				return isolatedOutcome{err: fmt.Errorf("child process used %d MiB, over twice max memory per child (%d MiB); killed", rss>>20, p.cfg.MaxMemoryPerChildBytes>>20)}
 			}
 		case m, ok := <-c.msgs:
@@ -522,11 +494,12 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				}
 			case msgProgress:
 				r.lastBeat.Store(p.w.cfg.Now().UnixNano())
-				p.w.recordProgress(r, m.Progress, m.Data)
+				if err := p.w.recordProgress(context.Background(), r, m.Progress, m.Data); err != nil {
+					p.w.log.WithError(err).WithField(logging.FieldTask, env.ID).Warn("could not record progress")
+				}
 			case msgResult:
 				if m.ID != env.ID {
-					p.countRecycle(RecycleProtocol)
-					p.kill(c)
+					p.recycle(c, RecycleProtocol)
 					return isolatedOutcome{err: fmt.Errorf("isolation child %d: protocol error: result for task %q while running %q", c.pid, m.ID, env.ID)}
 				}
 				p.put(c)
@@ -540,8 +513,7 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 				}
 				return isolatedOutcome{err: errors.New(m.Error)}
 			default:
-				p.countRecycle(RecycleProtocol)
-				p.kill(c)
+				p.recycle(c, RecycleProtocol)
 				return isolatedOutcome{err: fmt.Errorf("isolation child %d: protocol error: unexpected %q message", c.pid, m.T)}
 			}
 		}
@@ -552,12 +524,10 @@ func (p *pool) run(ctx context.Context, r *run, limit time.Duration) isolatedOut
 func (p *pool) exitState(c *child) string {
 	done := make(chan error, 1)
 	go func() { done <- c.wait() }()
-	t := time.NewTimer(2 * time.Second)
-	defer t.Stop()
 	var err error
 	select {
 	case err = <-done:
-	case <-t.C:
+	case <-time.After(2 * time.Second):
 		c.killGroup(p.cfg.ProcRoot)
 		err = <-done
 	}
@@ -570,18 +540,11 @@ func (p *pool) exitState(c *child) string {
 
 // recordProgress stores a task's progress (from an inline or isolated
 // handler) in the run and the result backend.
-func (w *Worker) recordProgress(r *run, p float64, data []byte) {
+func (w *Worker) recordProgress(ctx context.Context, r *run, p float64, data []byte) error {
 	r.progress.Store(math.Float64bits(p))
-	env := r.d.Envelope
-	now := w.cfg.Now()
-	st := result.TaskState{
-		ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Started, Attempt: env.Attempt,
-		Worker: w.id, EnqueuedAt: env.CreatedAt, StartedAt: r.startedAt, UpdatedAt: now,
-		Progress: p, ProgressData: data,
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	st := w.taskState(r.d.Envelope, result.Started, w.cfg.Now())
+	st.StartedAt, st.Progress, st.ProgressData = r.startedAt, p, data
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := w.cfg.Results.Set(ctx, []result.TaskState{st}); err != nil {
-		w.log.WithError(err).WithField(logging.FieldTask, env.ID).Warn("could not record progress")
-	}
+	return w.cfg.Results.Set(ctx, []result.TaskState{st})
 }

@@ -128,16 +128,15 @@ func (w *Worker) keepLeases(ctx context.Context) {
 		next := now + lease/2
 		var batch, fenced []*run
 		due := false
-		w.mu.Lock()
-		for _, r := range w.outstanding {
+		w.out.each(func(r *run) {
 			if r.state.Load() == runSettled || r.lost.Load() {
-				continue
+				return
 			}
 			dl := time.Duration(r.deadline.Load())
 			fenceAt := dl - margin
 			if now >= fenceAt {
 				fenced = append(fenced, r)
-				continue
+				return
 			}
 			next = min(next, fenceAt)
 			left := dl - now
@@ -148,8 +147,7 @@ func (w *Worker) keepLeases(ctx context.Context) {
 			if renewAt := dl - lease/2; renewAt > now {
 				next = min(next, renewAt)
 			}
-		}
-		w.mu.Unlock()
+		})
 		for _, r := range fenced {
 			w.fence(r, fmt.Sprintf("no renewal confirmed by %s before its deadline", margin))
 		}
@@ -192,32 +190,36 @@ func (w *Worker) renew(ctx context.Context, rs []*run, out chan<- renewal) {
 // applyRenewal raises the deadlines a renewal confirmed and fences the
 // leases it reports lost. It returns whether the broker answered.
 func (w *Worker) applyRenewal(res renewal) bool {
-	lostIDs, answered := broker.LeasesLost(res.err)
-	if !answered {
+	if _, answered := broker.LeasesLost(res.err); !answered {
 		w.log.WithError(res.err).WithField("tasks", len(res.rs)).Warn("lease renewal failed; retrying before the fencing deadline")
 		return false
 	}
-	w.noteRestored(res.err)
-	lost := make(map[string]bool, len(lostIDs))
-	for _, id := range lostIDs {
-		lost[id] = true
-	}
-	for _, r := range res.rs {
-		if lost[r.d.Envelope.ID] {
-			w.fence(r, "the broker reports that another claim holds it")
-		} else {
-			r.raiseDeadline(res.sent + w.cfg.Lease)
-		}
-	}
+	w.confirmed(res.rs, res.err, res.sent+w.cfg.Lease)
 	return true
 }
 
-// noteRestored logs deliveries the broker restored after losing its data.
-func (w *Worker) noteRestored(err error) {
+// confirmed applies an extension of rs's leases that the broker answered
+// (err nil, or a LeaseLostError): the leases it reports lost are fenced,
+// the others raised to until. It reports whether any was lost.
+func (w *Worker) confirmed(rs []*run, err error, until time.Duration) (anyLost bool) {
 	var l *broker.LeaseLostError
 	if errors.As(err, &l) && len(l.Restored) > 0 {
 		w.log.WithField("tasks", l.Restored).Warn("the broker had lost these held tasks with its data (restarted without persistence?); restored them from this worker's copies")
 	}
+	lostIDs, _ := broker.LeasesLost(err)
+	lost := make(map[string]bool, len(lostIDs))
+	for _, id := range lostIDs {
+		lost[id] = true
+	}
+	for _, r := range rs {
+		if lost[r.d.Envelope.ID] {
+			w.fence(r, "the broker reports that another claim holds it")
+			anyLost = true
+		} else {
+			r.raiseDeadline(until)
+		}
+	}
+	return anyLost
 }
 
 // extendLease raises r's lease to at least now+d, in the broker and in
@@ -228,14 +230,11 @@ func (w *Worker) extendLease(ctx context.Context, r *run, d time.Duration) error
 	defer cancel()
 	sent := w.mono()
 	err := w.cfg.Broker.ExtendLease(ctx, []broker.Delivery{r.d}, d)
-	if lost, answered := broker.LeasesLost(err); answered {
-		w.noteRestored(err)
-		if len(lost) > 0 {
-			w.fence(r, "the broker reports that another claim holds it")
-			return fmt.Errorf("extend lease of task %s: %w", r.d.Envelope.ID, ErrLeaseLost)
-		}
-		r.raiseDeadline(sent + d)
-		return nil
+	if _, answered := broker.LeasesLost(err); !answered {
+		return fmt.Errorf("extend lease of task %s: %w", r.d.Envelope.ID, err)
 	}
-	return fmt.Errorf("extend lease of task %s: %w", r.d.Envelope.ID, err)
+	if w.confirmed([]*run{r}, err, sent+d) {
+		return fmt.Errorf("extend lease of task %s: %w", r.d.Envelope.ID, ErrLeaseLost)
+	}
+	return nil
 }

@@ -120,8 +120,8 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 	cnt(descLeasesLost, st.Counters.LeasesLost)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for _, q := range w.cfg.Queues {
-		if n, err := w.cfg.Broker.PendingCount(ctx, q); err == nil {
+	for q, n := range w.queueDepths(ctx) {
+		if n >= 0 {
 			ch <- prometheus.MustNewConstMetric(descDepth, prometheus.GaugeValue, float64(n), q)
 		}
 	}

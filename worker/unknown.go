@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/result"
@@ -43,46 +41,48 @@ const ReasonUnknownTask = "unknown task"
 // logged (a deploy can hand back thousands of tasks a second).
 const unknownLogEvery = 10 * time.Second
 
-// settleUnknown hands back, or dead-letters after the TTL, a queued run
-// whose task name no handler here knows.
-func (w *Worker) settleUnknown(r *run) {
+// unknownSince returns when a worker first found env's name unknown (now
+// if none did yet) and how many times it was handed back since.
+func unknownSince(env broker.Envelope, now time.Time) (since time.Time, handbacks int) {
+	since = now
+	if t, err := time.Parse(time.RFC3339Nano, env.Headers[HeaderUnknownSince]); err == nil && !t.After(now) {
+		since = t
+	}
+	handbacks, _ = strconv.Atoi(env.Headers[HeaderUnknownHandbacks])
+	return since, handbacks
+}
+
+// settleUnknown hands back, or dead-letters once its TTL passed (decide
+// says which), a queued run whose task name no handler here knows.
+func (w *Worker) settleUnknown(r *run, deadLetter bool) {
 	if !r.state.CompareAndSwap(runQueued, runSettled) {
 		return
 	}
 	env := r.d.Envelope
 	now := w.cfg.Now()
-	since := now
-	if t, err := time.Parse(time.RFC3339Nano, env.Headers[HeaderUnknownSince]); err == nil && !t.After(now) {
-		since = t
-	}
-	handbacks, _ := strconv.Atoi(env.Headers[HeaderUnknownHandbacks])
-	fields := logrus.Fields{logging.FieldTask: env.ID, logging.FieldTaskName: env.Name}
-	if now.Sub(since) >= w.cfg.UnknownTaskTTL {
+	since, handbacks := unknownSince(env, now)
+	if deadLetter {
 		msg := fmt.Sprintf("%s: no worker had a handler for task %q within %s (first seen unknown at %s; last on worker %s)",
 			ReasonUnknownTask, env.Name, w.cfg.UnknownTaskTTL, since.UTC().Format(time.RFC3339), w.id)
-		st := result.TaskState{
-			ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Failed, Attempt: env.Attempt, Worker: w.id,
-			EnqueuedAt: env.CreatedAt, Error: msg, FinishedAt: now, UpdatedAt: now,
-		}
+		st := w.taskState(env, result.Failed, now)
+		st.Error, st.FinishedAt = msg, now
 		w.counters.processed.Add(1)
 		w.counters.failed.Add(1)
-		w.log.WithFields(fields).Error(msg)
-		w.done <- finish{run: r, hasState: true, state: st, action: broker.DeadLetter, reason: msg}
+		w.taskLog(env).Error(msg)
+		w.comp.send(finish{run: r, hasState: true, state: st, action: broker.DeadLetter, reason: msg})
 		return
 	}
 	next := env
-	next.Headers = maps.Clone(env.Headers)
-	if next.Headers == nil {
-		next.Headers = map[string]string{}
-	}
+	next.Headers = make(map[string]string, len(env.Headers)+2)
+	maps.Copy(next.Headers, env.Headers)
 	next.Headers[HeaderUnknownSince] = since.UTC().Format(time.RFC3339Nano)
 	next.Headers[HeaderUnknownHandbacks] = strconv.Itoa(handbacks + 1)
 	delay := Backoff(handbacks, time.Second, time.Minute)
 	if w.shouldLogUnknown(env.Name, now) {
-		w.log.WithFields(fields).WithField(logging.FieldDelay, delay.String()).
+		w.taskLog(env).WithField(logging.FieldDelay, delay.String()).
 			Warnf("no handler for task %q on this worker; handed back for a worker that knows it (no attempt counted; dead-lettered %s after it was first seen unknown)", env.Name, w.cfg.UnknownTaskTTL)
 	}
-	w.done <- finish{run: r, action: broker.Retry, retryEnv: next, delay: delay}
+	w.comp.send(finish{run: r, action: broker.Retry, retryEnv: next, delay: delay})
 }
 
 // withoutUnknownHeaders returns h without the unknown-task headers (a
@@ -108,9 +108,6 @@ func withoutUnknownHeaders(h map[string]string) map[string]string {
 func (w *Worker) shouldLogUnknown(name string, now time.Time) bool {
 	w.unknownMu.Lock()
 	defer w.unknownMu.Unlock()
-	if w.unknownLogged == nil {
-		w.unknownLogged = map[string]time.Time{}
-	}
 	if last, ok := w.unknownLogged[name]; ok && now.Sub(last) < unknownLogEvery {
 		return false
 	}
