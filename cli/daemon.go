@@ -15,65 +15,11 @@ import (
 // addDaemonCommands registers the daemon-toolkit commands (worker multi,
 // healthcheck, diagnose, routing). This file belongs to that toolkit.
 //
-// None of these commands needs the broker (diagnose --connect aside). They
-// read the env file (--env-file, STEM_ENV_FILE) with config.LoadEnvFile,
-// and a variable set in the process environment wins over the same
-// variable in the file.
+// None of these commands needs the broker (diagnose --connect aside). Like
+// every command they resolve their settings through App.env.
 func addDaemonCommands(a *App, root, worker *cobra.Command) {
 	root.AddCommand(newRoutingCmd(a))
 	worker.AddCommand(newMultiCmd(a), newHealthcheckCmd(a), newDiagnoseCmd(a))
-}
-
-// daemonEnv is what a daemon command knows of the outside world: the
-// lookup (flag > process environment > env file) and the env file itself.
-type daemonEnv struct {
-	lookup config.Lookup
-	// file is the env file's path ("" when none) and vars its variables.
-	file string
-	vars map[string]string
-}
-
-// daemonEnv resolves the env file of cmd and loads it. A bad env file is a
-// *stemerr.ConfigError (exit 78) naming the file and line.
-func (a *App) daemonEnv(cmd *cobra.Command) (*daemonEnv, error) {
-	l := config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}
-	e := &daemonEnv{}
-	if path, _, ok := l.Get("STEM_ENV_FILE"); ok && path != "" {
-		m, err := config.LoadEnvFile(path)
-		if err != nil {
-			return nil, err
-		}
-		e.file, e.vars = path, m
-		l = append(l, config.MapSource("env file "+path, m))
-	}
-	e.lookup = l
-	return e, nil
-}
-
-// get returns the winning value of key (flag, environment, env file). An
-// empty value counts as unset, so an empty variable in the environment
-// does not hide the env file's value.
-func (e *daemonEnv) get(key string) (string, bool) {
-	for _, s := range e.lookup {
-		if s.Get == nil {
-			continue
-		}
-		if v, ok := s.Get(key); ok && v != "" {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-// stringFlagOrEnv returns the value of flag name when given, else key from
-// the environment or env file. It serves flags that are not in config.Vars
-// (so not bound with bindEnv) but still read a variable.
-func (e *daemonEnv) stringFlagOrEnv(cmd *cobra.Command, name, key string) string {
-	if f := cmd.Flags().Lookup(name); f != nil && f.Changed {
-		return f.Value.String()
-	}
-	v, _ := e.get(key)
-	return v
 }
 
 // childEnviron builds a child's environment: the process environment,

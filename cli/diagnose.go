@@ -53,12 +53,12 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 "level" (info, warning, error), "message"}], "errors", "warnings"}.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			env := &daemonEnv{lookup: config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}}
-			envFile, _ := env.get("STEM_ENV_FILE")
+			// A bad env file is not an error here: diagnose reports it.
+			env, _ := a.env(cmd)
 			node, _ := env.get("STEM_WORKER_NODE")
 			v := templateVars(node, 0, time.Now())
 			in := diagnose.Input{
-				EnvFile:          envFile,
+				EnvFile:          env.file,
 				LoadEnvFile:      config.LoadEnvFile,
 				Getenv:           a.lookupEnv,
 				Environ:          a.environ,

@@ -53,7 +53,7 @@ held by the process it names, or that process runs another program).
 see docs/daemon.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			env, err := a.daemonEnv(cmd)
+			env, err := a.env(cmd)
 			if err != nil {
 				return err
 			}

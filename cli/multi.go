@@ -33,7 +33,6 @@ type multiOptions struct {
 	commandLine string
 	queues      []string
 	broadcasts  []string
-	routing     string
 	timeout     time.Duration
 	noDetach    bool
 	jsonOut     bool
@@ -87,7 +86,8 @@ func addMultiStartFlags(cmd *cobra.Command, o *multiOptions) {
 	fs.StringVar(&o.commandLine, "command-line", "", `add arguments to the worker command, split with shell-like quoting ("--concurrency 4 --tasks-file '/etc/stem/my tasks.yaml'")`)
 	fs.StringArrayVar(&o.queues, "queue", nil, "queue or routing alias the nodes consume (repeatable; exported as STEM_WORKER_QUEUES)")
 	fs.StringArrayVar(&o.broadcasts, "broadcast", nil, "broadcast channel or routing alias the nodes join (repeatable; exported as STEM_WORKER_BROADCASTS)")
-	fs.StringVar(&o.routing, "routing-config", "", "routing file that resolves --queue and --broadcast aliases ($STEM_ROUTING_CONFIG)")
+	fs.String("routing-config", "", "routing file that resolves --queue and --broadcast aliases")
+	bindEnv(fs, "routing-config", "STEM_ROUTING_CONFIG")
 }
 
 func addMultiTimeoutFlag(cmd *cobra.Command, o *multiOptions) {
@@ -147,7 +147,7 @@ func (o *multiOptions) plan(a *App, cmd *cobra.Command, names []string) ([]daemo
 	if err != nil {
 		return nil, err
 	}
-	env, err := a.daemonEnv(cmd)
+	env, err := a.env(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func (o *multiOptions) plan(a *App, cmd *cobra.Command, names []string) ([]daemo
 
 // command builds the worker command: STEM_WORKER_COMMAND (or this
 // program's "worker run"), then --command arguments, then --command-line.
-func (o *multiOptions) command(env *daemonEnv) ([]string, error) {
+func (o *multiOptions) command(env *cmdEnv) ([]string, error) {
 	var argv []string
 	if raw, ok := env.get("STEM_WORKER_COMMAND"); ok && strings.TrimSpace(raw) != "" {
 		words, err := shlex.Split(raw)
@@ -228,8 +228,8 @@ func (o *multiOptions) command(env *daemonEnv) ([]string, error) {
 
 // resolveRouting resolves --queue and --broadcast through the routing file
 // when there is one; without one, the names are taken as they are.
-func (o *multiOptions) resolveRouting(cmd *cobra.Command, env *daemonEnv) (queues, broadcasts []string, err error) {
-	path := env.stringFlagOrEnv(cmd, "routing-config", "STEM_ROUTING_CONFIG")
+func (o *multiOptions) resolveRouting(cmd *cobra.Command, env *cmdEnv) (queues, broadcasts []string, err error) {
+	path, _ := env.get("STEM_ROUTING_CONFIG")
 	if path == "" {
 		for _, flag := range []struct {
 			name  string

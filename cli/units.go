@@ -63,7 +63,8 @@ func (o *unitsOptions) addFlags(cmd *cobra.Command) {
 	fs.StringArrayVar(&o.nodes, "node", nil, "node to render (repeatable); its unit is stem-worker@NODE.service")
 	fs.StringSliceVar(&o.queues, "queue", nil, "queue or routing alias the nodes consume (repeatable, or comma-separated; priority order)")
 	fs.StringSliceVar(&o.broadcasts, "broadcast", nil, "broadcast channel or routing alias the nodes join (repeatable)")
-	fs.String("routing-config", "", "routing file that resolves --queue and --broadcast aliases ($STEM_ROUTING_CONFIG)")
+	fs.String("routing-config", "", "routing file that resolves --queue and --broadcast aliases")
+	bindEnv(fs, "routing-config", "STEM_ROUTING_CONFIG")
 	fs.IntVar(&o.concurrency, "concurrency", 0, "most tasks each node runs at once (default: the worker's)")
 	fs.StringVar(&o.autoscale, "autoscale", "", "autoscale bounds MIN:MAX of each node")
 	fs.StringArrayVar(&o.env, "env", nil, "extra variable KEY=VALUE in each node's env file (repeatable)")
@@ -81,7 +82,7 @@ func (o *unitsOptions) spec(a *App, cmd *cobra.Command) (units.Spec, error) {
 		Binary: o.binary, User: o.user, Group: o.group, UnitDir: o.unitDir,
 		ShutdownGrace: o.shutdownGrace, Watchdog: o.watchdog,
 	}
-	env, err := a.daemonEnv(cmd)
+	env, err := a.env(cmd)
 	if err != nil {
 		return s, err
 	}

@@ -196,6 +196,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return err
 	}
 	hostname, _ := os.Hostname()
+	broadcasts, _, _ := l.Get("STEM_WORKER_BROADCASTS")
 	daemon.ProtectInheritedPidfile(func(k string) string { v, _ := a.lookupEnv(k); return v })
 	if c.Pidfile != "" {
 		pf, err := daemon.CreatePidfile(c.Pidfile, os.Getpid())
@@ -308,7 +309,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		HardWait: c.TerminateGrace + time.Second,
 		Control:  eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
 		MaxAge: c.ControlMaxAge, RevokeStoreURL: revokeStoreURL(l), PauseStoreURL: c.BrokerURL,
-		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
+		Broadcasts: splitList(broadcasts),
 		Isolation: worker.IsolationConfig{
 			MaxTasksPerChild: c.MaxTasksPerChild, MaxMemoryPerChildBytes: c.MaxChildMemory, TerminateGrace: c.TerminateGrace,
 			Stderr: cmd.ErrOrStderr(),
