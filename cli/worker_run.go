@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -148,37 +147,8 @@ func (a *App) childHandlers() (*worker.Registry, error) {
 const DefaultSignals = "TERM=warm,INT=soft,QUIT=hard"
 
 // parseSignals parses a mapping such as "TERM=warm,INT=soft,QUIT=hard".
-// Signals: TERM, INT, QUIT, HUP, USR1, USR2 (with or without SIG).
 func parseSignals(spec string) (map[os.Signal]worker.Mode, error) {
-	names := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
-		"HUP": syscall.SIGHUP, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2}
-	out := map[os.Signal]worker.Mode{}
-	for _, part := range strings.Split(spec, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		name, mode, ok := strings.Cut(part, "=")
-		if !ok {
-			return nil, fmt.Errorf("%q: want SIGNAL=mode", part)
-		}
-		sig, known := names[strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(name)), "SIG")]
-		if !known {
-			return nil, fmt.Errorf("%q: unknown signal %q (TERM, INT, QUIT, HUP, USR1 or USR2)", part, name)
-		}
-		m, err := worker.ParseMode(strings.TrimSpace(mode))
-		if err != nil {
-			return nil, fmt.Errorf("%q: %v", part, err)
-		}
-		if _, dup := out[sig]; dup {
-			return nil, fmt.Errorf("%q: signal %s mapped twice", part, name)
-		}
-		out[sig] = m
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no signal mapped")
-	}
-	return out, nil
+	return daemon.ParseSignals(spec, worker.ParseMode)
 }
 
 func (a *App) runWorker(cmd *cobra.Command) error {
@@ -223,13 +193,11 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return &stemerr.ConfigError{Key: from, Value: c.Signals, Msg: err.Error()}
 	}
 	// Signals are caught from the start, so a SIGTERM during the broker
-	// retry loop ends it cleanly.
+	// retry loop ends it cleanly. SIGHUP, unless mapped, is a warm restart
+	// (systemctl reload): see restartExit.
+	policy := daemon.NewShutdown(signalModes, worker.Warm, worker.Hard)
 	sigs := make(chan os.Signal, 4)
-	for sig := range signalModes {
-		signal.Notify(sigs, sig)
-	}
-	restart := newRestartOnHUP(signalModes, log) // SIGHUP = warm restart (systemctl reload)
-	restart.notify(sigs)
+	signal.Notify(sigs, policy.Signals()...)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
@@ -240,20 +208,18 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	loopDone := make(chan struct{})
 	defer close(loopDone)
 	go func() {
-		var cur worker.Mode
 		var target *worker.Worker
 		for {
 			select {
 			case target = <-wCh:
-				if cur != 0 {
-					target.Shutdown(cur)
+				if m := policy.Mode(); m != 0 {
+					target.Shutdown(m)
 				}
 			case s := <-sigs:
-				m := restart.mode(s, signalModes)
-				if m <= cur {
-					m = min(cur+1, worker.Hard)
+				m, restart := policy.Signal(s)
+				if restart {
+					log.Info("SIGHUP: warm restart (running tasks finish, then the service manager starts a new worker)")
 				}
-				cur = m
 				log.WithFields(logrus.Fields{logging.FieldSignal: s.String(), logging.FieldMode: m.String()}).Info("signal received")
 				if target == nil {
 					cancel()
@@ -272,7 +238,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	eng, err := openEngineRetrying(ctx, c, log)
 	if err != nil {
 		if ctx.Err() != nil {
-			return restart.exit(nil)
+			return restartExit(policy, nil, log)
 		}
 		return err
 	}
@@ -284,7 +250,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return restart.exit(nil)
+			return restartExit(policy, nil, log)
 		}
 		return err
 	}
@@ -324,11 +290,16 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return withCode(ExitConfig, err)
 	}
 	wCh <- w
-	svc := newServiceNotifier(daemon.NewNotifier(), w, c, log)
+	svc := &daemon.ServiceNotifier{N: daemon.NewNotifier(), Service: w, Grace: c.ShutdownGrace, Log: log,
+		ReadyFields: logrus.Fields{"tasks": len(handlers.Names())},
+		Status: func(prefix string) string {
+			st := w.Stats()
+			return fmt.Sprintf("%s: %d/%d busy; queues %s", prefix, st.InFlight, st.ActiveConcurrency, strings.Join(c.Queues, ","))
+		}}
 	svcCtx, stopSvc := context.WithCancel(context.Background())
 	defer stopSvc()
-	go svc.run(svcCtx, len(handlers.Names()))
+	go svc.Run(svcCtx)
 	// A signal that arrived before the worker existed cancelled ctx: Run
 	// then stops at once (warm).
-	return restart.exit(w.Run(ctx))
+	return restartExit(policy, w.Run(ctx), log)
 }
