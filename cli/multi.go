@@ -11,7 +11,6 @@ import (
 	"github.com/google/shlex"
 	"github.com/spf13/cobra"
 
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/routing"
 	"github.com/stemhq/stem/stemerr"
@@ -157,7 +156,7 @@ func (o *multiOptions) plan(a *App, cmd *cobra.Command, names []string) ([]daemo
 	}
 	set := map[string]string{}
 	if len(o.queues) > 0 || len(o.broadcasts) > 0 {
-		qs, bs, err := o.resolveRouting(cmd, env)
+		qs, bs, err := o.resolveRouting(env)
 		if err != nil {
 			return nil, err
 		}
@@ -227,45 +226,21 @@ func (o *multiOptions) command(env *cmdEnv) ([]string, error) {
 }
 
 // resolveRouting resolves --queue and --broadcast through the routing file
-// when there is one; without one, the names are taken as they are.
-func (o *multiOptions) resolveRouting(cmd *cobra.Command, env *cmdEnv) (queues, broadcasts []string, err error) {
+// when there is one (routing.ResolveFile): an invalid name without one is a
+// usage error (64), a bad file or alias a configuration error (78).
+func (o *multiOptions) resolveRouting(env *cmdEnv) (queues, broadcasts []string, err error) {
 	path, _ := env.get("STEM_ROUTING_CONFIG")
-	if path == "" {
-		for _, flag := range []struct {
-			name  string
-			names []string
-		}{{"queue", o.queues}, {"broadcast", o.broadcasts}} {
-			for _, n := range flag.names {
-				if !config.ValidName(n) {
-					return nil, nil, usageErrorf("--%s %q: names hold only letters, digits and . _ - :", flag.name, n)
-				}
-			}
-		}
-		return dedupe(o.queues), dedupe(o.broadcasts), nil
-	}
-	rc, err := routing.Load(path)
-	if err != nil {
+	queues, broadcasts, err = routing.ResolveFile(path, o.queues, o.broadcasts)
+	var le *routing.ListError
+	switch {
+	case errors.As(err, &le) && le.Err == nil:
+		return nil, nil, usageErrorf("--%v", err)
+	case errors.As(err, &le):
+		return nil, nil, withCode(ExitConfig, fmt.Errorf("--%w", err))
+	case err != nil:
 		return nil, nil, withCode(ExitConfig, err)
 	}
-	if queues, err = rc.ResolveQueues(o.queues); err != nil {
-		return nil, nil, withCode(ExitConfig, fmt.Errorf("--queue: %w", err))
-	}
-	if broadcasts, err = rc.ResolveBroadcasts(o.broadcasts); err != nil {
-		return nil, nil, withCode(ExitConfig, fmt.Errorf("--broadcast: %w", err))
-	}
 	return queues, broadcasts, nil
-}
-
-func dedupe(s []string) []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, x := range s {
-		if !seen[x] {
-			seen[x] = true
-			out = append(out, x)
-		}
-	}
-	return out
 }
 
 // reportResults prints one line per node: successes on stdout, failures as

@@ -86,7 +86,7 @@ func (o *unitsOptions) spec(a *App, cmd *cobra.Command) (units.Spec, error) {
 	if err != nil {
 		return s, err
 	}
-	queues, broadcasts, err := (&multiOptions{queues: o.queues, broadcasts: o.broadcasts}).resolveRouting(cmd, env)
+	queues, broadcasts, err := (&multiOptions{queues: o.queues, broadcasts: o.broadcasts}).resolveRouting(env)
 	if err != nil {
 		return s, err
 	}

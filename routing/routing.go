@@ -483,3 +483,65 @@ func SampleConfig() *Config {
 		Broadcasts: map[string]Broadcast{"ops": {Description: "operator announcements"}},
 	}
 }
+
+// ListError is an error resolving the queues (Kind "queue") or the
+// broadcast channels (Kind "broadcast") given to ResolveFile.
+type ListError struct {
+	Kind string
+	// Name is the name that is not valid, when no routing file is used
+	// (Err is then nil).
+	Name string
+	Err  error
+}
+
+func (e *ListError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("%s %q: names hold only letters, digits and . _ - :", e.Kind, e.Name)
+	}
+	return e.Kind + ": " + e.Err.Error()
+}
+
+func (e *ListError) Unwrap() error { return e.Err }
+
+// ResolveFile resolves queue and broadcast names or aliases through the
+// routing file at path (a bad file is an *Error). Without a routing file
+// (path ""), the names are taken as they are, without duplicates, once
+// each is a valid name. A name that does not resolve is a *ListError.
+func ResolveFile(path string, queues, broadcasts []string) (qs, bs []string, err error) {
+	if path == "" {
+		for _, l := range []struct {
+			kind  string
+			names []string
+		}{{"queue", queues}, {"broadcast", broadcasts}} {
+			for _, n := range l.names {
+				if !ValidName(n) {
+					return nil, nil, &ListError{Kind: l.kind, Name: n}
+				}
+			}
+		}
+		return dedupe(queues), dedupe(broadcasts), nil
+	}
+	rc, err := Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if qs, err = rc.ResolveQueues(queues); err != nil {
+		return nil, nil, &ListError{Kind: "queue", Err: err}
+	}
+	if bs, err = rc.ResolveBroadcasts(broadcasts); err != nil {
+		return nil, nil, &ListError{Kind: "broadcast", Err: err}
+	}
+	return qs, bs, nil
+}
+
+func dedupe(s []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
