@@ -10,6 +10,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/diagnose"
 	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/stemerr"
@@ -56,7 +57,7 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 			// A bad env file is not an error here: diagnose reports it.
 			env, _ := a.env(cmd)
 			node, _ := env.get("STEM_WORKER_NODE")
-			v := templateVars(node, 0, time.Now())
+			v := daemon.TemplateVars(node, 0, time.Now())
 			in := diagnose.Input{
 				EnvFile:          env.file,
 				LoadEnvFile:      config.LoadEnvFile,
@@ -69,12 +70,12 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 			}
 			var err error
 			if pidfile, _ := env.get("STEM_WORKER_PIDFILE"); pidfile != "" {
-				if in.Pidfile, err = expandFlag("pidfile", pidfile, v); err != nil {
+				if in.Pidfile, err = daemon.ExpandPath("pidfile", pidfile, v); err != nil {
 					return err
 				}
 			}
 			if o.logfile != "" {
-				if in.Logfile, err = expandFlag("logfile", o.logfile, v); err != nil {
+				if in.Logfile, err = daemon.ExpandPath("logfile", o.logfile, v); err != nil {
 					return err
 				}
 			}

@@ -99,9 +99,12 @@ func ExitCode(err error) int {
 	}
 	var ce *stemerr.ConfigError
 	var re *daemon.RefusedError
+	var ue *daemon.UsageError
 	switch {
 	case errors.As(err, &re):
 		return ExitRefused
+	case errors.As(err, &ue):
+		return ExitUsage
 	case errors.As(err, &ce), errors.Is(err, stemerr.ErrIncompatible):
 		return ExitConfig
 	case errors.Is(err, stemerr.ErrUnavailable):

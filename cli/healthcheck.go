@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/healthcheck"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -62,13 +63,13 @@ see docs/daemon.md.`,
 				return usageErrorf("--pidfile is required (or STEM_WORKER_PIDFILE)")
 			}
 			node, _ := env.get("STEM_WORKER_NODE")
-			v := templateVars(node, 0, time.Now())
-			if pidfile, err = expandFlag("pidfile", pidfile, v); err != nil {
+			v := daemon.TemplateVars(node, 0, time.Now())
+			if pidfile, err = daemon.ExpandPath("pidfile", pidfile, v); err != nil {
 				return err
 			}
 			logfile := o.logfile
 			if logfile != "" {
-				if logfile, err = expandFlag("logfile", logfile, v); err != nil {
+				if logfile, err = daemon.ExpandPath("logfile", logfile, v); err != nil {
 					return err
 				}
 			}
