@@ -279,43 +279,19 @@ func (o *unitsInstallOptions) run(a *App, cmd *cobra.Command) error {
 		return usageErrorf("--root is required (use --root / for this machine)")
 	}
 	out := cmd.OutOrStdout()
-	explicitDir := o.unitDir != ""
-	if !explicitDir {
-		o.unitDir = units.DefaultUnitDir
-	}
 	s, err := o.spec(a, cmd)
 	if err != nil {
 		return err
 	}
-	files, err := units.Render(s)
+	p, err := units.PlanInstall(s, o.root, !o.noEnable)
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
-	// Use the packaged template when it is what this command would write.
-	skipUnits := false
-	if !explicitDir {
-		if dir := units.PackagedUnitDir(o.root); dir != "" {
-			if packagedMatches(o.root, dir, files) {
-				s.UnitDir, skipUnits = dir, true
-				if files, err = units.Render(s); err != nil {
-					return usageErrorf("%v", err)
-				}
-			} else {
-				fmt.Fprintf(out, "note: %s differs from this rendering (another stem version, or other settings); writing %s, which overrides it\n",
-					filepath.Join(dir, units.TemplateUnit), filepath.Join(units.DefaultUnitDir, units.TemplateUnit))
-			}
-		}
+	if p.Overrides != "" {
+		fmt.Fprintf(out, "note: %s differs from this rendering (another stem version, or other settings); writing %s, which overrides it\n",
+			p.Overrides, filepath.Join(units.DefaultUnitDir, units.TemplateUnit))
 	}
-	var todo []units.File
-	for _, f := range files {
-		switch {
-		case skipUnits && (f.Kind == units.KindTemplate || f.Kind == units.KindTarget):
-		case o.noEnable && f.Kind == units.KindEnableLink:
-		default:
-			todo = append(todo, f)
-		}
-	}
-	changes, err := units.Installer{Root: o.root, Force: o.force}.Install(todo)
+	changes, err := units.Installer{Root: o.root, Force: o.force}.Install(p.Files)
 	for _, c := range changes {
 		what := c.File.Path
 		if c.File.Link != "" {
@@ -333,8 +309,8 @@ func (o *unitsInstallOptions) run(a *App, cmd *cobra.Command) error {
 	case err != nil:
 		return withCode(ExitInternal, err)
 	}
-	if skipUnits {
-		fmt.Fprintf(out, "using the packaged %s and %s in %s\n", units.TemplateUnit, units.TargetUnit, s.UnitDir)
+	if p.Packaged != "" {
+		fmt.Fprintf(out, "using the packaged %s and %s in %s\n", units.TemplateUnit, units.TargetUnit, p.Packaged)
 	}
 	if len(s.Nodes) > 0 {
 		if abs, _ := filepath.Abs(o.root); abs == "/" {
@@ -342,19 +318,4 @@ func (o *unitsInstallOptions) run(a *App, cmd *cobra.Command) error {
 		}
 	}
 	return nil
-}
-
-// packagedMatches reports whether the template and target under
-// root/dir are byte for byte what files renders.
-func packagedMatches(root, dir string, files []units.File) bool {
-	for _, f := range files {
-		if f.Kind != units.KindTemplate && f.Kind != units.KindTarget {
-			continue
-		}
-		cur, err := os.ReadFile(filepath.Join(root, dir, filepath.Base(f.Path)))
-		if err != nil || !bytes.Equal(cur, f.Content) {
-			return false
-		}
-	}
-	return true
 }
