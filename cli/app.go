@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -109,6 +110,27 @@ func bindEnv(fs *pflag.FlagSet, name, key string) {
 	}
 	_ = fs.SetAnnotation(name, envAnnotation, []string{key})
 	f.Usage += " ($" + key + ")"
+}
+
+// addVarFlag adds the flag config.Vars names for variable key, of kind
+// (s string, i int, d duration, b bool, l list), with no default of its own
+// (config.Load has it), bound to key.
+func addVarFlag(fs *pflag.FlagSet, key string, kind byte, help string) {
+	i := slices.IndexFunc(config.Vars, func(v config.Var) bool { return v.Key == key })
+	name := strings.TrimPrefix(config.Vars[i].Flag, "--")
+	switch kind {
+	case 'i':
+		fs.Int(name, 0, help)
+	case 'd':
+		fs.Duration(name, 0, help)
+	case 'b':
+		fs.Bool(name, false, help)
+	case 'l':
+		fs.StringSlice(name, nil, help)
+	default:
+		fs.String(name, "", help)
+	}
+	bindEnv(fs, name, key)
 }
 
 // flagSource collects the changed flags of cmd that are bound to variables.

@@ -17,9 +17,7 @@ import (
 )
 
 type diagnoseOptions struct {
-	pidfile string
 	logfile string
-	node    string
 	jsonOut bool
 	connect bool
 }
@@ -123,11 +121,9 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.pidfile, "pidfile", "", "the node's pidfile (a template: %n is --node)")
-	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
+	addVarFlag(fs, "STEM_WORKER_PIDFILE", 's', "the node's pidfile (a template: %n is --node)")
 	fs.StringVar(&o.logfile, "logfile", "", "the node's logfile (a template)")
-	fs.StringVar(&o.node, "node", "", "node name, for %n")
-	bindEnv(fs, "node", "STEM_WORKER_NODE")
+	addVarFlag(fs, "STEM_WORKER_NODE", 's', "node name, for %n")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the checks as JSON")
 	fs.BoolVar(&o.connect, "connect", false, "also connect to the broker")
 	return cmd

@@ -78,10 +78,8 @@ revoked, 75 when --timeout passed first.`,
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "how long --wait waits")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON")
 	fs.IntVar(&o.count, "count", 1, "publish this many copies (in batches); ids are printed one per line, --wait prints a summary")
-	fs.String("tasks-file", "", "tasks file (for the task's default queue)")
-	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
-	fs.Duration("result-ttl", 0, "how long task states are kept")
-	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
+	addVarFlag(fs, "STEM_TASKS_FILE", 's', "tasks file (for the task's default queue)")
+	addVarFlag(fs, "STEM_RESULT_TTL", 'd', "how long task states are kept")
 	return cmd
 }
 

@@ -19,8 +19,6 @@ import (
 const codeBrokerUnavailable = "broker-unavailable"
 
 type healthcheckOptions struct {
-	pidfile   string
-	node      string
 	logfile   string
 	jsonOut   bool
 	quiet     bool
@@ -93,10 +91,8 @@ see docs/daemon.md.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.pidfile, "pidfile", "", "the node's pidfile (a template: %n is --node)")
-	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
-	fs.StringVar(&o.node, "node", "", "node name, reported and used for %n")
-	bindEnv(fs, "node", "STEM_WORKER_NODE")
+	addVarFlag(fs, "STEM_WORKER_PIDFILE", 's', "the node's pidfile (a template: %n is --node)")
+	addVarFlag(fs, "STEM_WORKER_NODE", 's', "node name, reported and used for %n")
 	fs.StringVar(&o.logfile, "logfile", "", "the node's logfile, reported")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the result as JSON")
 	fs.BoolVar(&o.quiet, "quiet", false, "print nothing; the exit code says it all")

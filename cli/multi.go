@@ -75,8 +75,7 @@ func addMultiStartFlags(cmd *cobra.Command, o *multiOptions) {
 	fs.StringVar(&o.commandLine, "command-line", "", `add arguments to the worker command, split with shell-like quoting ("--concurrency 4 --tasks-file '/etc/stem/my tasks.yaml'")`)
 	fs.StringArrayVar(&o.queues, "queue", nil, "queue or routing alias the nodes consume (repeatable; exported as STEM_WORKER_QUEUES)")
 	fs.StringArrayVar(&o.broadcasts, "broadcast", nil, "broadcast channel or routing alias the nodes join (repeatable; exported as STEM_WORKER_BROADCASTS)")
-	fs.String("routing-config", "", "routing file that resolves --queue and --broadcast aliases")
-	bindEnv(fs, "routing-config", "STEM_ROUTING_CONFIG")
+	addVarFlag(fs, "STEM_ROUTING_CONFIG", 's', "routing file that resolves --queue and --broadcast aliases")
 }
 
 func addMultiTimeoutFlag(cmd *cobra.Command, o *multiOptions) {

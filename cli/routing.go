@@ -69,8 +69,7 @@ file and line).`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.String("routing-config", "", "routing file")
-	bindEnv(fs, "routing-config", "STEM_ROUTING_CONFIG")
+	addVarFlag(fs, "STEM_ROUTING_CONFIG", 's', "routing file")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON (same keys as the YAML)")
 	fs.BoolVar(&o.sample, "sample", false, "print a starter routing file instead")
 	return cmd

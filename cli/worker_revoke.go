@@ -62,8 +62,7 @@ unsigned or mis-signed records, from the store as from messages.
 	fs.DurationVar(&o.expiresIn, "expires-in", 0, "let the record be pruned after this long (default: STEM_RESULT_TTL; 0: never)")
 	fs.StringVar(&o.reason, "reason", "", "why, recorded with the task's state")
 	fs.StringVar(&o.requester, "requester", "", "who asks (default: user@host)")
-	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
-	bindEnv(fs, "revoke-store-url", "STEM_REVOKE_STORE_URL")
+	addVarFlag(fs, "STEM_REVOKE_STORE_URL", 's', "durable revoke store (default: the result backend URL)")
 	return cmd
 }
 

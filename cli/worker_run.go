@@ -49,63 +49,49 @@ logs each attempt.`,
 	}
 	fs := cmd.Flags()
 	addBrokerFlags(fs)
-	fs.String("node", "", "node name; the worker id is <node>@<hostname>")
-	bindEnv(fs, "node", "STEM_WORKER_NODE")
-	fs.StringSlice("queue", nil, "queue to consume (repeatable, or comma-separated; priority order)")
-	bindEnv(fs, "queue", "STEM_WORKER_QUEUES")
-	fs.Int("concurrency", 0, "most tasks run at once")
-	bindEnv(fs, "concurrency", "STEM_WORKER_CONCURRENCY")
-	fs.Int("prefetch", 0, "tasks claimed ahead of free slots")
-	bindEnv(fs, "prefetch", "STEM_WORKER_PREFETCH")
-	fs.Duration("lease", 0, "visibility timeout of claimed tasks")
-	bindEnv(fs, "lease", "STEM_WORKER_LEASE")
-	fs.Duration("heartbeat", 0, "registry heartbeat interval")
-	bindEnv(fs, "heartbeat", "STEM_WORKER_HEARTBEAT")
-	fs.Duration("shutdown-grace", 0, "soft shutdown grace period before a hard stop")
-	bindEnv(fs, "shutdown-grace", "STEM_WORKER_SHUTDOWN_GRACE")
-	fs.String("tasks-file", "", "YAML file of exec tasks")
-	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
-	fs.Duration("result-ttl", 0, "how long task states are kept")
-	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
-	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
-	bindEnv(fs, "revoke-store-url", "STEM_REVOKE_STORE_URL")
-	fs.Duration("revoke-sync", 0, "how often to re-read revokes and paused queues")
-	bindEnv(fs, "revoke-sync", "STEM_REVOKE_SYNC_INTERVAL")
+	for _, f := range workerRunFlags {
+		addVarFlag(fs, f.key, f.kind, f.help)
+	}
 	fs.String("control-namespace", "", "control namespace (default: the worker namespace)")
 	bindEnv(fs, "control-namespace", "STEM_CONTROL_NAMESPACE")
-	fs.Bool("autoscale", false, "move the concurrency between --min-concurrency and --max-concurrency")
-	bindEnv(fs, "autoscale", "STEM_WORKER_AUTOSCALE")
-	fs.Int("min-concurrency", 0, "autoscale lower bound")
-	bindEnv(fs, "min-concurrency", "STEM_WORKER_MIN_CONCURRENCY")
-	fs.Int("max-concurrency", 0, "autoscale upper bound (default: --concurrency)")
-	bindEnv(fs, "max-concurrency", "STEM_WORKER_MAX_CONCURRENCY")
-	fs.Int("scale-up-step", 0, "slots added per autoscale decision")
-	bindEnv(fs, "scale-up-step", "STEM_WORKER_SCALE_UP_STEP")
-	fs.Int("scale-down-step", 0, "slots removed per autoscale decision")
-	bindEnv(fs, "scale-down-step", "STEM_WORKER_SCALE_DOWN_STEP")
-	fs.Duration("idle-period", 0, "idle time before scaling down")
-	bindEnv(fs, "idle-period", "STEM_WORKER_IDLE_PERIOD")
-	fs.Duration("autoscale-tick", 0, "how often the autoscaler decides")
-	bindEnv(fs, "autoscale-tick", "STEM_WORKER_AUTOSCALE_TICK")
-	fs.Duration("scale-up-cooldown", 0, "least time between two scale-ups")
-	bindEnv(fs, "scale-up-cooldown", "STEM_WORKER_SCALE_UP_COOLDOWN")
-	fs.Duration("scale-down-cooldown", 0, "least time between two scale-downs")
-	bindEnv(fs, "scale-down-cooldown", "STEM_WORKER_SCALE_DOWN_COOLDOWN")
-	fs.Int("max-tasks-per-child", 0, "recycle an isolation child after this many tasks (0: never)")
-	bindEnv(fs, "max-tasks-per-child", "STEM_WORKER_MAX_TASKS_PER_CHILD")
-	fs.String("max-memory-per-child", "", "recycle an isolation child above this RSS after a task (512MiB, 1GiB)")
-	bindEnv(fs, "max-memory-per-child", "STEM_WORKER_MAX_MEMORY_PER_CHILD")
-	fs.Duration("terminate-grace", 0, "time a terminated isolated or exec task has before its process group is killed")
-	bindEnv(fs, "terminate-grace", "STEM_WORKER_TERMINATE_GRACE")
-	fs.Duration("unknown-task-ttl", 0, "hand back tasks no handler here knows, for a worker that knows them; dead-letter them after this long")
-	bindEnv(fs, "unknown-task-ttl", "STEM_UNKNOWN_TASK_TTL")
-	fs.String("metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464")
-	bindEnv(fs, "metrics-addr", "STEM_METRICS_ADDR")
-	fs.String("signals", "", "signal to shutdown-mode mapping, e.g. "+DefaultSignals)
-	bindEnv(fs, "signals", "STEM_WORKER_SIGNALS")
-	fs.String("pidfile", "", "write this pidfile (created exclusively, locked) while running; removed at exit")
-	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
 	return cmd
+}
+
+// workerRunFlags are the variables `worker run` takes as flags, in help
+// order, with the flag's kind (s string, i int, d duration, b bool, l list)
+// and help; the flag's name is the variable's in config.Vars.
+var workerRunFlags = []struct {
+	key  string
+	kind byte
+	help string
+}{
+	{"STEM_WORKER_NODE", 's', "node name; the worker id is <node>@<hostname>"},
+	{"STEM_WORKER_QUEUES", 'l', "queue to consume (repeatable, or comma-separated; priority order)"},
+	{"STEM_WORKER_CONCURRENCY", 'i', "most tasks run at once"},
+	{"STEM_WORKER_PREFETCH", 'i', "tasks claimed ahead of free slots"},
+	{"STEM_WORKER_LEASE", 'd', "visibility timeout of claimed tasks"},
+	{"STEM_WORKER_HEARTBEAT", 'd', "registry heartbeat interval"},
+	{"STEM_WORKER_SHUTDOWN_GRACE", 'd', "soft shutdown grace period before a hard stop"},
+	{"STEM_TASKS_FILE", 's', "YAML file of exec tasks"},
+	{"STEM_RESULT_TTL", 'd', "how long task states are kept"},
+	{"STEM_REVOKE_STORE_URL", 's', "durable revoke store (default: the result backend URL)"},
+	{"STEM_REVOKE_SYNC_INTERVAL", 'd', "how often to re-read revokes and paused queues"},
+	{"STEM_WORKER_AUTOSCALE", 'b', "move the concurrency between --min-concurrency and --max-concurrency"},
+	{"STEM_WORKER_MIN_CONCURRENCY", 'i', "autoscale lower bound"},
+	{"STEM_WORKER_MAX_CONCURRENCY", 'i', "autoscale upper bound (default: --concurrency)"},
+	{"STEM_WORKER_SCALE_UP_STEP", 'i', "slots added per autoscale decision"},
+	{"STEM_WORKER_SCALE_DOWN_STEP", 'i', "slots removed per autoscale decision"},
+	{"STEM_WORKER_IDLE_PERIOD", 'd', "idle time before scaling down"},
+	{"STEM_WORKER_AUTOSCALE_TICK", 'd', "how often the autoscaler decides"},
+	{"STEM_WORKER_SCALE_UP_COOLDOWN", 'd', "least time between two scale-ups"},
+	{"STEM_WORKER_SCALE_DOWN_COOLDOWN", 'd', "least time between two scale-downs"},
+	{"STEM_WORKER_MAX_TASKS_PER_CHILD", 'i', "recycle an isolation child after this many tasks (0: never)"},
+	{"STEM_WORKER_MAX_MEMORY_PER_CHILD", 's', "recycle an isolation child above this RSS after a task (512MiB, 1GiB)"},
+	{"STEM_WORKER_TERMINATE_GRACE", 'd', "time a terminated isolated or exec task has before its process group is killed"},
+	{"STEM_UNKNOWN_TASK_TTL", 'd', "hand back tasks no handler here knows, for a worker that knows them; dead-letter them after this long"},
+	{"STEM_METRICS_ADDR", 's', "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
+	{"STEM_WORKER_SIGNALS", 's', "signal to shutdown-mode mapping, e.g. " + DefaultSignals},
+	{"STEM_WORKER_PIDFILE", 's', "write this pidfile (created exclusively, locked) while running; removed at exit"},
 }
 
 // buildHandlers returns the registry a worker runs: built-ins, the app's
