@@ -32,8 +32,8 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"unicode"
 
+	"github.com/stemhq/stem/config"
 	"gopkg.in/yaml.v3"
 )
 
@@ -261,17 +261,7 @@ func stringList(c *Config, v *yaml.Node, what string) ([]string, error) {
 
 // ValidName reports whether s can name a queue, channel or alias: letters,
 // digits and . _ - : (no spaces, no slashes), at most 200 characters.
-func ValidName(s string) bool {
-	if s == "" || len(s) > 200 {
-		return false
-	}
-	for _, r := range s {
-		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("._-:", r)) {
-			return false
-		}
-	}
-	return true
-}
+func ValidName(s string) bool { return config.ValidName(s) }
 
 // Validate checks the config: valid names, a default queue that is one of
 // the queues, aliases that name only queues or only channels and do not
