@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/spf13/cobra"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -111,4 +112,20 @@ func ExitCode(err error) int {
 		return ExitUnavailable
 	}
 	return ExitInternal
+}
+
+func newExitCodesHelp() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "exit-codes",
+		Short: "The exit codes of every stem command",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			w := cmd.OutOrStdout()
+			for _, e := range ExitCodes {
+				fmt.Fprintf(w, "%3d  %s\n", e.Code, e.Meaning)
+			}
+			return nil
+		},
+	}
+	return c
 }

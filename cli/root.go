@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -56,32 +55,4 @@ func addBrokerFlags(fs *pflag.FlagSet) {
 	addVarFlag(fs, "STEM_BROKER_URL", 's', "broker URL")
 	addVarFlag(fs, "STEM_RESULT_BACKEND_URL", 's', "result backend URL (default: the broker URL)")
 	addVarFlag(fs, "STEM_WORKER_NAMESPACE", 's', "namespace (key prefix) of the deployment")
-}
-
-func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print stem's version",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "stem %s\n", Version)
-			return err
-		},
-	}
-}
-
-func newExitCodesHelp() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "exit-codes",
-		Short: "The exit codes of every stem command",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			w := cmd.OutOrStdout()
-			for _, e := range ExitCodes {
-				fmt.Fprintf(w, "%3d  %s\n", e.Code, e.Meaning)
-			}
-			return nil
-		},
-	}
-	return c
 }
