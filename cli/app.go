@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -111,6 +112,27 @@ func bindEnv(fs *pflag.FlagSet, name, key string) {
 	f.Usage += " ($" + key + ")"
 }
 
+// addVarFlag adds the flag config.Vars names for variable key, of kind
+// (s string, i int, d duration, b bool, l list), with no default of its own
+// (config.Load has it), bound to key.
+func addVarFlag(fs *pflag.FlagSet, key string, kind byte, help string) {
+	i := slices.IndexFunc(config.Vars, func(v config.Var) bool { return v.Key == key })
+	name := strings.TrimPrefix(config.Vars[i].Flag, "--")
+	switch kind {
+	case 'i':
+		fs.Int(name, 0, help)
+	case 'd':
+		fs.Duration(name, 0, help)
+	case 'b':
+		fs.Bool(name, false, help)
+	case 'l':
+		fs.StringSlice(name, nil, help)
+	default:
+		fs.String(name, "", help)
+	}
+	bindEnv(fs, name, key)
+}
+
 // flagSource collects the changed flags of cmd that are bound to variables.
 func flagSource(cmd *cobra.Command) config.Source {
 	vals := map[string]string{}
@@ -136,10 +158,30 @@ func flagSource(cmd *cobra.Command) config.Source {
 	}
 }
 
-// lookup builds flag > environment > env file for cmd.
-func (a *App) lookup(cmd *cobra.Command) (config.Lookup, error) {
-	l := config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}
-	path, _, ok := l.Get("STEM_ENV_FILE")
+// cmdEnv is the configuration every command resolves, through a.env: the
+// lookup (flag > process environment > env file) and the env file itself.
+type cmdEnv struct {
+	lookup config.Lookup
+	// file is the env file's path ("" when none) and vars its variables.
+	file string
+	vars map[string]string
+}
+
+// get returns the winning value of key (flag, environment, env file); an
+// empty value counts as unset.
+func (e *cmdEnv) get(key string) (string, bool) {
+	v, _, ok := e.lookup.Get(key)
+	return v, ok
+}
+
+// env is the one configuration path of every command: flags bound to
+// variables, then the process environment, then the env file (--env-file,
+// STEM_ENV_FILE, else the packaged default when this user can read it). A
+// bad env file is a *stemerr.ConfigError (exit 78) naming the file and
+// line; e is then still the flag and environment layers, with file set.
+func (a *App) env(cmd *cobra.Command) (e *cmdEnv, err error) {
+	e = &cmdEnv{lookup: config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}}
+	path, _, ok := e.lookup.Get("STEM_ENV_FILE")
 	// STEM_ENV_FILE set but empty means "no env file", not the default.
 	if _, setEmpty := a.lookupEnv("STEM_ENV_FILE"); !ok && !setEmpty && a.defaultEnvFile != "" {
 		if f, err := os.Open(a.defaultEnvFile); err == nil {
@@ -147,24 +189,25 @@ func (a *App) lookup(cmd *cobra.Command) (config.Lookup, error) {
 			path, ok = a.defaultEnvFile, true
 		}
 	}
-	if ok && path != "" {
-		m, err := config.LoadEnvFile(path)
-		if err != nil {
-			return nil, err
-		}
-		l = append(l, config.MapSource("env file "+path, m))
+	if !ok || path == "" {
+		return e, nil
 	}
-	return l, nil
+	e.file = path
+	if e.vars, err = config.LoadEnvFile(path); err != nil {
+		return e, err
+	}
+	e.lookup = append(e.lookup, config.MapSource("env file "+path, e.vars))
+	return e, nil
 }
 
 // config resolves the full configuration for cmd.
 func (a *App) config(cmd *cobra.Command) (config.Config, config.Lookup, error) {
-	l, err := a.lookup(cmd)
+	e, err := a.env(cmd)
 	if err != nil {
 		return config.Config{}, nil, err
 	}
-	c, err := config.Load(l, a.numCPU)
-	return c, l, err
+	c, err := config.Load(e.lookup, a.numCPU)
+	return c, e.lookup, err
 }
 
 // logger builds the command's logger on stderr.

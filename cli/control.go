@@ -25,12 +25,10 @@ type controlOptions struct {
 
 func addControlFlags(cmd *cobra.Command, o *controlOptions) {
 	fs := cmd.Flags()
-	fs.String("broker-url", "", "broker URL")
-	bindEnv(fs, "broker-url", "STEM_BROKER_URL")
+	addVarFlag(fs, "STEM_BROKER_URL", 's', "broker URL")
 	fs.String("namespace", "", "control namespace of the workers to reach (default: the worker namespace, else stem)")
 	bindEnv(fs, "namespace", "STEM_CONTROL_NAMESPACE")
-	fs.Duration("timeout", 0, "how long to wait for replies (returns as soon as every live worker answered)")
-	bindEnv(fs, "timeout", "STEM_CONTROL_TIMEOUT")
+	addVarFlag(fs, "STEM_CONTROL_TIMEOUT", 'd', "how long to wait for replies (returns as soon as every live worker answered)")
 	fs.StringArrayVar(&o.workers, "worker", nil, "target worker by node name or full id (alpha, alpha@host); repeatable, comma-separated; default: every live worker")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON (same exit codes as text)")
 }

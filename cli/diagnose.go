@@ -10,15 +10,14 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
+	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/diagnose"
 	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/stemerr"
 )
 
 type diagnoseOptions struct {
-	pidfile string
 	logfile string
-	node    string
 	jsonOut bool
 	connect bool
 }
@@ -53,12 +52,12 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 "level" (info, warning, error), "message"}], "errors", "warnings"}.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			env := &daemonEnv{lookup: config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}}
-			envFile, _ := env.get("STEM_ENV_FILE")
+			// A bad env file is not an error here: diagnose reports it.
+			env, _ := a.env(cmd)
 			node, _ := env.get("STEM_WORKER_NODE")
-			v := templateVars(node, 0, time.Now())
+			v := daemon.TemplateVars(node, 0, time.Now())
 			in := diagnose.Input{
-				EnvFile:          envFile,
+				EnvFile:          env.file,
 				LoadEnvFile:      config.LoadEnvFile,
 				Getenv:           a.lookupEnv,
 				Environ:          a.environ,
@@ -69,12 +68,12 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 			}
 			var err error
 			if pidfile, _ := env.get("STEM_WORKER_PIDFILE"); pidfile != "" {
-				if in.Pidfile, err = expandFlag("pidfile", pidfile, v); err != nil {
+				if in.Pidfile, err = daemon.ExpandPath("pidfile", pidfile, v); err != nil {
 					return err
 				}
 			}
 			if o.logfile != "" {
-				if in.Logfile, err = expandFlag("logfile", o.logfile, v); err != nil {
+				if in.Logfile, err = daemon.ExpandPath("logfile", o.logfile, v); err != nil {
 					return err
 				}
 			}
@@ -122,11 +121,9 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.pidfile, "pidfile", "", "the node's pidfile (a template: %n is --node)")
-	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
+	addVarFlag(fs, "STEM_WORKER_PIDFILE", 's', "the node's pidfile (a template: %n is --node)")
 	fs.StringVar(&o.logfile, "logfile", "", "the node's logfile (a template)")
-	fs.StringVar(&o.node, "node", "", "node name, for %n")
-	bindEnv(fs, "node", "STEM_WORKER_NODE")
+	addVarFlag(fs, "STEM_WORKER_NODE", 's', "node name, for %n")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the checks as JSON")
 	fs.BoolVar(&o.connect, "connect", false, "also connect to the broker")
 	return cmd

@@ -8,15 +8,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
-	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/client"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 )
 
@@ -79,10 +78,8 @@ revoked, 75 when --timeout passed first.`,
 	fs.DurationVar(&o.timeout, "timeout", time.Minute, "how long --wait waits")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON")
 	fs.IntVar(&o.count, "count", 1, "publish this many copies (in batches); ids are printed one per line, --wait prints a summary")
-	fs.String("tasks-file", "", "tasks file (for the task's default queue)")
-	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
-	fs.Duration("result-ttl", 0, "how long task states are kept")
-	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
+	addVarFlag(fs, "STEM_TASKS_FILE", 's', "tasks file (for the task's default queue)")
+	addVarFlag(fs, "STEM_RESULT_TTL", 'd', "how long task states are kept")
 	return cmd
 }
 
@@ -215,6 +212,10 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 	if err != nil {
 		return err
 	}
+	t := client.Task{Name: task, Queue: o.queue, Args: args, Countdown: o.countdown, TimeLimit: o.timeLimit}
+	if o.maxRetries != -1 {
+		t.MaxRetries = &o.maxRetries
+	}
 	if o.countdown < 0 {
 		return usageErrorf("--countdown %s must not be negative", o.countdown)
 	}
@@ -225,40 +226,28 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 	if err != nil {
 		return err
 	}
-	queue := o.queue
-	if queue == "" && c.TasksFile != "" {
-		if f, ferr := tasks.Load(c.TasksFile); ferr == nil {
-			for _, d := range f.Tasks {
-				if d.Name == task {
-					queue = d.Queue
-				}
-			}
-		} else {
-			return ferr
+	opts := client.Options{}
+	if o.queue == "" && c.TasksFile != "" {
+		f, err := tasks.Load(c.TasksFile)
+		if err != nil {
+			return err
 		}
-	}
-	if queue == "" {
-		queue = "default"
+		opts.Routes = map[string]string{}
+		for _, d := range f.Tasks {
+			opts.Routes[d.Name] = d.Queue
+		}
 	}
 	if o.count < 1 {
 		return usageErrorf("--count %d must be at least 1", o.count)
 	}
-	now := time.Now().UTC()
-	proto := broker.Envelope{
-		Name: task, Queue: queue, Args: args, MaxRetries: o.maxRetries, TimeLimit: o.timeLimit, CreatedAt: now,
-	}
-	switch {
-	case o.countdown > 0:
-		proto.ETA = now.Add(o.countdown)
-	case o.eta != "":
-		t, perr := time.Parse(time.RFC3339, o.eta)
-		if perr != nil {
+	if o.eta != "" {
+		if t.ETA, err = time.Parse(time.RFC3339, o.eta); err != nil {
 			return usageErrorf("--eta %q is not an RFC 3339 time such as 2026-11-23T10:00:00Z", o.eta)
 		}
-		proto.ETA = t.UTC()
 	}
-	proto.ID = "validate"
-	if err := proto.Validate(); err != nil {
+	// Validated before the broker is opened: a usage error needs none.
+	proto, err := client.New(nil, nil, opts).Envelope(t, time.Now().UTC())
+	if err != nil {
 		return usageErrorf("%v", err)
 	}
 	ctx := cmd.Context()
@@ -267,35 +256,22 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 		return err
 	}
 	defer eng.Close()
-	ids := make([]string, 0, o.count)
-	const batch = 500
-	for done := 0; done < o.count; done += batch {
-		k := min(batch, o.count-done)
-		envs := make([]broker.Envelope, k)
-		states := make([]result.TaskState, k)
-		for i := range envs {
-			env := proto
-			env.ID = uuid.Must(uuid.NewV7()).String()
-			envs[i] = env
-			states[i] = result.TaskState{ID: env.ID, Name: env.Name, Queue: env.Queue, State: result.Queued, EnqueuedAt: now, UpdatedAt: now}
-			ids = append(ids, env.ID)
-		}
-		// The queued state is written before the publish, so a worker's
-		// "started" can never be overwritten by it.
-		if err := eng.Results.Set(ctx, states); err != nil {
-			return fmt.Errorf("record task state: %w", err)
-		}
-		if err := eng.Broker.PublishBatch(ctx, envs); err != nil {
-			return fmt.Errorf("publish %s: %w", task, err)
-		}
+	cl := client.New(eng.Broker, eng.Results, opts)
+	envs, err := cl.EnqueueMany(ctx, slices.Repeat([]client.Task{t}, o.count))
+	if err != nil {
+		return err
+	}
+	ids := make([]string, len(envs))
+	for i, env := range envs {
+		ids[i] = env.ID
 	}
 	out := cmd.OutOrStdout()
 	if !o.wait {
 		if o.jsonOut {
 			if o.count == 1 {
-				return writeJSON(out, enqueueResult{ID: ids[0], Task: task, Queue: queue, ETA: proto.ETA})
+				return writeJSON(out, enqueueResult{ID: ids[0], Task: task, Queue: proto.Queue, ETA: envs[0].ETA})
 			}
-			return writeJSON(out, enqueueResults{IDs: ids, Task: task, Queue: queue, ETA: proto.ETA})
+			return writeJSON(out, enqueueResults{IDs: ids, Task: task, Queue: proto.Queue, ETA: envs[0].ETA})
 		}
 		for _, id := range ids {
 			if _, err := fmt.Fprintln(out, id); err != nil {
@@ -306,13 +282,14 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 	}
 	wctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if o.count > 1 {
-		return waitMany(wctx, out, eng.Results, ids, o)
-	}
-	st, err := result.Wait(wctx, eng.Results, ids[0])
-	if err != nil && wctx.Err() == nil {
+	oc, err := cl.Wait(wctx, ids)
+	if err != nil {
 		return err
 	}
+	if o.count > 1 {
+		return printSummary(out, oc, o)
+	}
+	st := oc.States[0]
 	if err := printState(out, st, o.jsonOut); err != nil {
 		return err
 	}
@@ -340,43 +317,15 @@ type waitSummary struct {
 	Failed []string `json:"failed,omitempty"`
 }
 
-// waitMany waits until every task is final or ctx ends, then prints a
-// summary: exit 0 all succeeded, 1 some failed, 75 some unfinished.
-func waitMany(ctx context.Context, out io.Writer, b result.Backend, ids []string, o *enqueueOptions) error {
-	final := map[string]result.State{}
-	pending := append([]string(nil), ids...)
-	delay := 10 * time.Millisecond
-	for len(pending) > 0 && ctx.Err() == nil {
-		next := pending[:0]
-		for _, id := range pending {
-			st, err := b.Get(ctx, id)
-			if err == nil && st.State.Final() {
-				final[id] = st.State
-				continue
-			}
-			if err != nil && !errors.Is(err, result.ErrNotFound) && !errors.Is(err, stemerr.ErrUnavailable) && ctx.Err() == nil {
-				return err
-			}
-			next = append(next, id)
-		}
-		pending = next
-		if len(pending) == 0 {
-			break
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
-		delay = min(2*delay, 250*time.Millisecond)
-	}
-	sum := waitSummary{Total: len(ids), States: map[result.State]int{}, Unfinished: pending}
-	for _, id := range ids {
-		if s, ok := final[id]; ok {
-			sum.States[s]++
-			if s != result.Succeeded && len(sum.Failed) < 20 {
-				sum.Failed = append(sum.Failed, id)
+// printSummary prints the outcome of enqueue --count N --wait: exit 0 all
+// succeeded, 1 some failed, 75 some unfinished.
+func printSummary(out io.Writer, oc client.Outcome, o *enqueueOptions) error {
+	sum := waitSummary{Total: len(oc.States), States: map[result.State]int{}, Unfinished: oc.Pending}
+	for _, st := range oc.States {
+		if st.State.Final() {
+			sum.States[st.State]++
+			if st.State != result.Succeeded && len(sum.Failed) < 20 {
+				sum.Failed = append(sum.Failed, st.ID)
 			}
 		}
 	}
@@ -389,12 +338,12 @@ func waitMany(ctx context.Context, out io.Writer, b result.Backend, ids []string
 		for _, s := range []result.State{result.Succeeded, result.Failed, result.Revoked} {
 			fmt.Fprintf(out, "%s: %d\n", s, sum.States[s])
 		}
-		fmt.Fprintf(out, "unfinished: %d\n", len(pending))
+		fmt.Fprintf(out, "unfinished: %d\n", len(oc.Pending))
 	}
 	switch {
-	case len(pending) > 0:
-		return withCode(ExitPartial, fmt.Errorf("%d of %d tasks not finished after %s", len(pending), len(ids), o.timeout))
-	case sum.States[result.Succeeded] != len(ids):
+	case len(oc.Pending) > 0:
+		return withCode(ExitPartial, fmt.Errorf("%d of %d tasks not finished after %s", len(oc.Pending), sum.Total, o.timeout))
+	case sum.States[result.Succeeded] != sum.Total:
 		return &ExitError{Code: ExitFailure}
 	}
 	return nil

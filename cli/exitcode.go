@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/spf13/cobra"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -99,13 +100,32 @@ func ExitCode(err error) int {
 	}
 	var ce *stemerr.ConfigError
 	var re *daemon.RefusedError
+	var ue *daemon.UsageError
 	switch {
 	case errors.As(err, &re):
 		return ExitRefused
+	case errors.As(err, &ue):
+		return ExitUsage
 	case errors.As(err, &ce), errors.Is(err, stemerr.ErrIncompatible):
 		return ExitConfig
 	case errors.Is(err, stemerr.ErrUnavailable):
 		return ExitUnavailable
 	}
 	return ExitInternal
+}
+
+func newExitCodesHelp() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "exit-codes",
+		Short: "The exit codes of every stem command",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			w := cmd.OutOrStdout()
+			for _, e := range ExitCodes {
+				fmt.Fprintf(w, "%3d  %s\n", e.Code, e.Meaning)
+			}
+			return nil
+		},
+	}
+	return c
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/healthcheck"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -18,8 +19,6 @@ import (
 const codeBrokerUnavailable = "broker-unavailable"
 
 type healthcheckOptions struct {
-	pidfile   string
-	node      string
 	logfile   string
 	jsonOut   bool
 	quiet     bool
@@ -53,7 +52,7 @@ held by the process it names, or that process runs another program).
 see docs/daemon.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			env, err := a.daemonEnv(cmd)
+			env, err := a.env(cmd)
 			if err != nil {
 				return err
 			}
@@ -62,13 +61,13 @@ see docs/daemon.md.`,
 				return usageErrorf("--pidfile is required (or STEM_WORKER_PIDFILE)")
 			}
 			node, _ := env.get("STEM_WORKER_NODE")
-			v := templateVars(node, 0, time.Now())
-			if pidfile, err = expandFlag("pidfile", pidfile, v); err != nil {
+			v := daemon.TemplateVars(node, 0, time.Now())
+			if pidfile, err = daemon.ExpandPath("pidfile", pidfile, v); err != nil {
 				return err
 			}
 			logfile := o.logfile
 			if logfile != "" {
-				if logfile, err = expandFlag("logfile", logfile, v); err != nil {
+				if logfile, err = daemon.ExpandPath("logfile", logfile, v); err != nil {
 					return err
 				}
 			}
@@ -92,10 +91,8 @@ see docs/daemon.md.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.pidfile, "pidfile", "", "the node's pidfile (a template: %n is --node)")
-	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
-	fs.StringVar(&o.node, "node", "", "node name, reported and used for %n")
-	bindEnv(fs, "node", "STEM_WORKER_NODE")
+	addVarFlag(fs, "STEM_WORKER_PIDFILE", 's', "the node's pidfile (a template: %n is --node)")
+	addVarFlag(fs, "STEM_WORKER_NODE", 's', "node name, reported and used for %n")
 	fs.StringVar(&o.logfile, "logfile", "", "the node's logfile, reported")
 	fs.BoolVar(&o.jsonOut, "json", false, "print the result as JSON")
 	fs.BoolVar(&o.quiet, "quiet", false, "print nothing; the exit code says it all")

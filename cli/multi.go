@@ -4,24 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
-	"github.com/google/shlex"
 	"github.com/spf13/cobra"
 
-	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/routing"
-	"github.com/stemhq/stem/stemerr"
-	"github.com/stemhq/stem/templating"
-)
-
-// Default path templates of `worker multi`.
-const (
-	defaultPidfileTemplate = "/var/run/stem/%n.pid"
-	defaultLogfileTemplate = "/var/log/stem/%n.log"
 )
 
 // multiOptions are the flags shared by every `worker multi` subcommand.
@@ -33,7 +22,6 @@ type multiOptions struct {
 	commandLine string
 	queues      []string
 	broadcasts  []string
-	routing     string
 	timeout     time.Duration
 	noDetach    bool
 	jsonOut     bool
@@ -73,8 +61,8 @@ refused (unsafe, or not held by the process it names); 78 bad env file,
 routing file, alias or STEM_WORKER_COMMAND.`,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&o.pidfile, "pidfile", defaultPidfileTemplate, "pidfile path template")
-	pf.StringVar(&o.logfile, "logfile", defaultLogfileTemplate, "logfile path template (stdout and stderr of the node)")
+	pf.StringVar(&o.pidfile, "pidfile", daemon.DefaultPidfileTemplate, "pidfile path template")
+	pf.StringVar(&o.logfile, "logfile", daemon.DefaultLogfileTemplate, "logfile path template (stdout and stderr of the node)")
 	cmd.AddCommand(newMultiStartCmd(a, o), newMultiStopCmd(a, o), newMultiRestartCmd(a, o), newMultiStatusCmd(a, o), newMultiKillCmd(a, o))
 	return cmd
 }
@@ -87,7 +75,7 @@ func addMultiStartFlags(cmd *cobra.Command, o *multiOptions) {
 	fs.StringVar(&o.commandLine, "command-line", "", `add arguments to the worker command, split with shell-like quoting ("--concurrency 4 --tasks-file '/etc/stem/my tasks.yaml'")`)
 	fs.StringArrayVar(&o.queues, "queue", nil, "queue or routing alias the nodes consume (repeatable; exported as STEM_WORKER_QUEUES)")
 	fs.StringArrayVar(&o.broadcasts, "broadcast", nil, "broadcast channel or routing alias the nodes join (repeatable; exported as STEM_WORKER_BROADCASTS)")
-	fs.StringVar(&o.routing, "routing-config", "", "routing file that resolves --queue and --broadcast aliases ($STEM_ROUTING_CONFIG)")
+	addVarFlag(fs, "STEM_ROUTING_CONFIG", 's', "routing file that resolves --queue and --broadcast aliases")
 }
 
 func addMultiTimeoutFlag(cmd *cobra.Command, o *multiOptions) {
@@ -99,173 +87,48 @@ func nodeArgs(cmd *cobra.Command, args []string) error {
 	if len(args) == 0 {
 		return usageErrorf("%s needs at least one NODE name", cmd.CommandPath())
 	}
-	seen := map[string]bool{}
-	for _, n := range args {
-		if err := checkNodeName(n); err != nil {
-			return err
-		}
-		if seen[n] {
-			return usageErrorf("node %q is named twice", n)
-		}
-		seen[n] = true
-	}
-	return nil
+	return daemon.CheckNodeNames(args)
 }
 
-// paths expands the pidfile and logfile templates of every node. Two nodes
-// may not share a pidfile, and a pidfile may not use %d (stop and status
-// could not find it again).
-func (o *multiOptions) paths(names []string, now time.Time) ([]daemon.Node, error) {
-	if templating.Uses(o.pidfile, 'd') {
-		return nil, usageErrorf("--pidfile %q uses %%d: stop and status could not find the pidfile again; use %%n", o.pidfile)
-	}
-	nodes := make([]daemon.Node, len(names))
-	byPidfile := map[string]string{}
-	for i, name := range names {
-		v := templateVars(name, i+1, now)
-		pid, err := expandFlag("pidfile", o.pidfile, v)
-		if err != nil {
-			return nil, err
-		}
-		logf, err := expandFlag("logfile", o.logfile, v)
-		if err != nil {
-			return nil, err
-		}
-		if other, dup := byPidfile[pid]; dup {
-			return nil, usageErrorf("nodes %s and %s would share pidfile %s: put %%n in --pidfile", other, name, pid)
-		}
-		byPidfile[pid] = name
-		nodes[i] = daemon.Node{Name: name, Pidfile: pid, Logfile: logf}
-	}
-	return nodes, nil
+// paths expands the pidfile and logfile templates of every node.
+func (o *multiOptions) paths(names []string) ([]daemon.Node, error) {
+	return daemon.Paths(names, o.pidfile, o.logfile, time.Now())
 }
 
-// plan resolves everything a start needs: paths, directories, command,
-// environment, queues. Nothing is started if any of it fails.
+// plan resolves everything a start needs (daemon.StartPlan): nothing is
+// started if any of it fails.
 func (o *multiOptions) plan(a *App, cmd *cobra.Command, names []string) ([]daemon.Node, error) {
-	nodes, err := o.paths(names, time.Now())
+	env, err := a.env(cmd)
 	if err != nil {
 		return nil, err
 	}
-	env, err := a.daemonEnv(cmd)
-	if err != nil {
-		return nil, err
-	}
-	argv, err := o.command(env)
-	if err != nil {
-		return nil, err
-	}
-	set := map[string]string{}
+	p := daemon.StartPlan{Pidfile: o.pidfile, Logfile: o.logfile, Args: o.commands, CommandLine: o.commandLine,
+		Dir: o.workdir, Environ: a.environ(), EnvFile: env.vars}
+	p.Command, _ = env.get("STEM_WORKER_COMMAND")
 	if len(o.queues) > 0 || len(o.broadcasts) > 0 {
-		qs, bs, err := o.resolveRouting(cmd, env)
-		if err != nil {
+		if p.Queues, p.Broadcasts, err = o.resolveRouting(env); err != nil {
 			return nil, err
 		}
-		if len(qs) > 0 {
-			set["STEM_WORKER_QUEUES"] = strings.Join(qs, ",")
-		}
-		if len(bs) > 0 {
-			set["STEM_WORKER_BROADCASTS"] = strings.Join(bs, ",")
-		}
 	}
-	if o.workdir != "" {
-		if st, err := os.Stat(o.workdir); err != nil || !st.IsDir() {
-			return nil, usageErrorf("--workdir %s is not a directory", o.workdir)
-		}
-	}
-	for i := range nodes {
-		n := &nodes[i]
-		if err := daemon.MakeDirs(*n); err != nil {
-			return nil, &stemerr.ConfigError{Msg: fmt.Sprintf("%s: %v (--pidfile %q, --logfile %q)", n.Name, err, o.pidfile, o.logfile)}
-		}
-		vars := map[string]string{
-			"STEM_WORKER_NODE":    n.Name,
-			"STEM_WORKER_PIDFILE": n.Pidfile,
-		}
-		if n.Logfile != "" {
-			vars["STEM_WORKER_LOGFILE"] = n.Logfile
-		}
-		for k, v := range set {
-			vars[k] = v
-		}
-		n.Argv = argv
-		n.Dir = o.workdir
-		n.Env = childEnviron(a.environ(), env.vars, vars)
-	}
-	return nodes, nil
-}
-
-// command builds the worker command: STEM_WORKER_COMMAND (or this
-// program's "worker run"), then --command arguments, then --command-line.
-func (o *multiOptions) command(env *daemonEnv) ([]string, error) {
-	var argv []string
-	if raw, ok := env.get("STEM_WORKER_COMMAND"); ok && strings.TrimSpace(raw) != "" {
-		words, err := shlex.Split(raw)
-		if err != nil {
-			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: raw, Msg: "does not parse: " + err.Error()}
-		}
-		if len(words) == 0 {
-			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: raw, Msg: "holds no command"}
-		}
-		argv = words
-	} else {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, fmt.Errorf("finding this program to run `worker run`: %w (set STEM_WORKER_COMMAND)", err)
-		}
-		argv = []string{exe, "worker", "run"}
-	}
-	argv = append(argv, o.commands...)
-	if o.commandLine != "" {
-		words, err := shlex.Split(o.commandLine)
-		if err != nil {
-			return nil, usageErrorf("--command-line %q does not parse: %v", o.commandLine, err)
-		}
-		argv = append(argv, words...)
-	}
-	return argv, nil
+	return p.Nodes(names, time.Now())
 }
 
 // resolveRouting resolves --queue and --broadcast through the routing file
-// when there is one; without one, the names are taken as they are.
-func (o *multiOptions) resolveRouting(cmd *cobra.Command, env *daemonEnv) (queues, broadcasts []string, err error) {
-	path := env.stringFlagOrEnv(cmd, "routing-config", "STEM_ROUTING_CONFIG")
-	if path == "" {
-		for _, flag := range []struct {
-			name  string
-			names []string
-		}{{"queue", o.queues}, {"broadcast", o.broadcasts}} {
-			for _, n := range flag.names {
-				if !config.ValidName(n) {
-					return nil, nil, usageErrorf("--%s %q: names hold only letters, digits and . _ - :", flag.name, n)
-				}
-			}
-		}
-		return dedupe(o.queues), dedupe(o.broadcasts), nil
-	}
-	rc, err := routing.Load(path)
-	if err != nil {
+// when there is one (routing.ResolveFile): an invalid name without one is a
+// usage error (64), a bad file or alias a configuration error (78).
+func (o *multiOptions) resolveRouting(env *cmdEnv) (queues, broadcasts []string, err error) {
+	path, _ := env.get("STEM_ROUTING_CONFIG")
+	queues, broadcasts, err = routing.ResolveFile(path, o.queues, o.broadcasts)
+	var le *routing.ListError
+	switch {
+	case errors.As(err, &le) && le.Err == nil:
+		return nil, nil, usageErrorf("--%v", err)
+	case errors.As(err, &le):
+		return nil, nil, withCode(ExitConfig, fmt.Errorf("--%w", err))
+	case err != nil:
 		return nil, nil, withCode(ExitConfig, err)
 	}
-	if queues, err = rc.ResolveQueues(o.queues); err != nil {
-		return nil, nil, withCode(ExitConfig, fmt.Errorf("--queue: %w", err))
-	}
-	if broadcasts, err = rc.ResolveBroadcasts(o.broadcasts); err != nil {
-		return nil, nil, withCode(ExitConfig, fmt.Errorf("--broadcast: %w", err))
-	}
 	return queues, broadcasts, nil
-}
-
-func dedupe(s []string) []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, x := range s {
-		if !seen[x] {
-			seen[x] = true
-			out = append(out, x)
-		}
-	}
-	return out
 }
 
 // reportResults prints one line per node: successes on stdout, failures as

@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"time"
-
 	"github.com/spf13/cobra"
 
 	"github.com/stemhq/stem/daemon"
@@ -17,7 +15,7 @@ PID is never signalled. In-flight tasks are not finished; their leases expire
 and the broker hands them out again. Exit 1 when a node could not be killed.`,
 		Args: nodeArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nodes, err := o.paths(args, time.Now())
+			nodes, err := o.paths(args)
 			if err != nil {
 				return err
 			}

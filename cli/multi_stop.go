@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"time"
-
 	"github.com/spf13/cobra"
 
 	"github.com/stemhq/stem/daemon"
@@ -22,7 +20,7 @@ reported and removed, like any stale pidfile. Stopping a node that is not
 running succeeds. Exit 1 when a node could not be stopped.`,
 		Args: nodeArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nodes, err := o.paths(args, time.Now())
+			nodes, err := o.paths(args)
 			if err != nil {
 				return err
 			}

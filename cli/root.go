@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -32,12 +31,9 @@ the variable it overrides. Exit codes: 'stem exit-codes'.`,
 		return usageErrorf("%v", err)
 	})
 	pf := root.PersistentFlags()
-	pf.String("env-file", "", "env file to read (process environment wins over it)")
-	bindEnv(pf, "env-file", "STEM_ENV_FILE")
-	pf.String("log-level", "", "log level: error, warn, info, debug")
-	bindEnv(pf, "log-level", "STEM_LOG_LEVEL")
-	pf.String("log-format", "", "log format: auto, text, json, journal")
-	bindEnv(pf, "log-format", "STEM_LOG_FORMAT")
+	addVarFlag(pf, "STEM_ENV_FILE", 's', "env file to read (process environment wins over it)")
+	addVarFlag(pf, "STEM_LOG_LEVEL", 's', "log level: error, warn, info, debug")
+	addVarFlag(pf, "STEM_LOG_FORMAT", 's', "log format: auto, text, json, journal")
 
 	worker := &cobra.Command{
 		Use:   "worker",
@@ -56,38 +52,7 @@ the variable it overrides. Exit codes: 'stem exit-codes'.`,
 // addBrokerFlags adds the connection flags shared by commands that talk to
 // the broker.
 func addBrokerFlags(fs *pflag.FlagSet) {
-	fs.String("broker-url", "", "broker URL")
-	bindEnv(fs, "broker-url", "STEM_BROKER_URL")
-	fs.String("result-backend-url", "", "result backend URL (default: the broker URL)")
-	bindEnv(fs, "result-backend-url", "STEM_RESULT_BACKEND_URL")
-	fs.String("namespace", "", "namespace (key prefix) of the deployment")
-	bindEnv(fs, "namespace", "STEM_WORKER_NAMESPACE")
-}
-
-func newVersionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print stem's version",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "stem %s\n", Version)
-			return err
-		},
-	}
-}
-
-func newExitCodesHelp() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "exit-codes",
-		Short: "The exit codes of every stem command",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			w := cmd.OutOrStdout()
-			for _, e := range ExitCodes {
-				fmt.Fprintf(w, "%3d  %s\n", e.Code, e.Meaning)
-			}
-			return nil
-		},
-	}
-	return c
+	addVarFlag(fs, "STEM_BROKER_URL", 's', "broker URL")
+	addVarFlag(fs, "STEM_RESULT_BACKEND_URL", 's', "result backend URL (default: the broker URL)")
+	addVarFlag(fs, "STEM_WORKER_NAMESPACE", 's', "namespace (key prefix) of the deployment")
 }

@@ -9,7 +9,6 @@ import (
 )
 
 type routingOptions struct {
-	file    string
 	jsonOut bool
 	sample  bool
 }
@@ -49,11 +48,11 @@ file and line).`,
 				_, err := out.Write(routing.Sample())
 				return err
 			}
-			env, err := a.daemonEnv(cmd)
+			env, err := a.env(cmd)
 			if err != nil {
 				return err
 			}
-			path := env.stringFlagOrEnv(cmd, "routing-config", "STEM_ROUTING_CONFIG")
+			path, _ := env.get("STEM_ROUTING_CONFIG")
 			rc := routing.Default()
 			if path != "" {
 				if rc, err = routing.Load(path); err != nil {
@@ -70,7 +69,7 @@ file and line).`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.file, "routing-config", "", "routing file ($STEM_ROUTING_CONFIG)")
+	addVarFlag(fs, "STEM_ROUTING_CONFIG", 's', "routing file")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON (same keys as the YAML)")
 	fs.BoolVar(&o.sample, "sample", false, "print a starter routing file instead")
 	return cmd

@@ -1,13 +1,6 @@
 package cli
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -63,7 +56,7 @@ func (o *unitsOptions) addFlags(cmd *cobra.Command) {
 	fs.StringArrayVar(&o.nodes, "node", nil, "node to render (repeatable); its unit is stem-worker@NODE.service")
 	fs.StringSliceVar(&o.queues, "queue", nil, "queue or routing alias the nodes consume (repeatable, or comma-separated; priority order)")
 	fs.StringSliceVar(&o.broadcasts, "broadcast", nil, "broadcast channel or routing alias the nodes join (repeatable)")
-	fs.String("routing-config", "", "routing file that resolves --queue and --broadcast aliases ($STEM_ROUTING_CONFIG)")
+	addVarFlag(fs, "STEM_ROUTING_CONFIG", 's', "routing file that resolves --queue and --broadcast aliases")
 	fs.IntVar(&o.concurrency, "concurrency", 0, "most tasks each node runs at once (default: the worker's)")
 	fs.StringVar(&o.autoscale, "autoscale", "", "autoscale bounds MIN:MAX of each node")
 	fs.StringArrayVar(&o.env, "env", nil, "extra variable KEY=VALUE in each node's env file (repeatable)")
@@ -81,11 +74,11 @@ func (o *unitsOptions) spec(a *App, cmd *cobra.Command) (units.Spec, error) {
 		Binary: o.binary, User: o.user, Group: o.group, UnitDir: o.unitDir,
 		ShutdownGrace: o.shutdownGrace, Watchdog: o.watchdog,
 	}
-	env, err := a.daemonEnv(cmd)
+	env, err := a.env(cmd)
 	if err != nil {
 		return s, err
 	}
-	queues, broadcasts, err := (&multiOptions{queues: o.queues, broadcasts: o.broadcasts}).resolveRouting(cmd, env)
+	queues, broadcasts, err := (&multiOptions{queues: o.queues, broadcasts: o.broadcasts}).resolveRouting(env)
 	if err != nil {
 		return s, err
 	}
@@ -136,224 +129,4 @@ func missingVars(keys ...string) string {
 		}
 	}
 	return strings.Join(out, " and ")
-}
-
-type unitsGenerateOptions struct {
-	unitsOptions
-	output  string
-	jsonOut bool
-}
-
-func newUnitsGenerateCmd(a *App) *cobra.Command {
-	o := &unitsGenerateOptions{}
-	cmd := &cobra.Command{
-		Use:   "generate",
-		Short: "Print the systemd units (or write them under --output)",
-		Long: `Render the template unit, the target and, for each --node, its env file
-and the symlinks 'systemctl enable stem-worker@NODE' would make. Nothing on
-this machine changes: the files go to stdout, each after a line
-"==> PATH <==" ("==> PATH -> TARGET <==" for a symlink), or with --json as
-an array of {"path", "kind", "mode", "group", "content", "link"}, or with
---output DIR into DIR as if DIR were the root (the packages are built so).
-
-Every '%' of a path is written as '%%', so systemd never expands it.`,
-		Example: `  stem units generate --node alpha --queue critical,default --concurrency 8
-  stem units generate --unit-dir /lib/systemd/system --output build/units`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := o.spec(a, cmd)
-			if err != nil {
-				return err
-			}
-			files, err := units.Render(s)
-			if err != nil {
-				return usageErrorf("%v", err)
-			}
-			out := cmd.OutOrStdout()
-			switch {
-			case o.output != "":
-				if err := os.MkdirAll(o.output, 0o755); err != nil {
-					return withCode(ExitInternal, err)
-				}
-				if _, err := (units.Installer{Root: o.output, Force: true}).Install(files); err != nil {
-					return withCode(ExitInternal, err)
-				}
-				return nil
-			case o.jsonOut:
-				return writeUnitsJSON(out, files)
-			}
-			var b bytes.Buffer
-			for i, f := range files {
-				if i > 0 {
-					b.WriteString("\n")
-				}
-				if f.Link != "" {
-					fmt.Fprintf(&b, "==> %s -> %s <==\n", f.Path, f.Link)
-					continue
-				}
-				fmt.Fprintf(&b, "==> %s <==\n", f.Path)
-				b.Write(f.Content)
-			}
-			_, err = out.Write(b.Bytes())
-			return err
-		},
-	}
-	o.addFlags(cmd)
-	fs := cmd.Flags()
-	fs.StringVar(&o.unitDir, "unit-dir", units.DefaultUnitDir, "directory the template and target are installed in (the symlinks point there)")
-	fs.StringVar(&o.output, "output", "", "write the files under this directory, as if it were the root")
-	fs.BoolVar(&o.jsonOut, "json", false, "print a JSON array of files")
-	cmd.MarkFlagsMutuallyExclusive("output", "json")
-	return cmd
-}
-
-// unitFileJSON is one file of `units generate --json`.
-type unitFileJSON struct {
-	Path    string `json:"path"`
-	Kind    string `json:"kind"`
-	Mode    string `json:"mode,omitempty"`
-	Group   string `json:"group,omitempty"`
-	Content string `json:"content,omitempty"`
-	Link    string `json:"link,omitempty"`
-}
-
-func writeUnitsJSON(w io.Writer, files []units.File) error {
-	out := make([]unitFileJSON, 0, len(files))
-	for _, f := range files {
-		j := unitFileJSON{Path: f.Path, Kind: f.Kind.String(), Group: f.Group, Content: string(f.Content), Link: f.Link}
-		if f.Link == "" {
-			j.Mode = fmt.Sprintf("%04o", f.Mode)
-		}
-		out = append(out, j)
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
-}
-
-type unitsInstallOptions struct {
-	unitsOptions
-	root     string
-	force    bool
-	noEnable bool
-}
-
-func newUnitsInstallCmd(a *App) *cobra.Command {
-	o := &unitsInstallOptions{}
-	cmd := &cobra.Command{
-		Use:   "install",
-		Short: "Write the units and the nodes' env files under a root directory",
-		Long: `Write, under --root (use --root / for this machine):
-
-  - each --node's env file, /etc/stem/nodes/NODE.env (0640, root:GROUP when
-    run as root and the group exists), and the symlinks that enable the node
-    (started at boot, and by stem-workers.target);
-  - the template and the target, into /etc/systemd/system, unless the same
-    units are already installed by the package (under /lib or /usr/lib), or
-    --unit-dir says where they are.
-
-A file that exists with other content is left alone and the command exits
-1 before writing anything; --force replaces it. Files that already hold what
-would be written are reported unchanged. Then, on the machine itself:
-
-  systemctl daemon-reload && systemctl start stem-workers.target`,
-		Example: `  stem units install --root / --node alpha --node beta --queue default
-  stem units install --root / --node reports --queue reports --concurrency 2 --env REPORTS_DIR=/srv/reports`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return o.run(a, cmd)
-		},
-	}
-	o.addFlags(cmd)
-	fs := cmd.Flags()
-	fs.StringVar(&o.root, "root", "", "directory that stands for / (required; / for this machine)")
-	fs.StringVar(&o.unitDir, "unit-dir", "", "directory of the template and target (default: the packaged ones if they match, else /etc/systemd/system)")
-	fs.BoolVar(&o.force, "force", false, "replace files that differ from what would be written")
-	fs.BoolVar(&o.noEnable, "no-enable", false, "do not write the enable symlinks of the nodes")
-	return cmd
-}
-
-func (o *unitsInstallOptions) run(a *App, cmd *cobra.Command) error {
-	if o.root == "" {
-		return usageErrorf("--root is required (use --root / for this machine)")
-	}
-	out := cmd.OutOrStdout()
-	explicitDir := o.unitDir != ""
-	if !explicitDir {
-		o.unitDir = units.DefaultUnitDir
-	}
-	s, err := o.spec(a, cmd)
-	if err != nil {
-		return err
-	}
-	files, err := units.Render(s)
-	if err != nil {
-		return usageErrorf("%v", err)
-	}
-	// Use the packaged template when it is what this command would write.
-	skipUnits := false
-	if !explicitDir {
-		if dir := units.PackagedUnitDir(o.root); dir != "" {
-			if packagedMatches(o.root, dir, files) {
-				s.UnitDir, skipUnits = dir, true
-				if files, err = units.Render(s); err != nil {
-					return usageErrorf("%v", err)
-				}
-			} else {
-				fmt.Fprintf(out, "note: %s differs from this rendering (another stem version, or other settings); writing %s, which overrides it\n",
-					filepath.Join(dir, units.TemplateUnit), filepath.Join(units.DefaultUnitDir, units.TemplateUnit))
-			}
-		}
-	}
-	var todo []units.File
-	for _, f := range files {
-		switch {
-		case skipUnits && (f.Kind == units.KindTemplate || f.Kind == units.KindTarget):
-		case o.noEnable && f.Kind == units.KindEnableLink:
-		default:
-			todo = append(todo, f)
-		}
-	}
-	changes, err := units.Installer{Root: o.root, Force: o.force}.Install(todo)
-	for _, c := range changes {
-		what := c.File.Path
-		if c.File.Link != "" {
-			what += " -> " + c.File.Link
-		}
-		fmt.Fprintf(out, "%s %s\n", c.Action, what)
-		if c.Note != "" {
-			fmt.Fprintf(out, "  note: %s\n", c.Note)
-		}
-	}
-	var exists *units.ExistsError
-	switch {
-	case errors.As(err, &exists):
-		return withCode(ExitFailure, err)
-	case err != nil:
-		return withCode(ExitInternal, err)
-	}
-	if skipUnits {
-		fmt.Fprintf(out, "using the packaged %s and %s in %s\n", units.TemplateUnit, units.TargetUnit, s.UnitDir)
-	}
-	if len(s.Nodes) > 0 {
-		if abs, _ := filepath.Abs(o.root); abs == "/" {
-			fmt.Fprintln(out, "next: systemctl daemon-reload && systemctl start stem-workers.target")
-		}
-	}
-	return nil
-}
-
-// packagedMatches reports whether the template and target under
-// root/dir are byte for byte what files renders.
-func packagedMatches(root, dir string, files []units.File) bool {
-	for _, f := range files {
-		if f.Kind != units.KindTemplate && f.Kind != units.KindTarget {
-			continue
-		}
-		cur, err := os.ReadFile(filepath.Join(root, dir, filepath.Base(f.Path)))
-		if err != nil || !bytes.Equal(cur, f.Content) {
-			return false
-		}
-	}
-	return true
 }

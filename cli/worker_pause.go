@@ -2,14 +2,13 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/client"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 )
@@ -63,47 +62,19 @@ tasks a worker claimed ahead and has not started are handed back, not run.
 			// The record's scope is each --worker target as given (a node
 			// name or a full id), or every worker: a worker applies only
 			// the pauses that designate it.
-			scopes := control.ParseTargets(o.workers)
-			if len(scopes) == 0 {
-				scopes = []string{""}
-			}
-			ns, key := s.cfg.ControlNamespace, []byte(s.cfg.SigningKey)
+			op := client.Resume
 			if pause {
-				now, by := time.Now().UTC(), defaultRequester()
-				var recs []broker.Pause
-				for _, sc := range scopes {
-					for _, q := range qs {
-						p := broker.Pause{Namespace: ns, Queue: q, Worker: sc, PausedAt: now, RequestedBy: by}
-						if len(key) > 0 {
-							p = p.Sign(key)
-						}
-						recs = append(recs, p)
-					}
-				}
-				if err := s.eng.Pauses.Pause(cmd.Context(), recs); err != nil {
-					return err
-				}
-			} else {
-				for _, sc := range scopes {
-					if err := s.eng.Pauses.Resume(cmd.Context(), ns, sc, qs); err != nil {
-						return err
-					}
-				}
+				op = client.Pause
 			}
+			pr, err := op(cmd.Context(), s.eng.Pauses, s.req, client.PauseRequest{Queues: qs, Workers: control.ParseTargets(o.workers), Timeout: s.cfg.ControlTimeout})
+			if err != nil {
+				return publishExit(err)
+			}
+			res, scopes, key := pr.Replies, pr.Scopes, s.req.SigningKey
 			// Pauses of these queues that still stand under other scopes.
 			var remaining []string
-			if !pause {
-				if ps, err := s.eng.Pauses.Pauses(cmd.Context(), ns); err == nil {
-					for _, p := range ps {
-						if slices.Contains(qs, p.Queue) {
-							remaining = append(remaining, fmt.Sprintf("%s (for %s)", p.Queue, scopeName(p.Worker)))
-						}
-					}
-				}
-			}
-			res, err := s.do(cmd.Context(), typ, control.QueuesArgs{Queues: qs}, &o.controlOptions)
-			if err != nil {
-				return err
+			for _, p := range pr.StillPaused {
+				remaining = append(remaining, fmt.Sprintf("%s (for %s)", p.Queue, scopeName(p.Worker)))
 			}
 			out := cmd.OutOrStdout()
 			if o.jsonOut {
@@ -168,6 +139,16 @@ func replyErrorCell(r control.Reply) string {
 		return "REFUSED: " + r.Error
 	}
 	return "ERROR: " + r.Error
+}
+
+// publishExit maps the error of a durable operation: a message that could
+// not be published is exit 69 (the record is stored).
+func publishExit(err error) error {
+	var pe *client.PublishError
+	if errors.As(err, &pe) {
+		return withCode(ExitUnavailable, pe)
+	}
+	return err
 }
 
 // durableExit is controlExit for commands whose effect is stored before it

@@ -3,13 +3,12 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/user"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem/client"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
 )
@@ -63,18 +62,8 @@ unsigned or mis-signed records, from the store as from messages.
 	fs.DurationVar(&o.expiresIn, "expires-in", 0, "let the record be pruned after this long (default: STEM_RESULT_TTL; 0: never)")
 	fs.StringVar(&o.reason, "reason", "", "why, recorded with the task's state")
 	fs.StringVar(&o.requester, "requester", "", "who asks (default: user@host)")
-	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
-	bindEnv(fs, "revoke-store-url", "STEM_REVOKE_STORE_URL")
+	addVarFlag(fs, "STEM_REVOKE_STORE_URL", 's', "durable revoke store (default: the result backend URL)")
 	return cmd
-}
-
-func defaultRequester() string {
-	name := "unknown"
-	if u, err := user.Current(); err == nil {
-		name = u.Username
-	}
-	host, _ := os.Hostname()
-	return name + "@" + host
 }
 
 func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
@@ -99,36 +88,17 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 		return err
 	}
 	defer store.Close()
-	now := time.Now().UTC()
-	requester := o.requester
-	if requester == "" {
-		requester = defaultRequester()
-	}
 	expiresIn := o.expiresIn
 	if !cmd.Flags().Changed("expires-in") {
 		expiresIn = s.cfg.ResultTTL
 	}
-	key := []byte(s.cfg.SigningKey)
-	entries := make([]revoke.Entry, len(ids))
-	for i, id := range ids {
-		entries[i] = revoke.Entry{Namespace: s.cfg.ControlNamespace, TaskID: id, Version: now.UnixNano(), IssuedAt: now,
-			Terminate: o.terminate, Reason: o.reason, RequestedBy: requester}
-		if expiresIn > 0 {
-			entries[i].ExpiresAt = now.Add(expiresIn)
-		}
-		if len(key) > 0 {
-			entries[i] = entries[i].Sign(key)
-		}
-	}
-	// Durability before visibility: the store first, then the message.
-	stored, err := store.Upsert(cmd.Context(), entries)
+	now := time.Now().UTC()
+	rv, err := client.Revoke(cmd.Context(), store, s.req, client.RevokeRequest{TaskIDs: ids, Terminate: o.terminate, Reason: o.reason,
+		RequestedBy: o.requester, ExpiresIn: expiresIn, Workers: control.ParseTargets(o.workers), Timeout: s.cfg.ControlTimeout, Now: now})
 	if err != nil {
-		return fmt.Errorf("write the revoke store: %w", err)
+		return publishExit(err)
 	}
-	res, err := s.do(cmd.Context(), control.TypeRevoke, control.RevokeArgs{Entries: stored}, &o.controlOptions)
-	if err != nil {
-		return err
-	}
+	stored, res, key := rv.Stored, rv.Replies, s.req.SigningKey
 	out := cmd.OutOrStdout()
 	if o.jsonOut {
 		if err := writeJSON(out, toJSON(control.TypeRevoke, s.cfg.ControlNamespace, res, revokeExtra{Stored: stored})); err != nil {
@@ -150,7 +120,7 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 	}
 	fmt.Fprintf(out, "%s (stored, %s, %s): %s\n", what, signed, expiry, strings.Join(ids, ", "))
 	for i, e := range stored {
-		if e.Version != entries[i].Version {
+		if e.Version != rv.Written[i].Version {
 			fmt.Fprintf(out, "note: %s already had a newer revoke (by %s, %s); kept it\n", e.TaskID, e.RequestedBy, e.IssuedAt.Format(time.RFC3339))
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -50,63 +49,49 @@ logs each attempt.`,
 	}
 	fs := cmd.Flags()
 	addBrokerFlags(fs)
-	fs.String("node", "", "node name; the worker id is <node>@<hostname>")
-	bindEnv(fs, "node", "STEM_WORKER_NODE")
-	fs.StringSlice("queue", nil, "queue to consume (repeatable, or comma-separated; priority order)")
-	bindEnv(fs, "queue", "STEM_WORKER_QUEUES")
-	fs.Int("concurrency", 0, "most tasks run at once")
-	bindEnv(fs, "concurrency", "STEM_WORKER_CONCURRENCY")
-	fs.Int("prefetch", 0, "tasks claimed ahead of free slots")
-	bindEnv(fs, "prefetch", "STEM_WORKER_PREFETCH")
-	fs.Duration("lease", 0, "visibility timeout of claimed tasks")
-	bindEnv(fs, "lease", "STEM_WORKER_LEASE")
-	fs.Duration("heartbeat", 0, "registry heartbeat interval")
-	bindEnv(fs, "heartbeat", "STEM_WORKER_HEARTBEAT")
-	fs.Duration("shutdown-grace", 0, "soft shutdown grace period before a hard stop")
-	bindEnv(fs, "shutdown-grace", "STEM_WORKER_SHUTDOWN_GRACE")
-	fs.String("tasks-file", "", "YAML file of exec tasks")
-	bindEnv(fs, "tasks-file", "STEM_TASKS_FILE")
-	fs.Duration("result-ttl", 0, "how long task states are kept")
-	bindEnv(fs, "result-ttl", "STEM_RESULT_TTL")
-	fs.String("revoke-store-url", "", "durable revoke store (default: the result backend URL)")
-	bindEnv(fs, "revoke-store-url", "STEM_REVOKE_STORE_URL")
-	fs.Duration("revoke-sync", 0, "how often to re-read revokes and paused queues")
-	bindEnv(fs, "revoke-sync", "STEM_REVOKE_SYNC_INTERVAL")
+	for _, f := range workerRunFlags {
+		addVarFlag(fs, f.key, f.kind, f.help)
+	}
 	fs.String("control-namespace", "", "control namespace (default: the worker namespace)")
 	bindEnv(fs, "control-namespace", "STEM_CONTROL_NAMESPACE")
-	fs.Bool("autoscale", false, "move the concurrency between --min-concurrency and --max-concurrency")
-	bindEnv(fs, "autoscale", "STEM_WORKER_AUTOSCALE")
-	fs.Int("min-concurrency", 0, "autoscale lower bound")
-	bindEnv(fs, "min-concurrency", "STEM_WORKER_MIN_CONCURRENCY")
-	fs.Int("max-concurrency", 0, "autoscale upper bound (default: --concurrency)")
-	bindEnv(fs, "max-concurrency", "STEM_WORKER_MAX_CONCURRENCY")
-	fs.Int("scale-up-step", 0, "slots added per autoscale decision")
-	bindEnv(fs, "scale-up-step", "STEM_WORKER_SCALE_UP_STEP")
-	fs.Int("scale-down-step", 0, "slots removed per autoscale decision")
-	bindEnv(fs, "scale-down-step", "STEM_WORKER_SCALE_DOWN_STEP")
-	fs.Duration("idle-period", 0, "idle time before scaling down")
-	bindEnv(fs, "idle-period", "STEM_WORKER_IDLE_PERIOD")
-	fs.Duration("autoscale-tick", 0, "how often the autoscaler decides")
-	bindEnv(fs, "autoscale-tick", "STEM_WORKER_AUTOSCALE_TICK")
-	fs.Duration("scale-up-cooldown", 0, "least time between two scale-ups")
-	bindEnv(fs, "scale-up-cooldown", "STEM_WORKER_SCALE_UP_COOLDOWN")
-	fs.Duration("scale-down-cooldown", 0, "least time between two scale-downs")
-	bindEnv(fs, "scale-down-cooldown", "STEM_WORKER_SCALE_DOWN_COOLDOWN")
-	fs.Int("max-tasks-per-child", 0, "recycle an isolation child after this many tasks (0: never)")
-	bindEnv(fs, "max-tasks-per-child", "STEM_WORKER_MAX_TASKS_PER_CHILD")
-	fs.String("max-memory-per-child", "", "recycle an isolation child above this RSS after a task (512MiB, 1GiB)")
-	bindEnv(fs, "max-memory-per-child", "STEM_WORKER_MAX_MEMORY_PER_CHILD")
-	fs.Duration("terminate-grace", 0, "time a terminated isolated or exec task has before its process group is killed")
-	bindEnv(fs, "terminate-grace", "STEM_WORKER_TERMINATE_GRACE")
-	fs.Duration("unknown-task-ttl", 0, "hand back tasks no handler here knows, for a worker that knows them; dead-letter them after this long")
-	bindEnv(fs, "unknown-task-ttl", "STEM_UNKNOWN_TASK_TTL")
-	fs.String("metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464")
-	bindEnv(fs, "metrics-addr", "STEM_METRICS_ADDR")
-	fs.String("signals", "", "signal to shutdown-mode mapping, e.g. "+DefaultSignals)
-	bindEnv(fs, "signals", "STEM_WORKER_SIGNALS")
-	fs.String("pidfile", "", "write this pidfile (created exclusively, locked) while running; removed at exit")
-	bindEnv(fs, "pidfile", "STEM_WORKER_PIDFILE")
 	return cmd
+}
+
+// workerRunFlags are the variables `worker run` takes as flags, in help
+// order, with the flag's kind (s string, i int, d duration, b bool, l list)
+// and help; the flag's name is the variable's in config.Vars.
+var workerRunFlags = []struct {
+	key  string
+	kind byte
+	help string
+}{
+	{"STEM_WORKER_NODE", 's', "node name; the worker id is <node>@<hostname>"},
+	{"STEM_WORKER_QUEUES", 'l', "queue to consume (repeatable, or comma-separated; priority order)"},
+	{"STEM_WORKER_CONCURRENCY", 'i', "most tasks run at once"},
+	{"STEM_WORKER_PREFETCH", 'i', "tasks claimed ahead of free slots"},
+	{"STEM_WORKER_LEASE", 'd', "visibility timeout of claimed tasks"},
+	{"STEM_WORKER_HEARTBEAT", 'd', "registry heartbeat interval"},
+	{"STEM_WORKER_SHUTDOWN_GRACE", 'd', "soft shutdown grace period before a hard stop"},
+	{"STEM_TASKS_FILE", 's', "YAML file of exec tasks"},
+	{"STEM_RESULT_TTL", 'd', "how long task states are kept"},
+	{"STEM_REVOKE_STORE_URL", 's', "durable revoke store (default: the result backend URL)"},
+	{"STEM_REVOKE_SYNC_INTERVAL", 'd', "how often to re-read revokes and paused queues"},
+	{"STEM_WORKER_AUTOSCALE", 'b', "move the concurrency between --min-concurrency and --max-concurrency"},
+	{"STEM_WORKER_MIN_CONCURRENCY", 'i', "autoscale lower bound"},
+	{"STEM_WORKER_MAX_CONCURRENCY", 'i', "autoscale upper bound (default: --concurrency)"},
+	{"STEM_WORKER_SCALE_UP_STEP", 'i', "slots added per autoscale decision"},
+	{"STEM_WORKER_SCALE_DOWN_STEP", 'i', "slots removed per autoscale decision"},
+	{"STEM_WORKER_IDLE_PERIOD", 'd', "idle time before scaling down"},
+	{"STEM_WORKER_AUTOSCALE_TICK", 'd', "how often the autoscaler decides"},
+	{"STEM_WORKER_SCALE_UP_COOLDOWN", 'd', "least time between two scale-ups"},
+	{"STEM_WORKER_SCALE_DOWN_COOLDOWN", 'd', "least time between two scale-downs"},
+	{"STEM_WORKER_MAX_TASKS_PER_CHILD", 'i', "recycle an isolation child after this many tasks (0: never)"},
+	{"STEM_WORKER_MAX_MEMORY_PER_CHILD", 's', "recycle an isolation child above this RSS after a task (512MiB, 1GiB)"},
+	{"STEM_WORKER_TERMINATE_GRACE", 'd', "time a terminated isolated or exec task has before its process group is killed"},
+	{"STEM_UNKNOWN_TASK_TTL", 'd', "hand back tasks no handler here knows, for a worker that knows them; dead-letter them after this long"},
+	{"STEM_METRICS_ADDR", 's', "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
+	{"STEM_WORKER_SIGNALS", 's', "signal to shutdown-mode mapping, e.g. " + DefaultSignals},
+	{"STEM_WORKER_PIDFILE", 's', "write this pidfile (created exclusively, locked) while running; removed at exit"},
 }
 
 // buildHandlers returns the registry a worker runs: built-ins, the app's
@@ -148,37 +133,8 @@ func (a *App) childHandlers() (*worker.Registry, error) {
 const DefaultSignals = "TERM=warm,INT=soft,QUIT=hard"
 
 // parseSignals parses a mapping such as "TERM=warm,INT=soft,QUIT=hard".
-// Signals: TERM, INT, QUIT, HUP, USR1, USR2 (with or without SIG).
 func parseSignals(spec string) (map[os.Signal]worker.Mode, error) {
-	names := map[string]syscall.Signal{"TERM": syscall.SIGTERM, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
-		"HUP": syscall.SIGHUP, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2}
-	out := map[os.Signal]worker.Mode{}
-	for _, part := range strings.Split(spec, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		name, mode, ok := strings.Cut(part, "=")
-		if !ok {
-			return nil, fmt.Errorf("%q: want SIGNAL=mode", part)
-		}
-		sig, known := names[strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(name)), "SIG")]
-		if !known {
-			return nil, fmt.Errorf("%q: unknown signal %q (TERM, INT, QUIT, HUP, USR1 or USR2)", part, name)
-		}
-		m, err := worker.ParseMode(strings.TrimSpace(mode))
-		if err != nil {
-			return nil, fmt.Errorf("%q: %v", part, err)
-		}
-		if _, dup := out[sig]; dup {
-			return nil, fmt.Errorf("%q: signal %s mapped twice", part, name)
-		}
-		out[sig] = m
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no signal mapped")
-	}
-	return out, nil
+	return daemon.ParseSignals(spec, worker.ParseMode)
 }
 
 func (a *App) runWorker(cmd *cobra.Command) error {
@@ -196,6 +152,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return err
 	}
 	hostname, _ := os.Hostname()
+	broadcasts, _, _ := l.Get("STEM_WORKER_BROADCASTS")
 	daemon.ProtectInheritedPidfile(func(k string) string { v, _ := a.lookupEnv(k); return v })
 	if c.Pidfile != "" {
 		pf, err := daemon.CreatePidfile(c.Pidfile, os.Getpid())
@@ -222,13 +179,11 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return &stemerr.ConfigError{Key: from, Value: c.Signals, Msg: err.Error()}
 	}
 	// Signals are caught from the start, so a SIGTERM during the broker
-	// retry loop ends it cleanly.
+	// retry loop ends it cleanly. SIGHUP, unless mapped, is a warm restart
+	// (systemctl reload): see restartExit.
+	policy := daemon.NewShutdown(signalModes, worker.Warm, worker.Hard)
 	sigs := make(chan os.Signal, 4)
-	for sig := range signalModes {
-		signal.Notify(sigs, sig)
-	}
-	restart := newRestartOnHUP(signalModes, log) // SIGHUP = warm restart (systemctl reload)
-	restart.notify(sigs)
+	signal.Notify(sigs, policy.Signals()...)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(cmd.Context())
 	defer cancel()
@@ -239,20 +194,18 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	loopDone := make(chan struct{})
 	defer close(loopDone)
 	go func() {
-		var cur worker.Mode
 		var target *worker.Worker
 		for {
 			select {
 			case target = <-wCh:
-				if cur != 0 {
-					target.Shutdown(cur)
+				if m := policy.Mode(); m != 0 {
+					target.Shutdown(m)
 				}
 			case s := <-sigs:
-				m := restart.mode(s, signalModes)
-				if m <= cur {
-					m = min(cur+1, worker.Hard)
+				m, restart := policy.Signal(s)
+				if restart {
+					log.Info("SIGHUP: warm restart (running tasks finish, then the service manager starts a new worker)")
 				}
-				cur = m
 				log.WithFields(logrus.Fields{logging.FieldSignal: s.String(), logging.FieldMode: m.String()}).Info("signal received")
 				if target == nil {
 					cancel()
@@ -271,7 +224,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	eng, err := openEngineRetrying(ctx, c, log)
 	if err != nil {
 		if ctx.Err() != nil {
-			return restart.exit(nil)
+			return restartExit(policy, nil, log)
 		}
 		return err
 	}
@@ -283,7 +236,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return restart.exit(nil)
+			return restartExit(policy, nil, log)
 		}
 		return err
 	}
@@ -308,7 +261,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		HardWait: c.TerminateGrace + time.Second,
 		Control:  eng.Control, Pauses: eng.Pauses, Revokes: revokes, RevokeSync: c.RevokeSync, SigningKey: []byte(c.SigningKey),
 		MaxAge: c.ControlMaxAge, RevokeStoreURL: revokeStoreURL(l), PauseStoreURL: c.BrokerURL,
-		Broadcasts: splitList(a.getenv("STEM_WORKER_BROADCASTS")),
+		Broadcasts: splitList(broadcasts),
 		Isolation: worker.IsolationConfig{
 			MaxTasksPerChild: c.MaxTasksPerChild, MaxMemoryPerChildBytes: c.MaxChildMemory, TerminateGrace: c.TerminateGrace,
 			Stderr: cmd.ErrOrStderr(),
@@ -323,11 +276,16 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return withCode(ExitConfig, err)
 	}
 	wCh <- w
-	svc := newServiceNotifier(daemon.NewNotifier(), w, c, log)
+	svc := &daemon.ServiceNotifier{N: daemon.NewNotifier(), Service: w, Grace: c.ShutdownGrace, Log: log,
+		ReadyFields: logrus.Fields{"tasks": len(handlers.Names())},
+		Status: func(prefix string) string {
+			st := w.Stats()
+			return fmt.Sprintf("%s: %d/%d busy; queues %s", prefix, st.InFlight, st.ActiveConcurrency, strings.Join(c.Queues, ","))
+		}}
 	svcCtx, stopSvc := context.WithCancel(context.Background())
 	defer stopSvc()
-	go svc.run(svcCtx, len(handlers.Names()))
+	go svc.Run(svcCtx)
 	// A signal that arrived before the worker existed cancelled ctx: Run
 	// then stops at once (warm).
-	return restart.exit(w.Run(ctx))
+	return restartExit(policy, w.Run(ctx), log)
 }

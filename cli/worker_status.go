@@ -76,12 +76,10 @@ Exit: 0 when at least one worker is registered, 69 when none is.`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.String("broker-url", "", "broker URL")
-	bindEnv(fs, "broker-url", "STEM_BROKER_URL")
+	addVarFlag(fs, "STEM_BROKER_URL", 's', "broker URL")
 	fs.String("namespace", "", "control namespace (default: the worker namespace, else stem)")
 	bindEnv(fs, "namespace", "STEM_CONTROL_NAMESPACE")
-	fs.Duration("heartbeat", 0, "the workers' heartbeat interval, for the stale flag")
-	bindEnv(fs, "heartbeat", "STEM_WORKER_HEARTBEAT")
+	addVarFlag(fs, "STEM_WORKER_HEARTBEAT", 'd', "the workers' heartbeat interval, for the stale flag")
 	fs.BoolVar(&o.jsonOut, "json", false, "print JSON")
 	fs.BoolVar(&o.follow, "follow", false, "keep printing changes until interrupted")
 	return cmd

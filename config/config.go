@@ -191,107 +191,100 @@ func (r *Reader) String(key, def string) string {
 	return def
 }
 
-// Int returns key's value as an int within [min, max], or def.
-func (r *Reader) Int(key string, def, min, max int) int {
+// read returns key's value parsed by parse, or def when key is unset or
+// empty (or, for a value that does not parse, def and the first error).
+func read[T any](r *Reader, key string, def T, parse func(v string) (T, string)) T {
 	v, from, ok := r.L.Get(key)
 	if !ok || v == "" {
 		return def
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil {
-		r.fail(from, v, "must be an integer")
+	x, msg := parse(v)
+	if msg != "" {
+		r.fail(from, v, msg)
 		return def
 	}
-	if n < min || n > max {
-		r.fail(from, v, fmt.Sprintf("must be between %d and %d", min, max))
-		return def
-	}
-	return n
+	return x
+}
+
+// Int returns key's value as an int within [min, max], or def.
+func (r *Reader) Int(key string, def, min, max int) int {
+	return read(r, key, def, func(v string) (int, string) {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		switch {
+		case err != nil:
+			return 0, "must be an integer"
+		case n < min || n > max:
+			return 0, fmt.Sprintf("must be between %d and %d", min, max)
+		}
+		return n, ""
+	})
 }
 
 // Duration returns key's value as a positive Go duration ("250ms", "5s").
 func (r *Reader) Duration(key string, def time.Duration) time.Duration {
-	v, from, ok := r.L.Get(key)
-	if !ok || v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(strings.TrimSpace(v))
-	if err != nil {
-		r.fail(from, v, "must be a Go duration such as 250ms, 5s, 2m or 1h")
-		return def
-	}
-	if d <= 0 {
-		r.fail(from, v, "must be greater than zero")
-		return def
-	}
-	return d
+	return read(r, key, def, func(v string) (time.Duration, string) {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		switch {
+		case err != nil:
+			return 0, "must be a Go duration such as 250ms, 5s, 2m or 1h"
+		case d <= 0:
+			return 0, "must be greater than zero"
+		}
+		return d, ""
+	})
 }
 
 // List returns key's comma-separated value, trimmed, empty items dropped.
 func (r *Reader) List(key string, def []string) []string {
-	v, from, ok := r.L.Get(key)
-	if !ok || strings.TrimSpace(v) == "" {
-		return def
-	}
-	var out []string
-	for _, s := range strings.Split(v, ",") {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
+	return read(r, key, def, func(v string) (out []string, _ string) {
+		if strings.TrimSpace(v) == "" {
+			return def, ""
 		}
-		if !validName(s) {
-			r.fail(from, v, fmt.Sprintf("queue name %q may hold only letters, digits, '.', '_', '-' and ':'", s))
-			return def
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" && !validName(s) {
+				return nil, fmt.Sprintf("queue name %q may hold only letters, digits, '.', '_', '-' and ':'", s)
+			} else if s != "" {
+				out = append(out, s)
+			}
 		}
-		out = append(out, s)
-	}
-	return out
+		return out, ""
+	})
 }
 
 // Bool returns key's value as a boolean (1/0, true/false, yes/no, on/off).
 func (r *Reader) Bool(key string, def bool) bool {
-	v, from, ok := r.L.Get(key)
-	if !ok || v == "" {
-		return def
-	}
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "1", "true", "yes", "on":
-		return true
-	case "0", "false", "no", "off":
-		return false
-	}
-	r.fail(from, v, "must be true or false")
-	return def
+	return read(r, key, def, func(v string) (bool, string) {
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "1", "true", "yes", "on":
+			return true, ""
+		case "0", "false", "no", "off":
+			return false, ""
+		}
+		return false, "must be true or false"
+	})
 }
 
 // DurationOrZero is Duration that also accepts 0.
 func (r *Reader) DurationOrZero(key string, def time.Duration) time.Duration {
-	v, from, ok := r.L.Get(key)
-	if !ok || v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(strings.TrimSpace(v))
-	if err != nil || d < 0 {
-		r.fail(from, v, "must be a Go duration such as 0s, 250ms, 5s or 2m")
-		return def
-	}
-	return d
+	return read(r, key, def, func(v string) (time.Duration, string) {
+		if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil && d >= 0 {
+			return d, ""
+		}
+		return 0, "must be a Go duration such as 0s, 250ms, 5s or 2m"
+	})
 }
 
 // Bytes returns key's value as a byte count: a plain number of bytes or a
 // number with a unit (KiB, MiB, GiB, TiB, or KB, MB, GB, TB as powers of
 // 1000).
 func (r *Reader) Bytes(key string, def int64) int64 {
-	v, from, ok := r.L.Get(key)
-	if !ok || v == "" {
-		return def
-	}
-	n, err := ParseBytes(v)
-	if err != nil {
-		r.fail(from, v, err.Error())
-		return def
-	}
-	return n
+	return read(r, key, def, func(v string) (int64, string) {
+		n, err := ParseBytes(v)
+		if err != nil {
+			return 0, err.Error()
+		}
+		return n, ""
+	})
 }
 
 // ParseBytes parses "512MiB", "1GiB", "500MB", "1048576".

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,7 +17,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/google/shlex"
+	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/internal/fileperm"
+	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem/templating"
 )
 
 // Node is one worker process that a Supervisor manages.
@@ -364,4 +370,212 @@ func (s Supervisor) Exec(n Node) error {
 	err = syscall.Exec(path, n.Argv, env)
 	pf.Remove()
 	return fmt.Errorf("%s: exec %s: %w", n.Name, path, err)
+}
+
+// Default path templates of `worker multi`.
+const (
+	DefaultPidfileTemplate = "/var/run/stem/%n.pid"
+	DefaultLogfileTemplate = "/var/log/stem/%n.log"
+)
+
+// UsageError is a mistake in what a plan was asked for (a node name, a
+// path template, a command line): the caller's, not the system's.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+func usagef(format string, args ...any) error { return &UsageError{Msg: fmt.Sprintf(format, args...)} }
+
+// CheckNodeName refuses node names that cannot be used in paths: empty,
+// with slashes, spaces or other characters outside letters, digits and
+// . _ -, with a colon (the rule of STEM_WORKER_NODE in worker run), or made
+// of dots only.
+func CheckNodeName(name string) error {
+	if !config.ValidName(name) || strings.Contains(name, ":") || strings.Trim(name, ".") == "" {
+		return usagef("invalid node name %q: use letters, digits and . _ - (no spaces, slashes or colons)", name)
+	}
+	return nil
+}
+
+// CheckNodeNames checks every name and that none is given twice.
+func CheckNodeNames(names []string) error {
+	seen := map[string]bool{}
+	for _, n := range names {
+		if err := CheckNodeName(n); err != nil {
+			return err
+		}
+		if seen[n] {
+			return usagef("node %q is named twice", n)
+		}
+		seen[n] = true
+	}
+	return nil
+}
+
+// TemplateVars returns the values paths are expanded with for the node at
+// 1-based index i (0 when unknown); now is taken once per command.
+func TemplateVars(node string, i int, now time.Time) templating.Vars {
+	host, _ := os.Hostname()
+	return templating.Vars{Node: node, Hostname: host, Index: i, Time: now}
+}
+
+// ExpandPath expands the path template of option name ("pidfile",
+// "logfile"); one that does not expand is a *UsageError naming --name.
+func ExpandPath(name, tmpl string, v templating.Vars) (string, error) {
+	p, err := templating.Expand(tmpl, v)
+	if err != nil {
+		return "", usagef("--%s: %v", name, err)
+	}
+	return p, nil
+}
+
+// Paths expands the pidfile and logfile templates of every node. Two
+// nodes may not share a pidfile, and a pidfile may not use %d (stop and
+// status could not find it again).
+func Paths(names []string, pidfile, logfile string, now time.Time) ([]Node, error) {
+	if templating.Uses(pidfile, 'd') {
+		return nil, usagef("--pidfile %q uses %%d: stop and status could not find the pidfile again; use %%n", pidfile)
+	}
+	nodes := make([]Node, len(names))
+	byPidfile := map[string]string{}
+	for i, name := range names {
+		v := TemplateVars(name, i+1, now)
+		pid, err := ExpandPath("pidfile", pidfile, v)
+		if err != nil {
+			return nil, err
+		}
+		logf, err := ExpandPath("logfile", logfile, v)
+		if err != nil {
+			return nil, err
+		}
+		if other, dup := byPidfile[pid]; dup {
+			return nil, usagef("nodes %s and %s would share pidfile %s: put %%n in --pidfile", other, name, pid)
+		}
+		byPidfile[pid] = name
+		nodes[i] = Node{Name: name, Pidfile: pid, Logfile: logf}
+	}
+	return nodes, nil
+}
+
+// StartPlan is what starting nodes needs besides their names.
+type StartPlan struct {
+	// Pidfile and Logfile are the path templates.
+	Pidfile, Logfile string
+	// Command is STEM_WORKER_COMMAND (shell-like quoting); "" runs this
+	// program's "worker run". Args, then CommandLine (split with
+	// shell-like quoting), are appended.
+	Command     string
+	Args        []string
+	CommandLine string
+	// Queues and Broadcasts, when set, are exported to every node as
+	// STEM_WORKER_QUEUES and STEM_WORKER_BROADCASTS (already resolved).
+	Queues, Broadcasts []string
+	// Dir is the nodes' working directory ("" = the caller's).
+	Dir string
+	// Environ is the process environment and EnvFile the env file's
+	// variables: see ChildEnviron.
+	Environ []string
+	EnvFile map[string]string
+}
+
+// Nodes resolves everything a start needs: paths and their directories,
+// command, environment. Nothing should be started if it fails: a
+// *UsageError is the caller's mistake, a *stemerr.ConfigError a bad
+// STEM_WORKER_COMMAND or a directory that cannot be made.
+func (p StartPlan) Nodes(names []string, now time.Time) ([]Node, error) {
+	nodes, err := Paths(names, p.Pidfile, p.Logfile, now)
+	if err != nil {
+		return nil, err
+	}
+	argv, err := p.argv()
+	if err != nil {
+		return nil, err
+	}
+	set := map[string]string{}
+	if len(p.Queues) > 0 {
+		set["STEM_WORKER_QUEUES"] = strings.Join(p.Queues, ",")
+	}
+	if len(p.Broadcasts) > 0 {
+		set["STEM_WORKER_BROADCASTS"] = strings.Join(p.Broadcasts, ",")
+	}
+	if p.Dir != "" {
+		if st, err := os.Stat(p.Dir); err != nil || !st.IsDir() {
+			return nil, usagef("--workdir %s is not a directory", p.Dir)
+		}
+	}
+	for i := range nodes {
+		n := &nodes[i]
+		if err := MakeDirs(*n); err != nil {
+			return nil, &stemerr.ConfigError{Msg: fmt.Sprintf("%s: %v (--pidfile %q, --logfile %q)", n.Name, err, p.Pidfile, p.Logfile)}
+		}
+		vars := map[string]string{"STEM_WORKER_NODE": n.Name, "STEM_WORKER_PIDFILE": n.Pidfile}
+		if n.Logfile != "" {
+			vars["STEM_WORKER_LOGFILE"] = n.Logfile
+		}
+		for k, v := range set {
+			vars[k] = v
+		}
+		n.Argv, n.Dir = argv, p.Dir
+		n.Env = ChildEnviron(p.Environ, p.EnvFile, vars)
+	}
+	return nodes, nil
+}
+
+// argv builds the worker command: Command (or this program's "worker
+// run"), then Args, then CommandLine.
+func (p StartPlan) argv() ([]string, error) {
+	var argv []string
+	if strings.TrimSpace(p.Command) != "" {
+		words, err := shlex.Split(p.Command)
+		if err != nil {
+			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: p.Command, Msg: "does not parse: " + err.Error()}
+		}
+		if len(words) == 0 {
+			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: p.Command, Msg: "holds no command"}
+		}
+		argv = words
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("finding this program to run `worker run`: %w (set STEM_WORKER_COMMAND)", err)
+		}
+		argv = []string{exe, "worker", "run"}
+	}
+	argv = append(argv, p.Args...)
+	if p.CommandLine != "" {
+		words, err := shlex.Split(p.CommandLine)
+		if err != nil {
+			return nil, usagef("--command-line %q does not parse: %v", p.CommandLine, err)
+		}
+		argv = append(argv, words...)
+	}
+	return argv, nil
+}
+
+// ChildEnviron builds a node's environment: the process environment base,
+// then the env file's variables that base does not set (base wins; an
+// empty variable counts as unset), then set, which overrides both.
+func ChildEnviron(base []string, file map[string]string, set map[string]string) []string {
+	out := make([]string, 0, len(base)+len(file)+len(set))
+	have := map[string]bool{}
+	for _, kv := range base {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, override := set[k]; override {
+			continue
+		}
+		if fv, inFile := file[k]; v == "" && inFile && fv != "" {
+			continue
+		}
+		have[k] = true
+		out = append(out, kv)
+	}
+	for _, k := range slices.Sorted(maps.Keys(file)) {
+		if _, override := set[k]; !have[k] && !override {
+			out = append(out, k+"="+file[k])
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		out = append(out, k+"="+set[k])
+	}
+	return out
 }

@@ -32,8 +32,8 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"unicode"
 
+	"github.com/stemhq/stem/config"
 	"gopkg.in/yaml.v3"
 )
 
@@ -261,17 +261,7 @@ func stringList(c *Config, v *yaml.Node, what string) ([]string, error) {
 
 // ValidName reports whether s can name a queue, channel or alias: letters,
 // digits and . _ - : (no spaces, no slashes), at most 200 characters.
-func ValidName(s string) bool {
-	if s == "" || len(s) > 200 {
-		return false
-	}
-	for _, r := range s {
-		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("._-:", r)) {
-			return false
-		}
-	}
-	return true
-}
+func ValidName(s string) bool { return config.ValidName(s) }
 
 // Validate checks the config: valid names, a default queue that is one of
 // the queues, aliases that name only queues or only channels and do not
@@ -482,4 +472,66 @@ func SampleConfig() *Config {
 		},
 		Broadcasts: map[string]Broadcast{"ops": {Description: "operator announcements"}},
 	}
+}
+
+// ListError is an error resolving the queues (Kind "queue") or the
+// broadcast channels (Kind "broadcast") given to ResolveFile.
+type ListError struct {
+	Kind string
+	// Name is the name that is not valid, when no routing file is used
+	// (Err is then nil).
+	Name string
+	Err  error
+}
+
+func (e *ListError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("%s %q: names hold only letters, digits and . _ - :", e.Kind, e.Name)
+	}
+	return e.Kind + ": " + e.Err.Error()
+}
+
+func (e *ListError) Unwrap() error { return e.Err }
+
+// ResolveFile resolves queue and broadcast names or aliases through the
+// routing file at path (a bad file is an *Error). Without a routing file
+// (path ""), the names are taken as they are, without duplicates, once
+// each is a valid name. A name that does not resolve is a *ListError.
+func ResolveFile(path string, queues, broadcasts []string) (qs, bs []string, err error) {
+	if path == "" {
+		for _, l := range []struct {
+			kind  string
+			names []string
+		}{{"queue", queues}, {"broadcast", broadcasts}} {
+			for _, n := range l.names {
+				if !ValidName(n) {
+					return nil, nil, &ListError{Kind: l.kind, Name: n}
+				}
+			}
+		}
+		return dedupe(queues), dedupe(broadcasts), nil
+	}
+	rc, err := Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if qs, err = rc.ResolveQueues(queues); err != nil {
+		return nil, nil, &ListError{Kind: "queue", Err: err}
+	}
+	if bs, err = rc.ResolveBroadcasts(broadcasts); err != nil {
+		return nil, nil, &ListError{Kind: "broadcast", Err: err}
+	}
+	return qs, bs, nil
+}
+
+func dedupe(s []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -196,3 +196,40 @@ func TestValidName(t *testing.T) {
 		}
 	}
 }
+
+func TestResolveFile(t *testing.T) {
+	qs, bs, err := ResolveFile("", []string{"a", "b", "a"}, []string{"x", "x"})
+	if err != nil || strings.Join(qs, ",") != "a,b" || strings.Join(bs, ",") != "x" {
+		t.Fatalf("without a file: %v %v %v", qs, bs, err)
+	}
+	var le *ListError
+	if _, _, err := ResolveFile("", []string{"ok"}, []string{"a b"}); !errors.As(err, &le) || le.Kind != "broadcast" || le.Name != "a b" || le.Err != nil {
+		t.Fatalf("an invalid name: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "routing.yaml")
+	if err := os.WriteFile(path, Sample(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alias string
+	for name := range rc.Aliases {
+		if _, err := rc.ResolveQueues([]string{name}); err == nil {
+			alias = name
+		}
+	}
+	want, _ := rc.ResolveQueues([]string{alias, rc.DefaultQueue})
+	qs, _, err = ResolveFile(path, []string{alias, rc.DefaultQueue}, nil)
+	if err != nil || strings.Join(qs, ",") != strings.Join(want, ",") {
+		t.Fatalf("through the file: %v %v; want %v", qs, err, want)
+	}
+	if _, _, err := ResolveFile(path, []string{"nope"}, nil); !errors.As(err, &le) || le.Kind != "queue" || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("an unknown queue: %v", err)
+	}
+	var fe *Error
+	if _, _, err := ResolveFile(filepath.Join(t.TempDir(), "missing.yaml"), nil, nil); !errors.As(err, &fe) {
+		t.Fatalf("a missing file: %v", err)
+	}
+}

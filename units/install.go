@@ -275,3 +275,61 @@ func errText(err error) string {
 	}
 	return err.Error()
 }
+
+// InstallPlan is what installing a Spec under a root writes.
+type InstallPlan struct {
+	Files []File
+	// Packaged is the directory of the packaged template and target when
+	// they are byte for byte this rendering: they are used, not written.
+	Packaged string
+	// Overrides names the packaged template that differs from this
+	// rendering (another stem version, or other settings): the rendering
+	// is written to DefaultUnitDir, which overrides it.
+	Overrides string
+}
+
+// PlanInstall decides what installing s under root writes. With s.UnitDir
+// empty, the packaged units (PackagedUnitDir) are used when they match the
+// rendering, else the template and target go to DefaultUnitDir; with
+// enable false, the nodes' enable symlinks are left out.
+func PlanInstall(s Spec, root string, enable bool) (InstallPlan, error) {
+	var p InstallPlan
+	packaged := ""
+	if s.UnitDir == "" {
+		s.UnitDir, packaged = DefaultUnitDir, PackagedUnitDir(root)
+	}
+	files, err := Render(s)
+	if err != nil {
+		return p, err
+	}
+	if packaged != "" && !packagedMatches(root, packaged, files) {
+		p.Overrides = filepath.Join(packaged, TemplateUnit)
+	} else if packaged != "" {
+		s.UnitDir, p.Packaged = packaged, packaged
+		if files, err = Render(s); err != nil {
+			return p, err
+		}
+	}
+	for _, f := range files {
+		unit := f.Kind == KindTemplate || f.Kind == KindTarget
+		if !(p.Packaged != "" && unit) && (enable || f.Kind != KindEnableLink) {
+			p.Files = append(p.Files, f)
+		}
+	}
+	return p, nil
+}
+
+// packagedMatches reports whether the template and target under root/dir
+// are byte for byte what files renders.
+func packagedMatches(root, dir string, files []File) bool {
+	for _, f := range files {
+		if f.Kind != KindTemplate && f.Kind != KindTarget {
+			continue
+		}
+		cur, err := os.ReadFile(filepath.Join(root, dir, filepath.Base(f.Path)))
+		if err != nil || !bytes.Equal(cur, f.Content) {
+			return false
+		}
+	}
+	return true
+}

@@ -199,3 +199,46 @@ func TestInstallBadRoot(t *testing.T) {
 		t.Errorf("relative path: err = %v", err)
 	}
 }
+
+// TestPlanInstall: the packaged units are used when they are this
+// rendering, overridden when they differ; --no-enable drops the links.
+func TestPlanInstall(t *testing.T) {
+	root := t.TempDir()
+	s := Spec{Nodes: []Node{{Name: "alpha"}}}
+	count := func(files []File, kinds ...Kind) int {
+		n := 0
+		for _, f := range files {
+			for _, k := range kinds {
+				if f.Kind == k {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	p, err := PlanInstall(s, root, true)
+	if err != nil || p.Packaged != "" || p.Overrides != "" || count(p.Files, KindTemplate, KindTarget) != 2 || count(p.Files, KindEnableLink) == 0 {
+		t.Fatalf("no packaged units: %+v, %v", p, err)
+	}
+	pkg := PackagedUnitDirs[0]
+	packaged := s
+	packaged.UnitDir = pkg
+	if _, err := (Installer{Root: root}).Install(mustRender(t, packaged)); err != nil {
+		t.Fatal(err)
+	}
+	p, err = PlanInstall(s, root, false)
+	if err != nil || p.Packaged != pkg || count(p.Files, KindTemplate, KindTarget, KindEnableLink) != 0 || len(p.Files) == 0 {
+		t.Fatalf("matching packaged units, no enable: %+v, %v", p, err)
+	}
+	other := s
+	other.Watchdog = 3 * DefaultWatchdog
+	p, err = PlanInstall(other, root, true)
+	if err != nil || p.Packaged != "" || p.Overrides != filepath.Join(pkg, TemplateUnit) || count(p.Files, KindTemplate) != 1 {
+		t.Fatalf("differing packaged units: %+v, %v", p, err)
+	}
+	explicit := s
+	explicit.UnitDir = "/opt/units"
+	if p, err = PlanInstall(explicit, root, true); err != nil || p.Packaged != "" || p.Overrides != "" {
+		t.Fatalf("an explicit unit directory: %+v, %v", p, err)
+	}
+}
