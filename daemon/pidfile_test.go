@@ -175,7 +175,8 @@ func TestCommitAdoptsChildsOwnPidfile(t *testing.T) {
 	pf2, _ := PreparePidfile(path)
 	defer pf2.Close()
 	var ee *ExistsError
-	if err := pf2.Commit(os.Getpid() + 1); !errors.As(err, &ee) {
+	// The parent (go test) is alive and not the PID the pidfile names.
+	if err := pf2.Commit(os.Getppid()); !errors.As(err, &ee) {
 		t.Fatalf("Commit over another node's pidfile = %v", err)
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
