@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/internal/bench/benchkit"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -26,7 +26,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
 			e := newTestEngine(b, Options{})
 			ctx := context.Background()
-			envs := brokertest.BenchEnvelopes("bench", size)
+			envs := benchkit.BenchEnvelopes("bench", size)
 			for b.Loop() {
 				if err := e.PublishBatch(ctx, envs); err != nil {
 					b.Fatal(err)
@@ -38,11 +38,11 @@ func BenchmarkPublishBatch(b *testing.B) {
 }
 
 func BenchmarkClaimAck(b *testing.B) {
-	brokertest.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, Options{}) })
+	benchkit.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, Options{}) })
 }
 
 func BenchmarkSetResults(b *testing.B) {
-	brokertest.BenchSetResults(b, newTestEngine(b, Options{}))
+	benchkit.BenchSetResults(b, newTestEngine(b, Options{}))
 }
 
 // BenchmarkWorkerBurnDown pre-loads no-op tasks and times one real worker
@@ -61,7 +61,7 @@ func benchBurnDown(b *testing.B, e *Engine, n int) {
 	for b.Loop() {
 		b.StopTimer()
 		for i := 0; i < n; i += 500 {
-			envs := brokertest.BenchEnvelopes("default", min(500, n-i))
+			envs := benchkit.BenchEnvelopes("default", min(500, n-i))
 			for j := range envs {
 				envs[j].ID = fmt.Sprintf("t-%d", i+j)
 				envs[j].Name = "noop"
@@ -116,5 +116,5 @@ func benchBurnDown(b *testing.B, e *Engine, n int) {
 //	go test -run '^$' -bench WorkerLightLoad -benchtime 1x ./broker/postgres/
 func BenchmarkWorkerLightLoad(b *testing.B) {
 	e := newTestEngine(b, Options{})
-	brokertest.BenchWorkerLightLoad(b, e, openTestEngine(b, testURL(b), Options{Namespace: e.Namespace()}))
+	benchkit.BenchWorkerLightLoad(b, e, openTestEngine(b, testURL(b), Options{Namespace: e.Namespace()}))
 }

@@ -12,14 +12,8 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
-	"github.com/stemhq/stem/control/controltest"
 	"github.com/stemhq/stem/internal/testutil"
 )
-
-func TestControlContract(t *testing.T) {
-	e := newTestEngine(t, Options{MaxConns: 4})
-	controltest.Run(t, func(t *testing.T) controltest.Engine { return e })
-}
 
 // TestControlChannelNames checks that channel names fit Postgres's 63-byte
 // identifiers whatever the schema and ids, differ per namespace, kind and

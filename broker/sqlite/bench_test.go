@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/internal/bench/benchkit"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -29,7 +29,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 			b.Run(fmt.Sprintf("sync=%s/batch=%d", sync, size), func(b *testing.B) {
 				e := newTestEngine(b, Options{Synchronous: sync})
 				ctx := context.Background()
-				envs := brokertest.BenchEnvelopes("bench", size)
+				envs := benchkit.BenchEnvelopes("bench", size)
 				for b.Loop() {
 					if err := e.PublishBatch(ctx, envs); err != nil {
 						b.Fatal(err)
@@ -42,11 +42,11 @@ func BenchmarkPublishBatch(b *testing.B) {
 }
 
 func BenchmarkClaimAck(b *testing.B) {
-	brokertest.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, Options{}) })
+	benchkit.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, Options{}) })
 }
 
 func BenchmarkSetResults(b *testing.B) {
-	brokertest.BenchSetResults(b, newTestEngine(b, Options{}))
+	benchkit.BenchSetResults(b, newTestEngine(b, Options{}))
 }
 
 // BenchmarkWorkerBurnDown pre-loads no-op tasks and times one real worker
@@ -69,7 +69,7 @@ func benchBurnDown(b *testing.B, e *Engine, n int) {
 	for b.Loop() {
 		b.StopTimer()
 		for i := 0; i < n; i += 500 {
-			envs := brokertest.BenchEnvelopes("default", min(500, n-i))
+			envs := benchkit.BenchEnvelopes("default", min(500, n-i))
 			for j := range envs {
 				envs[j].ID = fmt.Sprintf("t-%d", i+j)
 				envs[j].Name = "noop"
@@ -123,7 +123,7 @@ func benchBurnDown(b *testing.B, e *Engine, n int) {
 //	go test -run '^$' -bench WorkerLightLoad -benchtime 1x ./broker/sqlite/
 func BenchmarkWorkerLightLoad(b *testing.B) {
 	path := filepath.Join(b.TempDir(), "stem.db")
-	brokertest.BenchWorkerLightLoad(b, openTestEngine(b, path, Options{}), openTestEngine(b, path, Options{}))
+	benchkit.BenchWorkerLightLoad(b, openTestEngine(b, path, Options{}), openTestEngine(b, path, Options{}))
 }
 
 // BenchmarkTwoWorkersOneFile drains pre-loaded no-op tasks with two
@@ -140,7 +140,7 @@ func BenchmarkTwoWorkersOneFile(b *testing.B) {
 		engines := []*Engine{openTestEngine(b, path, Options{}), openTestEngine(b, path, Options{})}
 		ctx := context.Background()
 		for i := 0; i < n; i += 500 {
-			envs := brokertest.BenchEnvelopes("default", 500)
+			envs := benchkit.BenchEnvelopes("default", 500)
 			for j := range envs {
 				envs[j].ID = fmt.Sprintf("t-%d", i+j)
 				envs[j].Name = "noop"

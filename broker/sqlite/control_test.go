@@ -18,13 +18,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
-	"github.com/stemhq/stem/control/controltest"
 )
-
-func TestControlContract(t *testing.T) {
-	e := newTestEngine(t, Options{})
-	controltest.Run(t, func(t *testing.T) controltest.Engine { return e })
-}
 
 // splitEngine subscribes through one Engine and publishes through another
 // on the same file, so messages cross connections.
@@ -64,12 +58,12 @@ func (s splitEngine) Pauses(ctx context.Context, ns string) ([]broker.Pause, err
 	return s.sub.Pauses(ctx, ns)
 }
 
-// TestControlContractTwoEngines runs the suite with subscriptions on one
-// Engine and publishes on another Engine of the same file, under another
-// engine namespace than a third Engine that must see nothing.
-func TestControlContractTwoEngines(t *testing.T) {
+// TestControlEngineNamespacesApart checks that the engine namespace
+// separates deployments on one file even with equal control namespaces.
+func TestControlEngineNamespacesApart(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "stem.db")
-	e := splitEngine{sub: openTestEngine(t, path, Options{}), pub: openTestEngine(t, path, Options{})}
+	e := openTestEngine(t, path, Options{})
 	other := openTestEngine(t, path, Options{Namespace: "other"})
 	ctx := t.Context()
 	spy, err := other.SubscribeWorker(ctx, "shared", "w@h")
@@ -77,11 +71,14 @@ func TestControlContractTwoEngines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer spy.Close()
-	controltest.Run(t, func(t *testing.T) controltest.Engine { return e })
-	// The engine namespace separates deployments even with equal control
-	// namespaces.
-	if n, err := e.pub.Broadcast(ctx, "shared", []byte("x")); err != nil || n != 0 {
+	if n, err := e.Broadcast(ctx, "shared", []byte("x")); err != nil || n != 0 {
 		t.Fatalf("Broadcast to another engine namespace reached %d (%v)", n, err)
+	}
+	if err := e.Pause(ctx, []broker.Pause{{Namespace: "shared", Queue: "q"}}); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := other.Pauses(ctx, "shared"); err != nil || len(ps) != 0 {
+		t.Fatalf("Pauses in another engine namespace = %v, %v; want none", ps, err)
 	}
 }
 

@@ -1,4 +1,4 @@
-package brokertest
+package conformance
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ func runResults(t *testing.T, newEngine NewEngine) {
 		{"NotFound", testResultNotFound},
 		{"NewerOrdering", testResultOrdering},
 		{"TTL", testResultTTL},
+		{"SweepDeletesExpired", testResultSweep},
 		{"Validation", testResultValidation},
 		{"Closed", testResultClosed},
 	})
@@ -195,6 +196,39 @@ func testResultTTL(t *testing.T, newEngine NewEngine) {
 	}
 	if el := time.Since(start); el < ttl-50*time.Millisecond {
 		t.Fatalf("state expired after %v, before its %v TTL", el, ttl)
+	}
+}
+
+// testResultSweep: expired results are deleted from the store, not only
+// hidden, by the periodic sweep that runs with Set.
+func testResultSweep(t *testing.T, newEngine NewEngine) {
+	b, e := resultsOf(t, newEngine, Options{ResultTTL: time.Millisecond})
+	if e.StoredResults == nil || e.SweepDue == nil {
+		t.Skip("engine has no StoredResults/SweepDue hooks (its store expires results itself, or it cannot be reached)")
+	}
+	if e.NoResultTTL {
+		t.Skip("engine cannot honour a short result TTL")
+	}
+	ctx := testContext(t)
+	setStates(t, b, taskState("old", result.Succeeded, 0))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := b.Get(ctx, "old")
+		if errors.Is(err, result.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Get: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("state still there 10s after Set with a 1ms TTL")
+		}
+		pause(t, 10*time.Millisecond)
+	}
+	e.SweepDue()
+	setStates(t, b, taskState("new", result.Queued, 0))
+	if n, err := e.StoredResults(ctx, "old"); err != nil || n != 0 {
+		t.Fatalf("stored rows of the expired result = %d, %v; want 0", n, err)
 	}
 }
 

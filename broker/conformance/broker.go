@@ -1,4 +1,4 @@
-package brokertest
+package conformance
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +34,8 @@ func runBroker(t *testing.T, newEngine NewEngine) {
 		{"NackRetryNoDelay", testNackRetryNoDelay},
 		{"NackRequeue", testNackRequeue},
 		{"NackDeadLetter", testNackDeadLetter},
+		{"DeadLetterCap", testDeadLetterCap},
+		{"CorruptPayloadDeadLettered", testCorruptPayload},
 		{"NackLostLeaseNoDuplicate", testNackLostLease},
 		{"DelayedPublish", testDelayedPublish},
 		{"PendingCount", testPendingCount},
@@ -530,6 +533,57 @@ func testNackDeadLetter(t *testing.T, newEngine NewEngine) {
 	}
 	if n := pending(t, b, testQueue); n != 0 {
 		t.Fatalf("PendingCount after dead-lettering = %d, want 0", n)
+	}
+}
+
+// testDeadLetterCap: the dead letters of a queue are trimmed to the cap,
+// the oldest going first.
+func testDeadLetterCap(t *testing.T, newEngine NewEngine) {
+	b := newEngine(t, Options{DeadLetterCap: 3}).Broker
+	for i := range 5 {
+		publish(t, b, envelope(fmt.Sprintf("dl-%d", i), testQueue))
+		ds := claim(t, b, params(1, time.Minute))
+		if len(ds) != 1 {
+			t.Fatalf("Claim = %v, want dl-%d", deliveryIDs(ds), i)
+		}
+		nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"})
+	}
+	dls, err := b.DeadLetters(testContext(t), testQueue, 10)
+	if err != nil {
+		t.Fatalf("DeadLetters: %v", err)
+	}
+	var got []string
+	for _, dl := range dls {
+		got = append(got, dl.Envelope.ID)
+	}
+	wantIDs(t, "dead letters under a cap of 3", got, []string{"dl-4", "dl-3", "dl-2"})
+}
+
+// testCorruptPayload: a stored task whose payload is not an envelope is
+// dead-lettered, with a reason naming it undecodable, by the claim that
+// meets it, instead of blocking the queue.
+func testCorruptPayload(t *testing.T, newEngine NewEngine) {
+	e := newEngine(t, Options{})
+	if e.PublishCorrupt == nil {
+		t.Skip("engine has no PublishCorrupt hook (it cannot store an undecodable payload)")
+	}
+	if err := e.PublishCorrupt(testContext(t), testQueue); err != nil {
+		t.Fatalf("PublishCorrupt: %v", err)
+	}
+	ok := envelope("ok", testQueue)
+	publish(t, e.Broker, ok)
+	ds := claim(t, e.Broker, params(10, time.Minute))
+	wantIDs(t, "claimed past a corrupt payload", deliveryIDs(ds), []string{"ok"})
+	sameEnvelope(t, ds[0].Envelope, ok)
+	dls, err := e.Broker.DeadLetters(testContext(t), testQueue, 10)
+	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
+		t.Fatalf("DeadLetters = %+v, %v; want one, undecodable", dls, err)
+	}
+	if again := claim(t, e.Broker, params(10, time.Minute)); len(again) != 0 {
+		t.Fatalf("claimed again: %v", deliveryIDs(again))
+	}
+	if n := pending(t, e.Broker, testQueue); n != 0 {
+		t.Fatalf("PendingCount = %d, want 0 (the corrupt task is dead, the valid one leased)", n)
 	}
 }
 

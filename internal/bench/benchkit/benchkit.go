@@ -1,4 +1,9 @@
-package brokertest
+// Package benchkit holds the benchmarks every engine runs from its own
+// _test.go, so their figures compare: the same envelopes, batch sizes and
+// measures everywhere. It is not part of the contract suite
+// (broker/conformance), which must not import the worker runtime; the
+// light-load scenario here runs a real worker.
+package benchkit
 
 import (
 	"context"
@@ -14,9 +19,6 @@ import (
 	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/worker"
 )
-
-// The benchmarks every engine runs from its own _test.go, so their figures
-// compare: the same envelopes, batch sizes and measures everywhere.
 
 // BenchEnvelopes returns n realistic envelopes (a small JSON object of
 // arguments, uuid-like ids) for queue.
