@@ -43,6 +43,7 @@ func runBroker(t *testing.T, newEngine NewEngine) {
 		{"ClaimWaitEmpty", testClaimWaitEmpty},
 		{"ClaimWaitContextCancel", testClaimWaitContext},
 		{"ConcurrentClaimers", testConcurrentClaimers},
+		{"PeerWakesWaitingClaim", testPeerWakesWaitingClaim},
 		{"Validation", testValidation},
 		{"Closed", testClosed},
 		{"CloseWakesWaiter", testCloseWakesWaiter},
@@ -902,5 +903,60 @@ func testCloseWakesWaiter(t *testing.T, newEngine NewEngine) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not wake a waiting Claim")
+	}
+}
+
+// testPeerWakesWaitingClaim: two engines on one store and namespace (two
+// worker processes) share queues and leases, and a publish through one
+// wakes a claim waiting in the other promptly.
+func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
+	a := newEngine(t, Options{})
+	if a.Peer == nil {
+		t.Skip("engine has no Peer hook (its state lives in its process)")
+	}
+	b := a.Peer(t)
+	ctx := testContext(t)
+	type claimed struct {
+		ds  []broker.Delivery
+		err error
+		at  time.Time
+	}
+	done := make(chan claimed, 1)
+	go func() {
+		ds, err := b.Broker.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
+		done <- claimed{ds, err, time.Now()}
+	}()
+	if b.WakeReady != nil {
+		deadline := time.Now().Add(10 * time.Second)
+		for !b.WakeReady(testQueue) {
+			if time.Now().After(deadline) {
+				t.Fatal("the waiting claim never subscribed to wake-ups")
+			}
+			pause(t, 10*time.Millisecond)
+		}
+	} else {
+		// Shapes the scenario (publish while b waits); the assertions
+		// hold if the publish lands first.
+		pause(t, 100*time.Millisecond)
+	}
+	publish(t, a.Broker, envelope("x", testQueue))
+	published := time.Now() // the wake-up, not the publish's write, is timed
+	c := <-done
+	if c.err != nil {
+		t.Fatalf("claim in the peer: %v", c.err)
+	}
+	wantIDs(t, "claimed in the peer", deliveryIDs(c.ds), []string{"x"})
+	lag := c.at.Sub(published)
+	t.Logf("wake-up across engines: %v", lag)
+	if lag > 2*time.Second {
+		t.Fatalf("wake-up across engines took %v", lag)
+	}
+	// a acks b's delivery: the lease is shared state.
+	ack(t, a.Broker, c.ds...)
+	if lost, ok := broker.LeasesLost(b.Broker.ExtendLease(ctx, c.ds, time.Minute)); !ok || len(lost) != 1 {
+		t.Fatalf("ExtendLease in the peer after an ack = lost %v (%v); want x lost", lost, ok)
+	}
+	if n := pending(t, b.Broker, testQueue); n != 0 {
+		t.Fatalf("PendingCount in the peer after the ack = %d, want 0", n)
 	}
 }

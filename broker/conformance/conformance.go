@@ -86,6 +86,22 @@ type Engine struct {
 	// itself has nothing to sweep).
 	StoredResults func(ctx context.Context, id string) (int, error)
 	SweepDue      func()
+	// CloseEndsSubscriptions is set by engines whose Close ends their
+	// control subscriptions (broker.Subscription does not promise it: an
+	// engine may leave them to their own Close); it runs the test that
+	// they do.
+	CloseEndsSubscriptions bool
+	// Peer opens another engine on the same store and namespace as this
+	// one, as a second worker process would, closed at cleanup. Nil skips
+	// the test of engines sharing a store (an engine whose state lives in
+	// its process has no peer).
+	Peer func(t *testing.T) Engine
+	// WakeReady reports whether a claim waiting on queue in this engine
+	// is subscribed to the wake-ups a publish through a peer sends, so the
+	// test can publish after it is and so test the wake-up rather than a
+	// poll. Nil: the engine has no such state to observe, and the test
+	// pauses briefly before publishing (its assertions hold either way).
+	WakeReady func(queue string) bool
 }
 
 // Options are what a test asks of a new engine.

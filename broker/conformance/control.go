@@ -18,6 +18,7 @@ func runControl(t *testing.T, newEngine NewEngine) {
 		{"SendReachesOnlyItsWorker", testSendReachesOnlyItsWorker},
 		{"RepliesReachTheListener", testRepliesReachTheListener},
 		{"ClosedSubscriptionEndsItsChannel", testClosedSubscriptionEnds},
+		{"SubscriptionEndsWithEngine", testSubscriptionEndsWithEngine},
 	})
 }
 
@@ -142,5 +143,38 @@ func testClosedSubscriptionEnds(t *testing.T, newEngine NewEngine) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("channel not closed after Close")
+	}
+}
+
+// testSubscriptionEndsWithEngine: closing the engine (its Broker's Close,
+// which closes every role of the engine) ends its subscriptions' channels,
+// closing them afterwards is safe, and the transport refuses to send.
+func testSubscriptionEndsWithEngine(t *testing.T, newEngine NewEngine) {
+	e := newEngine(t, Options{})
+	if e.Control == nil {
+		t.Skip("engine has no control transport")
+	}
+	if !e.CloseEndsSubscriptions {
+		t.Skip("the engine's Close does not end its subscriptions (CloseEndsSubscriptions is false); they end with their own Close")
+	}
+	if e.Broker == nil {
+		t.Skip("engine has no Broker whose Close closes the engine")
+	}
+	n := uniqueName("ct")
+	s := subscribe(t, e.Control, n, "w@h")
+	_ = e.Broker.Close()
+	select {
+	case _, ok := <-s.C():
+		if ok {
+			t.Fatal("message after the engine closed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the subscription's channel stayed open after the engine closed")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close after the engine closed: %v", err)
+	}
+	if _, err := e.Control.Broadcast(testContext(t), n, []byte("x")); err == nil {
+		t.Fatal("Broadcast on a closed engine succeeded")
 	}
 }

@@ -211,29 +211,6 @@ func TestControlListenerReconnect(t *testing.T) {
 	}
 }
 
-// TestControlSubscriptionEndsWithEngine checks that closing the Engine ends
-// its subscriptions' channels.
-func TestControlSubscriptionEndsWithEngine(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	s, err := e.SubscribeWorker(t.Context(), "ns", "w@h")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = e.Close()
-	select {
-	case _, ok := <-s.C():
-		if ok {
-			t.Fatal("message after the Engine closed")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the subscription's channel stayed open after the Engine closed")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close after the Engine closed: %v", err)
-	}
-}
-
 // TestControlMigratesVersion1 opens a schema at version 1: the control
 // tables are added.
 func TestControlMigratesVersion1(t *testing.T) {

@@ -89,8 +89,10 @@ func newTestEngine(tb testing.TB, opts Options) *Engine {
 // connections shows.
 func TestConformance(t *testing.T) {
 	raw := testURL(t)
-	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
-		e := openTestEngine(t, raw, Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap, MaxConns: 4})
+	var engine func(t *testing.T, o Options) conformance.Engine
+	engine = func(t *testing.T, o Options) conformance.Engine {
+		o.MaxConns = 4
+		e := openTestEngine(t, raw, o)
 		return conformance.Engine{
 			Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
 			PublishCorrupt: func(ctx context.Context, queue string) error {
@@ -102,8 +104,17 @@ func TestConformance(t *testing.T) {
 				err := e.pool.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{e.Schema()}.Sanitize()+`.results WHERE task_id = $1`, id).Scan(&n)
 				return n, err
 			},
-			SweepDue: func() { e.lastSweep.Store(0) },
+			SweepDue:               func() { e.lastSweep.Store(0) },
+			CloseEndsSubscriptions: true,
+			Peer: func(t *testing.T) conformance.Engine {
+				return engine(t, Options{Namespace: e.Namespace()})
+			},
+			// A waiting claim wakes on a NOTIFY once the listener runs.
+			WakeReady: func(string) bool { return e.listen.listening() },
 		}
+	}
+	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+		return engine(t, Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
 	}))
 }
 
@@ -238,39 +249,6 @@ func TestBatchIsOneTransaction(t *testing.T) {
 	}
 	if n, err := e.PendingCount(ctx, "q"); err != nil || n != 0 {
 		t.Fatalf("PendingCount after a failed batch = %d, %v; want 0 (rolled back)", n, err)
-	}
-}
-
-// TestTwoEngines checks that two engines on one namespace (two worker
-// processes) share queues, and that a publish through one wakes a claim
-// waiting in the other through LISTEN/NOTIFY.
-func TestTwoEngines(t *testing.T) {
-	t.Parallel()
-	raw := testURL(t)
-	a := openTestEngine(t, raw, Options{})
-	b := openTestEngine(t, raw, Options{Namespace: a.Namespace()})
-	ctx := t.Context()
-	got := waitingClaim(t, b, "q")
-	testutil.Eventually(t, 10*time.Second, b.listen.listening, "the waiting claim's engine never listened")
-	published := time.Now()
-	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	c := <-got
-	if c.err != nil || len(c.ds) != 1 || c.ds[0].Envelope.ID != "x" {
-		t.Fatalf("claim in b = %+v, %v", c.ds, c.err)
-	}
-	lag := c.at.Sub(published)
-	t.Logf("wake-up across engines: %v", lag)
-	if lag > time.Second {
-		t.Fatalf("wake-up across engines took %v", lag)
-	}
-	// a acks b's delivery: the lease is shared state.
-	if err := a.Ack(ctx, c.ds); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.ExtendLease(ctx, c.ds, time.Minute); err == nil {
-		t.Fatal("the lease survived an ack through the other engine")
 	}
 }
 

@@ -129,14 +129,26 @@ func newTestEngine(tb testing.TB, client *goredis.Client, opts Options) *Engine 
 // test.
 func TestConformance(t *testing.T) {
 	client := testClient(t)
-	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
-		e := newTestEngine(t, client, Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
+	var engine func(t *testing.T, c *goredis.Client, o Options) conformance.Engine
+	engine = func(t *testing.T, c *goredis.Client, o Options) conformance.Engine {
+		e := newTestEngine(t, c, o)
 		return conformance.Engine{
 			Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
 			PublishCorrupt: func(ctx context.Context, queue string) error {
-				return client.RPush(ctx, e.keys.ready(queue), "not json").Err()
+				return c.RPush(ctx, e.keys.ready(queue), "not json").Err()
 			},
+			// A peer has a client (connections) of its own, as another
+			// process would.
+			Peer: func(t *testing.T) conformance.Engine {
+				return engine(t, testClient(t), Options{Namespace: e.Namespace()})
+			},
+			// A waiting claim wakes on a message of its queue's wake
+			// channel once subscribed (before, it polls).
+			WakeReady: func(queue string) bool { return e.wake.subscribedTo(e.keys.wake(queue)) },
 		}
+	}
+	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+		return engine(t, client, Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
 	}))
 }
 
@@ -186,55 +198,6 @@ func TestOpenErrors(t *testing.T) {
 		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, stemerr.ErrUnavailable) {
 			t.Fatalf("Open with namespace %q = %v, want an option error", ns, err)
 		}
-	}
-}
-
-// TestTwoEngines checks that two engines on one namespace (two worker
-// processes) share queues and that a publish through one wakes a claim
-// waiting in the other.
-func TestTwoEngines(t *testing.T) {
-	t.Parallel()
-	client := testClient(t)
-	a := newTestEngine(t, client, Options{})
-	b := newTestEngine(t, testClient(t), Options{Namespace: a.Namespace()})
-	ctx := t.Context()
-
-	done := make(chan []broker.Delivery, 1)
-	errc := make(chan error, 1)
-	go func() {
-		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
-		errc <- err
-		done <- ds
-	}()
-	// Publish only once b's subscription is confirmed, so the wake-up
-	// (not the unconfirmed-subscription poll) is what is tested.
-	deadline := time.Now().Add(10 * time.Second)
-	for !b.wake.subscribedTo(b.keys.wake("q")) {
-		if time.Now().After(deadline) {
-			t.Fatal("waiting claim never subscribed")
-		}
-		pollPause(t)
-	}
-	published := time.Now()
-	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	ds := <-done
-	if len(ds) != 1 || ds[0].Envelope.ID != "x" {
-		t.Fatalf("claim in b = %+v", ds)
-	}
-	if lag := time.Since(published); lag > 2*time.Second {
-		t.Fatalf("wake-up across engines took %v", lag)
-	}
-	// a acks b's delivery: the lease is shared state.
-	if err := a.Ack(ctx, ds); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := client.ZCard(ctx, a.keys.leased("q")).Result(); err != nil || n != 0 {
-		t.Fatalf("leased after ack = %d, %v", n, err)
 	}
 }
 

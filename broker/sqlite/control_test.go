@@ -240,32 +240,6 @@ func TestControlPollIsIndexed(t *testing.T) {
 	}
 }
 
-// TestControlSubscriptionEndsWithEngine checks that closing the Engine ends
-// its subscriptions' channels.
-func TestControlSubscriptionEndsWithEngine(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	s, err := e.SubscribeWorker(t.Context(), "ns", "w@h")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = e.Close()
-	select {
-	case _, ok := <-s.C():
-		if ok {
-			t.Fatal("message after the Engine closed")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the subscription's channel stayed open after the Engine closed")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close after the Engine closed: %v", err)
-	}
-	if _, err := e.Broadcast(t.Context(), "ns", nil); err == nil {
-		t.Fatal("Broadcast on a closed Engine succeeded")
-	}
-}
-
 // Cross-process control: the test binary re-executed as a worker that
 // answers control requests (TestControlHelperProcess, selected with
 // -test.run and ctlHelperEnv).

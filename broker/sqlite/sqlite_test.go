@@ -59,7 +59,14 @@ func conformanceEngine(e *Engine) conformance.Engine {
 			err := e.rdb.QueryRowContext(ctx, `SELECT count(*) FROM stem_results WHERE ns = ? AND task_id = ?`, e.ns, id).Scan(&n)
 			return n, err
 		},
-		SweepDue: func() { e.lastSweep.Store(nowMs() - sweepInterval.Milliseconds() - 1) },
+		SweepDue:               func() { e.lastSweep.Store(nowMs() - sweepInterval.Milliseconds() - 1) },
+		CloseEndsSubscriptions: true,
+		// Another Engine on the file wakes through the data_version
+		// watcher, not the in-process wake-up; there is no subscription
+		// state to wait for (WakeReady nil).
+		Peer: func(t *testing.T) conformance.Engine {
+			return conformanceEngine(openTestEngine(t, e.path, Options{Namespace: e.ns}))
+		},
 	}
 }
 
@@ -90,6 +97,13 @@ func TestConformanceSharedFile(t *testing.T) {
 		e := conformanceEngine(openTestEngine(t, path, o))
 		split := splitEngine{sub: e.Broker.(*Engine), pub: openTestEngine(t, path, o)}
 		e.Control, e.Pauses = split, split
+		// Closing the Broker closes the subscribing Engine only, not the
+		// publishing one.
+		e.CloseEndsSubscriptions = false
+		// TestConformance tests peers; here every write contends with the
+		// whole suite's on one file, so a wake-up's latency would measure
+		// the file lock.
+		e.Peer = nil
 		return e
 	}))
 }
@@ -359,51 +373,6 @@ func TestBusy(t *testing.T) {
 	}
 	if err := e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"}); err != nil {
 		t.Fatalf("Publish after the lock was released: %v", err)
-	}
-}
-
-// TestTwoEngines checks that two engines on one file share queues and
-// that a publish through one wakes a claim waiting in the other (through
-// the data_version watcher, not the in-process wake-up).
-func TestTwoEngines(t *testing.T) {
-	t.Parallel()
-	path := filepath.Join(t.TempDir(), "stem.db")
-	a := openTestEngine(t, path, Options{})
-	b := openTestEngine(t, path, Options{})
-	ctx := t.Context()
-	type claimed struct {
-		ds  []broker.Delivery
-		err error
-		at  time.Time
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
-		done <- claimed{ds, err, time.Now()}
-	}()
-	// The pause shapes the scenario (publish while b waits); the
-	// assertions hold if the publish lands first.
-	pause(t, 100*time.Millisecond)
-	published := time.Now()
-	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	c := <-done
-	if c.err != nil || len(c.ds) != 1 || c.ds[0].Envelope.ID != "x" {
-		t.Fatalf("claim in b = %+v, %v", c.ds, c.err)
-	}
-	lag := c.at.Sub(published)
-	t.Logf("wake-up across engines: %v", lag)
-	if lag > time.Second {
-		t.Fatalf("wake-up across engines took %v", lag)
-	}
-	// a acks b's delivery: the lease is shared state.
-	if err := a.Ack(ctx, c.ds); err != nil {
-		t.Fatal(err)
-	}
-	var rows int
-	if err := a.rdb.QueryRowContext(ctx, `SELECT count(*) FROM stem_tasks`).Scan(&rows); err != nil || rows != 0 {
-		t.Fatalf("rows after ack = %d, %v", rows, err)
 	}
 }
 
