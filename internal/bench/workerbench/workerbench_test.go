@@ -1,4 +1,4 @@
-package benchkit
+package workerbench
 
 import (
 	"testing"
@@ -8,10 +8,11 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/memory"
+	"github.com/stemhq/stem/internal/bench/benchkit"
 )
 
 // TestMain fails the run when a benchmark leaves a goroutine behind (the
-// light-load scenario starts a worker).
+// scenarios start workers).
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
@@ -22,19 +23,27 @@ func newMemory(tb testing.TB) *memory.Engine {
 	return e
 }
 
-// TestBenchmarksRun runs each benchmark on the memory engine (for about a
-// second, as testing.Benchmark does), so the benchmarks no engine test runs
-// by default still work and stop everything they start.
+// TestBenchmarksRun runs each benchmark, benchkit's and this package's, on
+// the memory engine (for about a second, as testing.Benchmark does), so
+// the benchmarks no test runs by default still work and stop everything
+// they start.
 func TestBenchmarksRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the light-load scenario takes 2s")
 	}
 	runs := map[string]func(b *testing.B){
-		"ClaimAck":   func(b *testing.B) { BenchClaimAck(b, func(b *testing.B) broker.Broker { return newMemory(b) }) },
-		"SetResults": func(b *testing.B) { BenchSetResults(b, newMemory(b)) },
+		"ClaimAck":   func(b *testing.B) { benchkit.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newMemory(b) }) },
+		"SetResults": func(b *testing.B) { benchkit.BenchSetResults(b, newMemory(b)) },
+		"Drain": func(b *testing.B) {
+			e := newMemory(b)
+			Drain(b, []Engine{e, e}, 2000, func() (int, error) {
+				n, err := e.PendingCount(b.Context(), "default")
+				return int(n), err
+			})
+		},
 		"LightLoad": func(b *testing.B) {
 			e := newMemory(b)
-			BenchWorkerLightLoad(b, e, e)
+			LightLoad(b, e, e)
 		},
 	}
 	for name, run := range runs {
