@@ -32,7 +32,9 @@ func TestBenchmarksRun(t *testing.T) {
 		t.Skip("the light-load scenario takes 2s")
 	}
 	runs := map[string]func(b *testing.B){
-		"ClaimAck":   func(b *testing.B) { benchkit.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newMemory(b) }) },
+		"ClaimAck": func(b *testing.B) {
+			benchkit.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newMemory(b) })
+		},
 		"SetResults": func(b *testing.B) { benchkit.BenchSetResults(b, newMemory(b)) },
 		"Drain": func(b *testing.B) {
 			e := newMemory(b)
