@@ -4,13 +4,15 @@
 //
 //   - broker.go: broker.Broker (publish, claim with leases, ack, nack,
 //     lease extension, delayed delivery, dead letters and their cap,
-//     undecodable payloads, waiting claims, close);
+//     undecodable payloads, waiting claims, two engines sharing a store,
+//     close);
 //   - results.go: result.Backend (round trip, not found, Newer ordering,
 //     TTL, the sweep of expired rows) and registry.Registry (heartbeat,
 //     sorted list, TTL, remove);
 //   - durability.go: broker.DurabilityReporter (the broker says whether it
 //     survives a crash);
-//   - control.go: broker.ControlTransport (broadcast, send, replies);
+//   - control.go: broker.ControlTransport (broadcast, send, replies, the
+//     end of subscriptions);
 //   - pauses.go: broker.PauseStore (paused queues per namespace and scope);
 //   - revoke.go: revoke.Store (upsert if newer, list, prune, trim).
 //
@@ -150,21 +152,21 @@ func Exercise(t *testing.T, newEngine func(t *testing.T) Engine) {
 		}
 		return probe.Configure(t, opts)
 	}
-	area := func(name string, present bool, role string, run func(t *testing.T)) {
+	area := func(name, field, role string, present bool, run func(t *testing.T)) {
 		t.Run(name, func(t *testing.T) {
 			if !present {
-				t.Skipf("the engine provides no %s (Engine.%s is nil)", role, name)
+				t.Skipf("the engine provides no %s (Engine.%s is nil)", role, field)
 			}
 			run(t)
 		})
 	}
-	area("Broker", probe.Broker != nil, "broker.Broker", func(t *testing.T) { runBroker(t, build) })
-	area("Results", probe.Results != nil, "result.Backend", func(t *testing.T) { runResults(t, build) })
-	area("Registry", probe.Registry != nil, "registry.Registry", func(t *testing.T) { runRegistry(t, build) })
-	area("Durability", probe.Broker != nil, "broker.Broker", func(t *testing.T) { runDurability(t, build) })
-	area("Control", probe.Control != nil, "broker.ControlTransport", func(t *testing.T) { runControl(t, build) })
-	area("Pauses", probe.Pauses != nil, "broker.PauseStore", func(t *testing.T) { runPauses(t, build) })
-	area("Revokes", probe.Revokes != nil, "revoke.Store", func(t *testing.T) {
+	area("Broker", "Broker", "broker.Broker", probe.Broker != nil, func(t *testing.T) { runBroker(t, build) })
+	area("Results", "Results", "result.Backend", probe.Results != nil, func(t *testing.T) { runResults(t, build) })
+	area("Registry", "Registry", "registry.Registry", probe.Registry != nil, func(t *testing.T) { runRegistry(t, build) })
+	area("Durability", "Broker", "broker.Broker", probe.Broker != nil, func(t *testing.T) { runDurability(t, build) })
+	area("Control", "Control", "broker.ControlTransport", probe.Control != nil, func(t *testing.T) { runControl(t, build) })
+	area("Pauses", "Pauses", "broker.PauseStore", probe.Pauses != nil, func(t *testing.T) { runPauses(t, build) })
+	area("Revokes", "Revokes", "revoke.Store", probe.Revokes != nil, func(t *testing.T) {
 		RevokeStore(t, func(t *testing.T) revoke.Store { return build(t, Options{}).Revokes })
 	})
 }
