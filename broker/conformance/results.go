@@ -180,22 +180,29 @@ func testResultTTL(t *testing.T, newEngine NewEngine) {
 	if _, err := b.Get(testContext(t), "ttl"); err != nil && time.Since(start) < ttl/2 {
 		t.Fatalf("Get right after Set: %v", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := b.Get(testContext(t), "ttl")
-		if errors.Is(err, result.ErrNotFound) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("Get: %v", err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("state still there %v after Set with a %v TTL", time.Since(start), ttl)
-		}
-		pause(t, 20*time.Millisecond)
-	}
+	waitExpired(t, b, "ttl", start, ttl)
 	if el := time.Since(start); el < ttl-50*time.Millisecond {
 		t.Fatalf("state expired after %v, before its %v TTL", el, ttl)
+	}
+}
+
+// waitExpired polls until Get of id reports result.ErrNotFound, failing
+// the test when the state, set at start with ttl, is still there 10s on.
+func waitExpired(t *testing.T, b result.Backend, id string, start time.Time, ttl time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := b.Get(testContext(t), id)
+		if errors.Is(err, result.ErrNotFound) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("Get(%s): %v", id, err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s still there %v after Set with a %v TTL", id, time.Since(start), ttl)
+		}
+		pause(t, 20*time.Millisecond)
 	}
 }
 
@@ -210,21 +217,9 @@ func testResultSweep(t *testing.T, newEngine NewEngine) {
 		t.Skip("engine cannot honour a short result TTL")
 	}
 	ctx := testContext(t)
+	start := time.Now()
 	setStates(t, b, taskState("old", result.Succeeded, 0))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := b.Get(ctx, "old")
-		if errors.Is(err, result.ErrNotFound) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("Get: %v", err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("state still there 10s after Set with a 1ms TTL")
-		}
-		pause(t, 10*time.Millisecond)
-	}
+	waitExpired(t, b, "old", start, time.Millisecond)
 	e.SweepDue()
 	setStates(t, b, taskState("new", result.Queued, 0))
 	if n, err := e.StoredResults(ctx, "old"); err != nil || n != 0 {
