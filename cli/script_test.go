@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/stemhq/stem/internal/testutil"
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(worker.ChildEnv) == "1" {
 		os.Exit(Main(os.Args[1:]))
 	}
-	testscript.Main(m, map[string]func(){
+	testscript.Main(leakChecked{m}, map[string]func(){
 		// The exit code is echoed on stderr as "[exit N]" so scripts can
 		// assert it: stderr '\[exit 64\]'.
 		"stem": func() {
@@ -41,6 +42,22 @@ func TestMain(m *testing.M) {
 			os.Exit(code)
 		},
 	})
+}
+
+// leakChecked runs the tests and then fails the run when they left a
+// goroutine behind (goleak): testscript.Main exits with what Run returns.
+// The "stem" command re-executed by the scripts never gets here.
+type leakChecked struct{ m *testing.M }
+
+func (l leakChecked) Run() int {
+	code := l.m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			return 1
+		}
+	}
+	return code
 }
 
 // scriptParams returns testscript parameters for the scripts in dir. Every
@@ -310,7 +327,10 @@ func cmdProcsGone(ts *testscript.TestScript, neg bool, args []string) {
 	}
 }
 
-// TestScripts runs the black-box CLI scripts that need no broker.
+// TestScripts runs the black-box CLI scripts that need no broker server
+// (usage, configuration errors, exec tasks' processes): those that run a
+// worker run it on the default SQLite file, since what they check does not
+// depend on the engine.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, scriptParams(t, "testdata/scripts", ""))
 }
@@ -318,7 +338,11 @@ func TestScripts(t *testing.T) {
 // TestScriptsEngines runs the black-box CLI scripts that run workers on
 // every engine: SQLite always (the default, no server), Redis and Postgres
 // when STEM_TEST_REDIS_URL and STEM_TEST_POSTGRES_URL are set (mandatory
-// under CI).
+// under CI). A script whose behaviour depends on the engine at all (the
+// control plane, pauses, revokes, signing, leases after a kill -9,
+// readiness from the worker registry) belongs here, not in a directory
+// that runs on one engine; only faults of one engine's server (a Redis
+// restart, AOF) stay in testdata/faults.
 func TestScriptsEngines(t *testing.T) {
 	for _, eng := range []struct{ name, env string }{
 		{"sqlite", ""},
@@ -330,13 +354,26 @@ func TestScriptsEngines(t *testing.T) {
 			if eng.env != "" {
 				url = testutil.EnvOrSkip(t, eng.env)
 			}
-			testscript.Run(t, scriptParams(t, "testdata/engines", url))
+			p := scriptParams(t, "testdata/engines", url)
+			setup := p.Setup
+			p.Setup = func(e *testscript.Env) error {
+				if err := setup(e); err != nil {
+					return err
+				}
+				// Nodes started by `worker multi start` outlive a script
+				// that fails before stopping them.
+				work := e.WorkDir
+				e.Defer(func() { killNodesUnder(work) })
+				return nil
+			}
+			testscript.Run(t, p)
 		})
 	}
 }
 
-// TestScriptsFaults runs the fault scripts: each starts, kills and restarts
-// its own redis-server on a free loopback port (never the shared one).
+// TestScriptsFaults runs the fault scripts specific to Redis: each starts,
+// kills and restarts its own redis-server on a free loopback port (never
+// the shared one).
 func TestScriptsFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault scripts start their own redis-server; skipped with -short")

@@ -12,14 +12,8 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
-	"github.com/stemhq/stem/control/controltest"
 	"github.com/stemhq/stem/internal/testutil"
 )
-
-func TestControlContract(t *testing.T) {
-	e := newTestEngine(t, Options{MaxConns: 4})
-	controltest.Run(t, func(t *testing.T) controltest.Engine { return e })
-}
 
 // TestControlChannelNames checks that channel names fit Postgres's 63-byte
 // identifiers whatever the schema and ids, differ per namespace, kind and
@@ -214,29 +208,6 @@ func TestControlListenerReconnect(t *testing.T) {
 		case <-timeout:
 			t.Fatal("a broadcast after the reconnection did not arrive")
 		}
-	}
-}
-
-// TestControlSubscriptionEndsWithEngine checks that closing the Engine ends
-// its subscriptions' channels.
-func TestControlSubscriptionEndsWithEngine(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	s, err := e.SubscribeWorker(t.Context(), "ns", "w@h")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = e.Close()
-	select {
-	case _, ok := <-s.C():
-		if ok {
-			t.Fatal("message after the Engine closed")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the subscription's channel stayed open after the Engine closed")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close after the Engine closed: %v", err)
 	}
 }
 

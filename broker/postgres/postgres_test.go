@@ -14,9 +14,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/result"
 	"github.com/stemhq/stem/stemerr"
 )
 
@@ -85,12 +84,38 @@ func newTestEngine(tb testing.TB, opts Options) *Engine {
 	return openTestEngine(tb, testURL(tb), opts)
 }
 
-func TestContract(t *testing.T) {
+// TestConformance runs the contract suite, every engine under a schema of
+// its own, with a small pool (4 connections) so that a role holding on to
+// connections shows.
+func TestConformance(t *testing.T) {
 	raw := testURL(t)
-	brokertest.Run(t, func(t *testing.T, opts brokertest.Options) brokertest.Engine {
-		e := openTestEngine(t, raw, Options{ResultTTL: opts.ResultTTL, MaxConns: 4})
-		return brokertest.Engine{Broker: e, Results: e, Registry: e}
-	})
+	var engine func(t *testing.T, o Options) conformance.Engine
+	engine = func(t *testing.T, o Options) conformance.Engine {
+		o.MaxConns = 4
+		e := openTestEngine(t, raw, o)
+		return conformance.Engine{
+			Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
+			PublishCorrupt: func(ctx context.Context, queue string) error {
+				_, err := e.pool.Exec(ctx, e.q.publish, []string{queue}, []string{"corrupt"}, [][]byte{[]byte("not json")}, []int64{0})
+				return err
+			},
+			StoredResults: func(ctx context.Context, id string) (int, error) {
+				var n int
+				err := e.pool.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{e.Schema()}.Sanitize()+`.results WHERE task_id = $1`, id).Scan(&n)
+				return n, err
+			},
+			SweepDue:               func() { e.lastSweep.Store(0) },
+			CloseEndsSubscriptions: true,
+			Peer: func(t *testing.T) conformance.Engine {
+				return engine(t, Options{Namespace: e.Namespace()})
+			},
+			// A waiting claim wakes on a NOTIFY once the listener runs.
+			WakeReady: func(string) bool { return e.listen.listening() },
+		}
+	}
+	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+		return engine(t, Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
+	}))
 }
 
 func TestOpenErrors(t *testing.T) {
@@ -227,39 +252,6 @@ func TestBatchIsOneTransaction(t *testing.T) {
 	}
 }
 
-// TestTwoEngines checks that two engines on one namespace (two worker
-// processes) share queues, and that a publish through one wakes a claim
-// waiting in the other through LISTEN/NOTIFY.
-func TestTwoEngines(t *testing.T) {
-	t.Parallel()
-	raw := testURL(t)
-	a := openTestEngine(t, raw, Options{})
-	b := openTestEngine(t, raw, Options{Namespace: a.Namespace()})
-	ctx := t.Context()
-	got := waitingClaim(t, b, "q")
-	testutil.Eventually(t, 10*time.Second, b.listen.listening, "the waiting claim's engine never listened")
-	published := time.Now()
-	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	c := <-got
-	if c.err != nil || len(c.ds) != 1 || c.ds[0].Envelope.ID != "x" {
-		t.Fatalf("claim in b = %+v, %v", c.ds, c.err)
-	}
-	lag := c.at.Sub(published)
-	t.Logf("wake-up across engines: %v", lag)
-	if lag > time.Second {
-		t.Fatalf("wake-up across engines took %v", lag)
-	}
-	// a acks b's delivery: the lease is shared state.
-	if err := a.Ack(ctx, c.ds); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.ExtendLease(ctx, c.ds, time.Minute); err == nil {
-		t.Fatal("the lease survived an ack through the other engine")
-	}
-}
-
 // TestListenerReconnect kills the engine's listening connection on the
 // server: it must listen again, and a publish must then wake a waiting
 // claim through a notification (the claim's Wait is long and the queue
@@ -320,76 +312,6 @@ func waitingClaim(t *testing.T, e *Engine, queue string) <-chan claimResult {
 		out <- claimResult{ds, err, time.Now()}
 	}()
 	return out
-}
-
-// TestCorruptPayload checks that a payload that is not an envelope is
-// dead-lettered by the claim that meets it instead of blocking the queue.
-func TestCorruptPayload(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	ctx := t.Context()
-	if _, err := e.pool.Exec(ctx, e.q.publish, []string{"q"}, []string{"bad"}, [][]byte{[]byte("not json")}, []int64{0}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Publish(ctx, broker.Envelope{ID: "ok", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
-	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != "ok" {
-		t.Fatalf("Claim = %+v, %v; want only the valid task", ds, err)
-	}
-	dls, err := e.DeadLetters(ctx, "q", 10)
-	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
-		t.Fatalf("DeadLetters = %+v, %v", dls, err)
-	}
-}
-
-// TestDeadLetterCap checks that the dead letters of a queue are trimmed.
-func TestDeadLetterCap(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{DeadLetterCap: 3})
-	ctx := t.Context()
-	for i := range 5 {
-		id := string(rune('a' + i))
-		if err := e.Publish(ctx, broker.Envelope{ID: id, Name: "n", Queue: "q"}); err != nil {
-			t.Fatal(err)
-		}
-		ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
-		if err != nil || len(ds) != 1 {
-			t.Fatal(ds, err)
-		}
-		if err := e.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dls, err := e.DeadLetters(ctx, "q", 10)
-	if err != nil || len(dls) != 3 || dls[0].Envelope.ID != "e" || dls[2].Envelope.ID != "c" {
-		t.Fatalf("DeadLetters = %+v, %v; want e, d, c", dls, err)
-	}
-}
-
-// TestResultSweep checks that expired results are deleted, not only
-// hidden, by the periodic sweep that runs with Set.
-func TestResultSweep(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{ResultTTL: time.Millisecond})
-	ctx := t.Context()
-	if err := e.Set(ctx, []result.TaskState{{ID: "old", State: result.Succeeded}}); err != nil {
-		t.Fatal(err)
-	}
-	q := pgx.Identifier{e.Schema()}.Sanitize()
-	testutil.Eventually(t, 5*time.Second, func() bool {
-		_, err := e.Get(ctx, "old")
-		return errors.Is(err, result.ErrNotFound)
-	}, "the result did not expire")
-	e.lastSweep.Store(0)
-	if err := e.Set(ctx, []result.TaskState{{ID: "new", State: result.Queued}}); err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM `+q+`.results WHERE task_id = 'old'`).Scan(&n); err != nil || n != 0 {
-		t.Fatalf("expired result rows = %d, %v; want 0", n, err)
-	}
 }
 
 // pause waits d on a timer. It only shapes a scenario; no assertion

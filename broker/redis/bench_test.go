@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/internal/bench/benchkit"
 )
 
 // Benchmarks run against STEM_TEST_REDIS_URL (skipped without it) under a
@@ -22,7 +22,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
 			e := newTestEngine(b, testClient(b), Options{})
 			ctx := context.Background()
-			envs := brokertest.BenchEnvelopes("bench", size)
+			envs := benchkit.BenchEnvelopes("bench", size)
 			for b.Loop() {
 				if err := e.PublishBatch(ctx, envs); err != nil {
 					b.Fatal(err)
@@ -35,7 +35,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 	b.Run("batch=500/producers=4", func(b *testing.B) {
 		e := newTestEngine(b, testClient(b), Options{})
 		ctx := context.Background()
-		envs := brokertest.BenchEnvelopes("bench", 500)
+		envs := benchkit.BenchEnvelopes("bench", 500)
 		var n atomic.Int64
 		b.SetParallelism(2) // 2 x GOMAXPROCS goroutines
 		b.RunParallel(func(pb *testing.PB) {
@@ -52,17 +52,17 @@ func BenchmarkPublishBatch(b *testing.B) {
 }
 
 func BenchmarkClaimAck(b *testing.B) {
-	brokertest.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, testClient(b), Options{}) })
+	benchkit.BenchClaimAck(b, func(b *testing.B) broker.Broker { return newTestEngine(b, testClient(b), Options{}) })
 }
 
 func BenchmarkSetResults(b *testing.B) {
-	brokertest.BenchSetResults(b, newTestEngine(b, testClient(b), Options{ResultTTL: time.Minute}))
+	benchkit.BenchSetResults(b, newTestEngine(b, testClient(b), Options{ResultTTL: time.Minute}))
 }
 
 func BenchmarkPublishOne(b *testing.B) {
 	e := newTestEngine(b, testClient(b), Options{})
 	ctx := context.Background()
-	env := brokertest.BenchEnvelopes("bench", 1)[0]
+	env := benchkit.BenchEnvelopes("bench", 1)[0]
 	var n atomic.Int64
 	b.SetParallelism(4) // 4 x GOMAXPROCS producers
 	b.RunParallel(func(pb *testing.PB) {

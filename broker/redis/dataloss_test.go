@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -211,7 +211,7 @@ func TestNackAfterDataLossAppliesOnce(t *testing.T) {
 // namespace ns on it, for the tests that make the server lose its data.
 func lossEngine(t *testing.T, ns string) (*testutil.RedisServer, *Engine, context.Context) {
 	t.Helper()
-	brokertest.RequireEnv(t, testURLEnv)
+	conformance.RequireEnv(t, testURLEnv)
 	t.Parallel()
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)

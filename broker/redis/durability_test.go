@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -100,7 +100,7 @@ func TestRedisDurabilityJudgement(t *testing.T) {
 // TestEvictingServerIsNotDurable: an allkeys-* eviction policy with a
 // maxmemory set drops tasks under memory pressure, AOF or not.
 func TestEvictingServerIsNotDurable(t *testing.T) {
-	brokertest.RequireEnv(t, testURLEnv)
+	conformance.RequireEnv(t, testURLEnv)
 	t.Parallel()
 	srv := startOwnRedisArgs(t, "--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru")
 	e, err := Open(context.Background(), "redis://"+srv.Addr()+"/0", Options{})

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/stemerr"
 )
@@ -37,7 +37,7 @@ func startOwnRedisArgs(t *testing.T, extra ...string) *testutil.RedisServer {
 // acked exactly once: leased tasks come back when their lease expires, and
 // acked ones never do.
 func TestRestartLosesNothing(t *testing.T) {
-	brokertest.RequireEnv(t, testURLEnv) // an integration test like the others
+	conformance.RequireEnv(t, testURLEnv) // an integration test like the others
 	t.Parallel()
 	srv := startOwnRedis(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)

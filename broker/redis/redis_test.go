@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/stemerr"
 )
 
@@ -89,7 +89,7 @@ const testURLEnv = "STEM_TEST_REDIS_URL"
 // (fails under CI) when it is unset. The client is closed at cleanup.
 func testClient(tb testing.TB) *goredis.Client {
 	tb.Helper()
-	raw := brokertest.RequireEnv(tb, testURLEnv)
+	raw := conformance.RequireEnv(tb, testURLEnv)
 	ro, err := goredis.ParseURL(raw)
 	if err != nil {
 		tb.Fatalf("%s: %v", testURLEnv, err)
@@ -124,16 +124,36 @@ func newTestEngine(tb testing.TB, client *goredis.Client, opts Options) *Engine 
 	return e
 }
 
-func TestContract(t *testing.T) {
+// TestConformance runs the contract suite, every engine under a namespace
+// of its own. Redis expires result keys itself, so there is no sweep to
+// test.
+func TestConformance(t *testing.T) {
 	client := testClient(t)
-	brokertest.Run(t, func(t *testing.T, opts brokertest.Options) brokertest.Engine {
-		e := newTestEngine(t, client, Options{ResultTTL: opts.ResultTTL})
-		return brokertest.Engine{Broker: e, Results: e, Registry: e}
-	})
+	var engine func(t *testing.T, c *goredis.Client, o Options) conformance.Engine
+	engine = func(t *testing.T, c *goredis.Client, o Options) conformance.Engine {
+		e := newTestEngine(t, c, o)
+		return conformance.Engine{
+			Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
+			PublishCorrupt: func(ctx context.Context, queue string) error {
+				return c.RPush(ctx, e.keys.ready(queue), "not json").Err()
+			},
+			// A peer has a client (connections) of its own, as another
+			// process would.
+			Peer: func(t *testing.T) conformance.Engine {
+				return engine(t, testClient(t), Options{Namespace: e.Namespace()})
+			},
+			// A waiting claim wakes on a message of its queue's wake
+			// channel once subscribed (before, it polls).
+			WakeReady: func(queue string) bool { return e.wake.subscribedTo(e.keys.wake(queue)) },
+		}
+	}
+	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+		return engine(t, client, Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
+	}))
 }
 
 func TestOpen(t *testing.T) {
-	raw := brokertest.RequireEnv(t, testURLEnv)
+	raw := conformance.RequireEnv(t, testURLEnv)
 	ctx := t.Context()
 	ns := randomNamespace()
 	e, err := Open(ctx, raw, Options{Namespace: ns})
@@ -178,105 +198,6 @@ func TestOpenErrors(t *testing.T) {
 		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, stemerr.ErrUnavailable) {
 			t.Fatalf("Open with namespace %q = %v, want an option error", ns, err)
 		}
-	}
-}
-
-// TestTwoEngines checks that two engines on one namespace (two worker
-// processes) share queues and that a publish through one wakes a claim
-// waiting in the other.
-func TestTwoEngines(t *testing.T) {
-	t.Parallel()
-	client := testClient(t)
-	a := newTestEngine(t, client, Options{})
-	b := newTestEngine(t, testClient(t), Options{Namespace: a.Namespace()})
-	ctx := t.Context()
-
-	done := make(chan []broker.Delivery, 1)
-	errc := make(chan error, 1)
-	go func() {
-		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
-		errc <- err
-		done <- ds
-	}()
-	// Publish only once b's subscription is confirmed, so the wake-up
-	// (not the unconfirmed-subscription poll) is what is tested.
-	deadline := time.Now().Add(10 * time.Second)
-	for !b.wake.subscribedTo(b.keys.wake("q")) {
-		if time.Now().After(deadline) {
-			t.Fatal("waiting claim never subscribed")
-		}
-		pollPause(t)
-	}
-	published := time.Now()
-	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	ds := <-done
-	if len(ds) != 1 || ds[0].Envelope.ID != "x" {
-		t.Fatalf("claim in b = %+v", ds)
-	}
-	if lag := time.Since(published); lag > 2*time.Second {
-		t.Fatalf("wake-up across engines took %v", lag)
-	}
-	// a acks b's delivery: the lease is shared state.
-	if err := a.Ack(ctx, ds); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := client.ZCard(ctx, a.keys.leased("q")).Result(); err != nil || n != 0 {
-		t.Fatalf("leased after ack = %d, %v", n, err)
-	}
-}
-
-// TestCorruptPayload checks that a payload that is not an envelope is
-// dead-lettered by the claim that meets it instead of blocking the queue.
-func TestCorruptPayload(t *testing.T) {
-	t.Parallel()
-	client := testClient(t)
-	e := newTestEngine(t, client, Options{})
-	ctx := t.Context()
-	if err := client.RPush(ctx, e.keys.ready("q"), "not json").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Publish(ctx, broker.Envelope{ID: "ok", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
-	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != "ok" {
-		t.Fatalf("Claim = %+v, %v; want only the valid task", ds, err)
-	}
-	dls, err := e.DeadLetters(ctx, "q", 10)
-	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
-		t.Fatalf("DeadLetters = %+v, %v", dls, err)
-	}
-	if n, _ := client.ZCard(ctx, e.keys.leased("q")).Result(); n != 1 {
-		t.Fatalf("leased = %d, want 1 (the valid task only)", n)
-	}
-}
-
-// TestDeadLetterCap checks that the dead-letter list is trimmed.
-func TestDeadLetterCap(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, testClient(t), Options{DeadLetterCap: 3})
-	ctx := t.Context()
-	for i := range 5 {
-		id := string(rune('a' + i))
-		if err := e.Publish(ctx, broker.Envelope{ID: id, Name: "n", Queue: "q"}); err != nil {
-			t.Fatal(err)
-		}
-		ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
-		if err != nil || len(ds) != 1 {
-			t.Fatal(ds, err)
-		}
-		if err := e.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dls, err := e.DeadLetters(ctx, "q", 10)
-	if err != nil || len(dls) != 3 || dls[0].Envelope.ID != "e" || dls[2].Envelope.ID != "c" {
-		t.Fatalf("DeadLetters = %+v, %v; want e, d, c", dls, err)
 	}
 }
 

@@ -18,13 +18,7 @@ import (
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
-	"github.com/stemhq/stem/control/controltest"
 )
-
-func TestControlContract(t *testing.T) {
-	e := newTestEngine(t, Options{})
-	controltest.Run(t, func(t *testing.T) controltest.Engine { return e })
-}
 
 // splitEngine subscribes through one Engine and publishes through another
 // on the same file, so messages cross connections.
@@ -64,12 +58,12 @@ func (s splitEngine) Pauses(ctx context.Context, ns string) ([]broker.Pause, err
 	return s.sub.Pauses(ctx, ns)
 }
 
-// TestControlContractTwoEngines runs the suite with subscriptions on one
-// Engine and publishes on another Engine of the same file, under another
-// engine namespace than a third Engine that must see nothing.
-func TestControlContractTwoEngines(t *testing.T) {
+// TestControlEngineNamespacesApart checks that the engine namespace
+// separates deployments on one file even with equal control namespaces.
+func TestControlEngineNamespacesApart(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "stem.db")
-	e := splitEngine{sub: openTestEngine(t, path, Options{}), pub: openTestEngine(t, path, Options{})}
+	e := openTestEngine(t, path, Options{})
 	other := openTestEngine(t, path, Options{Namespace: "other"})
 	ctx := t.Context()
 	spy, err := other.SubscribeWorker(ctx, "shared", "w@h")
@@ -77,11 +71,14 @@ func TestControlContractTwoEngines(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer spy.Close()
-	controltest.Run(t, func(t *testing.T) controltest.Engine { return e })
-	// The engine namespace separates deployments even with equal control
-	// namespaces.
-	if n, err := e.pub.Broadcast(ctx, "shared", []byte("x")); err != nil || n != 0 {
+	if n, err := e.Broadcast(ctx, "shared", []byte("x")); err != nil || n != 0 {
 		t.Fatalf("Broadcast to another engine namespace reached %d (%v)", n, err)
+	}
+	if err := e.Pause(ctx, []broker.Pause{{Namespace: "shared", Queue: "q"}}); err != nil {
+		t.Fatal(err)
+	}
+	if ps, err := other.Pauses(ctx, "shared"); err != nil || len(ps) != 0 {
+		t.Fatalf("Pauses in another engine namespace = %v, %v; want none", ps, err)
 	}
 }
 
@@ -240,32 +237,6 @@ func TestControlPollIsIndexed(t *testing.T) {
 	t.Logf("poll plan: %s", joined)
 	if !strings.Contains(joined, "SEARCH stem_control USING INDEX stem_control_channel (ns=? AND namespace=? AND channel=? AND id>?)") || strings.Contains(joined, "SCAN") {
 		t.Fatalf("poll plan %q does not use stem_control_channel", joined)
-	}
-}
-
-// TestControlSubscriptionEndsWithEngine checks that closing the Engine ends
-// its subscriptions' channels.
-func TestControlSubscriptionEndsWithEngine(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	s, err := e.SubscribeWorker(t.Context(), "ns", "w@h")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = e.Close()
-	select {
-	case _, ok := <-s.C():
-		if ok {
-			t.Fatal("message after the Engine closed")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the subscription's channel stayed open after the Engine closed")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close after the Engine closed: %v", err)
-	}
-	if _, err := e.Broadcast(t.Context(), "ns", nil); err == nil {
-		t.Fatal("Broadcast on a closed Engine succeeded")
 	}
 }
 

@@ -16,8 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/broker/brokertest"
-	"github.com/stemhq/stem/result"
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/stemerr"
 )
 
@@ -46,22 +45,67 @@ func openTestEngine(tb testing.TB, path string, opts Options) *Engine {
 	return e
 }
 
-func TestContract(t *testing.T) {
-	brokertest.Run(t, func(t *testing.T, opts brokertest.Options) brokertest.Engine {
-		e := newTestEngine(t, Options{ResultTTL: opts.ResultTTL})
-		return brokertest.Engine{Broker: e, Results: e, Registry: e}
-	})
+// conformanceEngine returns e's roles and the hooks the contract suite
+// needs to reach behind them.
+func conformanceEngine(e *Engine) conformance.Engine {
+	return conformance.Engine{
+		Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
+		PublishCorrupt: func(ctx context.Context, queue string) error {
+			_, err := e.wdb.ExecContext(ctx, sqlInsertTask, e.ns, queue, "corrupt", []byte("not json"), 0)
+			return err
+		},
+		StoredResults: func(ctx context.Context, id string) (int, error) {
+			var n int
+			err := e.rdb.QueryRowContext(ctx, `SELECT count(*) FROM stem_results WHERE ns = ? AND task_id = ?`, e.ns, id).Scan(&n)
+			return n, err
+		},
+		SweepDue:               func() { e.lastSweep.Store(nowMs() - sweepInterval.Milliseconds() - 1) },
+		CloseEndsSubscriptions: true,
+		// Another Engine on the file wakes through the data_version
+		// watcher, not the in-process wake-up; there is no subscription
+		// state to wait for (WakeReady nil).
+		Peer: func(t *testing.T) conformance.Engine {
+			return conformanceEngine(openTestEngine(t, e.path, Options{Namespace: e.ns}))
+		},
+	}
 }
 
-// TestContractSharedFile runs the suite with every engine on one file
-// under its own namespace: namespaces must not see each other's rows.
-func TestContractSharedFile(t *testing.T) {
+// engineOptions are the engine options a conformance test asks for.
+func engineOptions(opts conformance.Options) Options {
+	return Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap}
+}
+
+// TestConformance runs the contract suite, every engine on a file of its
+// own.
+func TestConformance(t *testing.T) {
+	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+		return conformanceEngine(newTestEngine(t, engineOptions(opts)))
+	}))
+}
+
+// TestConformanceSharedFile runs the suite with every engine on one file
+// under its own namespace (namespaces must not see each other's rows),
+// and with control messages and pauses crossing from one Engine to
+// another of the same file and namespace, as between two processes:
+// subscriptions and reads on one, publishes and writes on the other.
+func TestConformanceSharedFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "shared.db")
 	var n atomic.Int64
-	brokertest.Run(t, func(t *testing.T, opts brokertest.Options) brokertest.Engine {
-		e := openTestEngine(t, path, Options{ResultTTL: opts.ResultTTL, Namespace: "ns-" + strconv.FormatInt(n.Add(1), 10)})
-		return brokertest.Engine{Broker: e, Results: e, Registry: e}
-	})
+	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+		o := engineOptions(opts)
+		o.Namespace = "ns-" + strconv.FormatInt(n.Add(1), 10)
+		e := conformanceEngine(openTestEngine(t, path, o))
+		split := splitEngine{sub: e.Broker.(*Engine), pub: openTestEngine(t, path, o)}
+		e.Control, e.Pauses = split, split
+		// Closing the Broker closes the subscribing Engine only, not the
+		// publishing one.
+		e.CloseEndsSubscriptions = false
+		// TestConformance tests peers; here every write contends with the
+		// whole suite's on one file, so a wake-up's latency would measure
+		// the file lock.
+		e.Peer = nil
+		return e
+	}))
 }
 
 func TestParseTarget(t *testing.T) {
@@ -329,120 +373,6 @@ func TestBusy(t *testing.T) {
 	}
 	if err := e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"}); err != nil {
 		t.Fatalf("Publish after the lock was released: %v", err)
-	}
-}
-
-// TestTwoEngines checks that two engines on one file share queues and
-// that a publish through one wakes a claim waiting in the other (through
-// the data_version watcher, not the in-process wake-up).
-func TestTwoEngines(t *testing.T) {
-	t.Parallel()
-	path := filepath.Join(t.TempDir(), "stem.db")
-	a := openTestEngine(t, path, Options{})
-	b := openTestEngine(t, path, Options{})
-	ctx := t.Context()
-	type claimed struct {
-		ds  []broker.Delivery
-		err error
-		at  time.Time
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
-		done <- claimed{ds, err, time.Now()}
-	}()
-	// The pause shapes the scenario (publish while b waits); the
-	// assertions hold if the publish lands first.
-	pause(t, 100*time.Millisecond)
-	published := time.Now()
-	if err := a.Publish(ctx, broker.Envelope{ID: "x", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	c := <-done
-	if c.err != nil || len(c.ds) != 1 || c.ds[0].Envelope.ID != "x" {
-		t.Fatalf("claim in b = %+v, %v", c.ds, c.err)
-	}
-	lag := c.at.Sub(published)
-	t.Logf("wake-up across engines: %v", lag)
-	if lag > time.Second {
-		t.Fatalf("wake-up across engines took %v", lag)
-	}
-	// a acks b's delivery: the lease is shared state.
-	if err := a.Ack(ctx, c.ds); err != nil {
-		t.Fatal(err)
-	}
-	var rows int
-	if err := a.rdb.QueryRowContext(ctx, `SELECT count(*) FROM stem_tasks`).Scan(&rows); err != nil || rows != 0 {
-		t.Fatalf("rows after ack = %d, %v", rows, err)
-	}
-}
-
-// TestCorruptPayload checks that a payload that is not an envelope is
-// dead-lettered by the claim that meets it instead of blocking the queue.
-func TestCorruptPayload(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	ctx := t.Context()
-	if _, err := e.wdb.ExecContext(ctx, sqlInsertTask, e.ns, "q", "bad", []byte("not json"), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Publish(ctx, broker.Envelope{ID: "ok", Name: "n", Queue: "q"}); err != nil {
-		t.Fatal(err)
-	}
-	ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: time.Minute})
-	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != "ok" {
-		t.Fatalf("Claim = %+v, %v; want only the valid task", ds, err)
-	}
-	dls, err := e.DeadLetters(ctx, "q", 10)
-	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
-		t.Fatalf("DeadLetters = %+v, %v", dls, err)
-	}
-}
-
-// TestDeadLetterCap checks that the dead letters of a queue are trimmed.
-func TestDeadLetterCap(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{DeadLetterCap: 3})
-	ctx := t.Context()
-	for i := range 5 {
-		id := string(rune('a' + i))
-		if err := e.Publish(ctx, broker.Envelope{ID: id, Name: "n", Queue: "q"}); err != nil {
-			t.Fatal(err)
-		}
-		ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
-		if err != nil || len(ds) != 1 {
-			t.Fatal(ds, err)
-		}
-		if err := e.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dls, err := e.DeadLetters(ctx, "q", 10)
-	if err != nil || len(dls) != 3 || dls[0].Envelope.ID != "e" || dls[2].Envelope.ID != "c" {
-		t.Fatalf("DeadLetters = %+v, %v; want e, d, c", dls, err)
-	}
-}
-
-// TestResultSweep checks that expired results are deleted from the file,
-// not only hidden, by the periodic sweep that runs inside Set.
-func TestResultSweep(t *testing.T) {
-	t.Parallel()
-	e := newTestEngine(t, Options{})
-	ctx := t.Context()
-	// An expired row, as a Set long ago would have left it.
-	if _, err := e.wdb.ExecContext(ctx, sqlSetResult, e.ns, "old", 0, 3, []byte(`{}`), nowMs()-1, nowMs()); err != nil {
-		t.Fatal(err)
-	}
-	e.lastSweep.Store(nowMs() - sweepInterval.Milliseconds() - 1)
-	if err := e.Set(ctx, []result.TaskState{{ID: "new", State: result.Queued}}); err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	if err := e.rdb.QueryRowContext(ctx, `SELECT count(*) FROM stem_results WHERE task_id = 'old'`).Scan(&n); err != nil || n != 0 {
-		t.Fatalf("expired result rows = %d, %v; want 0", n, err)
-	}
-	if _, err := e.Get(ctx, "new"); err != nil {
-		t.Fatalf("Get(new) after the sweep: %v", err)
 	}
 }
 

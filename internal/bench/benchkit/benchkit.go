@@ -1,22 +1,20 @@
-package brokertest
+// Package benchkit holds the benchmarks every engine runs from its own
+// _test.go, so their figures compare: the same envelopes, batch sizes and
+// measures everywhere. It is not part of the contract suite
+// (broker/conformance), and it does not import the worker runtime: the
+// scenarios that run a worker are in internal/bench/workerbench.
+package benchkit
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/worker"
 )
-
-// The benchmarks every engine runs from its own _test.go, so their figures
-// compare: the same envelopes, batch sizes and measures everywhere.
 
 // BenchEnvelopes returns n realistic envelopes (a small JSON object of
 // arguments, uuid-like ids) for queue.
@@ -91,58 +89,4 @@ func BenchSetResults(b *testing.B, r result.Backend) {
 		}
 	}
 	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "states/s")
-}
-
-// BenchWorkerLightLoad runs the light-load latency scenario: pub publishes 400
-// tasks at 200/s, a worker on e runs them (e must also be a
-// result.Backend), and reports enqueue-to-start p50 and p99.
-func BenchWorkerLightLoad(b *testing.B, e, pub broker.Broker) {
-	const n, rate = 400, 200
-	ctx := context.Background()
-	for b.Loop() {
-		var mu sync.Mutex
-		lat := make([]time.Duration, 0, n)
-		all := make(chan struct{})
-		reg := worker.NewRegistry()
-		reg.MustRegister("noop", func(_ worker.TaskContext, args json.RawMessage) (any, error) {
-			var a struct{ T int64 }
-			_ = json.Unmarshal(args, &a)
-			mu.Lock()
-			defer mu.Unlock()
-			lat = append(lat, time.Duration(time.Now().UnixNano()-a.T))
-			if len(lat) == n {
-				close(all)
-			}
-			return nil, nil
-		}, worker.TaskOptions{})
-		w, err := worker.New(worker.Config{
-			Broker: e, Results: e.(result.Backend), Handlers: reg, Node: "bench",
-			Concurrency: 32, Prefetch: 1024, MaxBatch: 512, Lease: 30 * time.Second,
-			ClaimWait: time.Second,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		stopped := make(chan error, 1)
-		go func() { stopped <- w.Run(ctx) }()
-		<-w.Ready()
-		tick := time.NewTicker(time.Second / rate)
-		for i := range n {
-			<-tick.C
-			env := broker.Envelope{ID: fmt.Sprintf("l-%d", i), Name: "noop", Queue: "default", MaxRetries: -1, CreatedAt: time.Now(),
-				Args: json.RawMessage(`{"T":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `}`)}
-			if err := pub.Publish(ctx, env); err != nil {
-				b.Fatal(err)
-			}
-		}
-		tick.Stop()
-		<-all
-		w.Shutdown(worker.Warm)
-		if err := <-stopped; err != nil {
-			b.Fatal(err)
-		}
-		slices.Sort(lat)
-		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-	}
 }

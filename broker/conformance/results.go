@@ -1,4 +1,4 @@
-package brokertest
+package conformance
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ func runResults(t *testing.T, newEngine NewEngine) {
 		{"NotFound", testResultNotFound},
 		{"NewerOrdering", testResultOrdering},
 		{"TTL", testResultTTL},
+		{"SweepDeletesExpired", testResultSweep},
 		{"Validation", testResultValidation},
 		{"Closed", testResultClosed},
 	})
@@ -179,22 +180,50 @@ func testResultTTL(t *testing.T, newEngine NewEngine) {
 	if _, err := b.Get(testContext(t), "ttl"); err != nil && time.Since(start) < ttl/2 {
 		t.Fatalf("Get right after Set: %v", err)
 	}
+	waitExpired(t, b, "ttl", start, ttl)
+	if el := time.Since(start); el < ttl-50*time.Millisecond {
+		t.Fatalf("state expired after %v, before its %v TTL", el, ttl)
+	}
+}
+
+// waitExpired polls until Get of id reports result.ErrNotFound, failing
+// the test when the state, set at start with ttl, is still there 10s on.
+func waitExpired(t *testing.T, b result.Backend, id string, start time.Time, ttl time.Duration) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := b.Get(testContext(t), "ttl")
+		_, err := b.Get(testContext(t), id)
 		if errors.Is(err, result.ErrNotFound) {
-			break
+			return
 		}
 		if err != nil {
-			t.Fatalf("Get: %v", err)
+			t.Fatalf("Get(%s): %v", id, err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("state still there %v after Set with a %v TTL", time.Since(start), ttl)
+			t.Fatalf("state %s still there %v after Set with a %v TTL", id, time.Since(start), ttl)
 		}
 		pause(t, 20*time.Millisecond)
 	}
-	if el := time.Since(start); el < ttl-50*time.Millisecond {
-		t.Fatalf("state expired after %v, before its %v TTL", el, ttl)
+}
+
+// testResultSweep: expired results are deleted from the store, not only
+// hidden, by the periodic sweep that runs with Set.
+func testResultSweep(t *testing.T, newEngine NewEngine) {
+	b, e := resultsOf(t, newEngine, Options{ResultTTL: time.Millisecond})
+	if e.StoredResults == nil || e.SweepDue == nil {
+		t.Skip("engine has no StoredResults/SweepDue hooks (its store expires results itself, or it cannot be reached)")
+	}
+	if e.NoResultTTL {
+		t.Skip("engine cannot honour a short result TTL")
+	}
+	ctx := testContext(t)
+	start := time.Now()
+	setStates(t, b, taskState("old", result.Succeeded, 0))
+	waitExpired(t, b, "old", start, time.Millisecond)
+	e.SweepDue()
+	setStates(t, b, taskState("new", result.Queued, 0))
+	if n, err := e.StoredResults(ctx, "old"); err != nil || n != 0 {
+		t.Fatalf("stored rows of the expired result = %d, %v; want 0", n, err)
 	}
 }
 

@@ -1,4 +1,4 @@
-package brokertest
+package conformance
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +34,8 @@ func runBroker(t *testing.T, newEngine NewEngine) {
 		{"NackRetryNoDelay", testNackRetryNoDelay},
 		{"NackRequeue", testNackRequeue},
 		{"NackDeadLetter", testNackDeadLetter},
+		{"DeadLetterCap", testDeadLetterCap},
+		{"CorruptPayloadDeadLettered", testCorruptPayload},
 		{"NackLostLeaseNoDuplicate", testNackLostLease},
 		{"DelayedPublish", testDelayedPublish},
 		{"PendingCount", testPendingCount},
@@ -40,6 +43,7 @@ func runBroker(t *testing.T, newEngine NewEngine) {
 		{"ClaimWaitEmpty", testClaimWaitEmpty},
 		{"ClaimWaitContextCancel", testClaimWaitContext},
 		{"ConcurrentClaimers", testConcurrentClaimers},
+		{"PeerWakesWaitingClaim", testPeerWakesWaitingClaim},
 		{"Validation", testValidation},
 		{"Closed", testClosed},
 		{"CloseWakesWaiter", testCloseWakesWaiter},
@@ -533,6 +537,57 @@ func testNackDeadLetter(t *testing.T, newEngine NewEngine) {
 	}
 }
 
+// testDeadLetterCap: the dead letters of a queue are trimmed to the cap,
+// the oldest going first.
+func testDeadLetterCap(t *testing.T, newEngine NewEngine) {
+	b := newEngine(t, Options{DeadLetterCap: 3}).Broker
+	for i := range 5 {
+		publish(t, b, envelope(fmt.Sprintf("dl-%d", i), testQueue))
+		ds := claim(t, b, params(1, time.Minute))
+		if len(ds) != 1 {
+			t.Fatalf("Claim = %v, want dl-%d", deliveryIDs(ds), i)
+		}
+		nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.DeadLetter, Reason: "r"})
+	}
+	dls, err := b.DeadLetters(testContext(t), testQueue, 10)
+	if err != nil {
+		t.Fatalf("DeadLetters: %v", err)
+	}
+	var got []string
+	for _, dl := range dls {
+		got = append(got, dl.Envelope.ID)
+	}
+	wantIDs(t, "dead letters under a cap of 3", got, []string{"dl-4", "dl-3", "dl-2"})
+}
+
+// testCorruptPayload: a stored task whose payload is not an envelope is
+// dead-lettered, with a reason naming it undecodable, by the claim that
+// meets it, instead of blocking the queue.
+func testCorruptPayload(t *testing.T, newEngine NewEngine) {
+	e := newEngine(t, Options{})
+	if e.PublishCorrupt == nil {
+		t.Skip("engine has no PublishCorrupt hook (it cannot store an undecodable payload)")
+	}
+	if err := e.PublishCorrupt(testContext(t), testQueue); err != nil {
+		t.Fatalf("PublishCorrupt: %v", err)
+	}
+	ok := envelope("ok", testQueue)
+	publish(t, e.Broker, ok)
+	ds := claim(t, e.Broker, params(10, time.Minute))
+	wantIDs(t, "claimed past a corrupt payload", deliveryIDs(ds), []string{"ok"})
+	sameEnvelope(t, ds[0].Envelope, ok)
+	dls, err := e.Broker.DeadLetters(testContext(t), testQueue, 10)
+	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
+		t.Fatalf("DeadLetters = %+v, %v; want one, undecodable", dls, err)
+	}
+	if again := claim(t, e.Broker, params(10, time.Minute)); len(again) != 0 {
+		t.Fatalf("claimed again: %v", deliveryIDs(again))
+	}
+	if n := pending(t, e.Broker, testQueue); n != 0 {
+		t.Fatalf("PendingCount = %d, want 0 (the corrupt task is dead, the valid one leased)", n)
+	}
+}
+
 func testNackLostLease(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelope("lost", testQueue))
@@ -848,5 +903,60 @@ func testCloseWakesWaiter(t *testing.T, newEngine NewEngine) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not wake a waiting Claim")
+	}
+}
+
+// testPeerWakesWaitingClaim: two engines on one store and namespace (two
+// worker processes) share queues and leases, and a publish through one
+// wakes a claim waiting in the other promptly.
+func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
+	a := newEngine(t, Options{})
+	if a.Peer == nil {
+		t.Skip("engine has no Peer hook (its state lives in its process)")
+	}
+	b := a.Peer(t)
+	ctx := testContext(t)
+	type claimed struct {
+		ds  []broker.Delivery
+		err error
+		at  time.Time
+	}
+	done := make(chan claimed, 1)
+	go func() {
+		ds, err := b.Broker.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
+		done <- claimed{ds, err, time.Now()}
+	}()
+	if b.WakeReady != nil {
+		deadline := time.Now().Add(10 * time.Second)
+		for !b.WakeReady(testQueue) {
+			if time.Now().After(deadline) {
+				t.Fatal("the waiting claim never subscribed to wake-ups")
+			}
+			pause(t, 10*time.Millisecond)
+		}
+	} else {
+		// Shapes the scenario (publish while b waits); the assertions
+		// hold if the publish lands first.
+		pause(t, 100*time.Millisecond)
+	}
+	publish(t, a.Broker, envelope("x", testQueue))
+	published := time.Now() // the wake-up, not the publish's write, is timed
+	c := <-done
+	if c.err != nil {
+		t.Fatalf("claim in the peer: %v", c.err)
+	}
+	wantIDs(t, "claimed in the peer", deliveryIDs(c.ds), []string{"x"})
+	lag := c.at.Sub(published)
+	t.Logf("wake-up across engines: %v", lag)
+	if lag > 2*time.Second {
+		t.Fatalf("wake-up across engines took %v", lag)
+	}
+	// a acks b's delivery: the lease is shared state.
+	ack(t, a.Broker, c.ds...)
+	if lost, ok := broker.LeasesLost(b.Broker.ExtendLease(ctx, c.ds, time.Minute)); !ok || len(lost) != 1 {
+		t.Fatalf("ExtendLease in the peer after an ack = lost %v (%v); want x lost", lost, ok)
+	}
+	if n := pending(t, b.Broker, testQueue); n != 0 {
+		t.Fatalf("PendingCount in the peer after the ack = %d, want 0", n)
 	}
 }

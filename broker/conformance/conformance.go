@@ -1,0 +1,215 @@
+// Package conformance is the one contract suite every stem engine runs,
+// through one entry point, Exercise. An engine provides some of these
+// roles, and each role has its area of the suite (one file each):
+//
+//   - broker.go: broker.Broker (publish, claim with leases, ack, nack,
+//     lease extension, delayed delivery, dead letters and their cap,
+//     undecodable payloads, waiting claims, two engines sharing a store,
+//     close);
+//   - results.go: result.Backend (round trip, not found, Newer ordering,
+//     TTL, the sweep of expired rows) and registry.Registry (heartbeat,
+//     sorted list, TTL, remove);
+//   - durability.go: broker.DurabilityReporter (the broker says whether it
+//     survives a crash);
+//   - control.go: broker.ControlTransport (broadcast, send, replies, the
+//     end of subscriptions);
+//   - pauses.go: broker.PauseStore (paused queues per namespace and scope);
+//   - revoke.go: revoke.Store (upsert if newer, list, prune, trim).
+//
+// A nil role skips its area, and a missing hook skips the tests that need
+// it, each with a t.Skip naming why. An engine runs the suite once from its
+// own _test.go:
+//
+//	func TestConformance(t *testing.T) {
+//		conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
+//			e := memory.New(memory.Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
+//			t.Cleanup(func() { _ = e.Close() })
+//			return conformance.Engine{Broker: e, Results: e, Registry: e, Control: e, Pauses: e}
+//		}))
+//	}
+//
+// A revoke store that is not (yet) part of an engine runs its area alone
+// with RevokeStore.
+//
+// Every test asks for a fresh engine (for a networked engine, a fresh
+// namespace), so tests run in parallel. Tests never sleep to synchronise:
+// they wait on Claim's own Wait, on channels, or poll with a deadline.
+// Goroutine leaks are checked by the implementation's TestMain (goleak),
+// because parallel tests share one process.
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stemhq/stem/broker"
+	"github.com/stemhq/stem/control/revoke"
+	"github.com/stemhq/stem/internal/testutil"
+	"github.com/stemhq/stem/registry"
+	"github.com/stemhq/stem/result"
+)
+
+// Engine holds the roles an implementation under test provides, and the
+// hooks some tests need to reach behind the interfaces. A nil role skips
+// its area of the suite; a nil hook skips the tests that need it.
+type Engine struct {
+	// Broker is the task transport under test.
+	Broker broker.Broker
+	// Results is the result backend under test.
+	Results result.Backend
+	// Registry is the worker registry under test.
+	Registry registry.Registry
+	// Control is the control transport under test.
+	Control broker.ControlTransport
+	// Pauses is the pause store under test.
+	Pauses broker.PauseStore
+	// Revokes is the revoke store under test.
+	Revokes revoke.Store
+
+	// Configure builds another fresh engine of the same kind, honouring
+	// opts (a short result TTL, a dead-letter cap). WithOptions sets it.
+	// Nil skips the tests that need options.
+	Configure NewEngine
+	// NoResultTTL is set by engines that cannot honour Options.ResultTTL at
+	// the suite's short time scale; it skips the result TTL tests.
+	NoResultTTL bool
+	// PublishCorrupt stores, on queue, a ready task whose payload is not an
+	// envelope (as a bug, a foreign writer or a torn write would leave
+	// it). Nil skips the test of undecodable payloads (an engine that
+	// stores envelopes as values cannot hold one).
+	PublishCorrupt func(ctx context.Context, queue string) error
+	// StoredResults counts the stored rows of task id in the result
+	// backend, expired or not; SweepDue makes the next Set sweep expired
+	// rows now. Together they test that expired results are deleted, not
+	// only hidden; nil skips that test (an engine whose store expires keys
+	// itself has nothing to sweep).
+	StoredResults func(ctx context.Context, id string) (int, error)
+	SweepDue      func()
+	// CloseEndsSubscriptions is set by engines whose Close ends their
+	// control subscriptions (broker.Subscription does not promise it: an
+	// engine may leave them to their own Close); it runs the test that
+	// they do.
+	CloseEndsSubscriptions bool
+	// Peer opens another engine on the same store and namespace as this
+	// one, as a second worker process would, closed at cleanup. Nil skips
+	// the test of engines sharing a store (an engine whose state lives in
+	// its process has no peer).
+	Peer func(t *testing.T) Engine
+	// WakeReady reports whether a claim waiting on queue in this engine
+	// is subscribed to the wake-ups a publish through a peer sends, so the
+	// test can publish after it is and so test the wake-up rather than a
+	// poll. Nil: the engine has no such state to observe, and the test
+	// pauses briefly before publishing (its assertions hold either way).
+	WakeReady func(queue string) bool
+}
+
+// Options are what a test asks of a new engine.
+type Options struct {
+	// ResultTTL, when > 0, is the TTL the result backend must give the
+	// states it stores. Zero means the engine's default.
+	ResultTTL time.Duration
+	// DeadLetterCap, when > 0, is the most dead letters a queue keeps.
+	// Zero means the engine's default.
+	DeadLetterCap int
+}
+
+// NewEngine builds a fresh, empty engine for one test, honouring opts. It
+// must register its own cleanup (t.Cleanup) that closes the engine and
+// removes any data it left behind; Close must be safe to call more than
+// once.
+type NewEngine func(t *testing.T, opts Options) Engine
+
+// WithOptions turns an engine builder that honours Options into the
+// argument of Exercise: engines built with the default options carry
+// build as their Configure hook.
+func WithOptions(build NewEngine) func(t *testing.T) Engine {
+	return func(t *testing.T) Engine {
+		e := build(t, Options{})
+		if e.Configure == nil {
+			e.Configure = build
+		}
+		return e
+	}
+}
+
+// Exercise runs the whole contract suite against engines built by
+// newEngine, which returns a fresh, empty engine for one test (see
+// NewEngine for its cleanup). Areas whose role the engine lacks are
+// skipped, each naming the missing role.
+func Exercise(t *testing.T, newEngine func(t *testing.T) Engine) {
+	// One engine is built up front to learn which roles and hooks the
+	// kind provides, so an area without its role skips at once.
+	probe := newEngine(t)
+	build := func(t *testing.T, opts Options) Engine {
+		if opts == (Options{}) {
+			return newEngine(t)
+		}
+		if probe.Configure == nil {
+			t.Skipf("the engine has no Configure hook to build one with %+v", opts)
+		}
+		return probe.Configure(t, opts)
+	}
+	area := func(name, field, role string, present bool, run func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) {
+			if !present {
+				t.Skipf("the engine provides no %s (Engine.%s is nil)", role, field)
+			}
+			run(t)
+		})
+	}
+	area("Broker", "Broker", "broker.Broker", probe.Broker != nil, func(t *testing.T) { runBroker(t, build) })
+	area("Results", "Results", "result.Backend", probe.Results != nil, func(t *testing.T) { runResults(t, build) })
+	area("Registry", "Registry", "registry.Registry", probe.Registry != nil, func(t *testing.T) { runRegistry(t, build) })
+	area("Durability", "Broker", "broker.Broker", probe.Broker != nil, func(t *testing.T) { runDurability(t, build) })
+	area("Control", "Control", "broker.ControlTransport", probe.Control != nil, func(t *testing.T) { runControl(t, build) })
+	area("Pauses", "Pauses", "broker.PauseStore", probe.Pauses != nil, func(t *testing.T) { runPauses(t, build) })
+	area("Revokes", "Revokes", "revoke.Store", probe.Revokes != nil, func(t *testing.T) {
+		RevokeStore(t, func(t *testing.T) revoke.Store { return build(t, Options{}).Revokes })
+	})
+}
+
+// RequireEnv returns the value of the environment variable name, which
+// selects an integration test's external service (STEM_TEST_REDIS_URL,
+// STEM_TEST_POSTGRES_URL). When it is unset the test is skipped, except
+// when the environment variable CI is set: then a missing service is a
+// failure, so a CI run can never pass by skipping the integration tests.
+// It is testutil.EnvOrSkip, exported for engines outside this module.
+func RequireEnv(tb testing.TB, name string) string {
+	tb.Helper()
+	return testutil.EnvOrSkip(tb, name)
+}
+
+// testContext returns a context bounded well above any single test's needs,
+// so a hung engine fails the test instead of the whole run.
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// subtest is one named test of the suite.
+type subtest struct {
+	name string
+	fn   func(t *testing.T, newEngine NewEngine)
+}
+
+// runAll runs tests in parallel subtests.
+func runAll(t *testing.T, newEngine NewEngine, tests []subtest) {
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tc.fn(t, newEngine)
+		})
+	}
+}
+
+var nameSeq atomic.Int64
+
+// uniqueName returns a name no other test uses, in this process or in
+// another run against the same server.
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s%d-%d", prefix, time.Now().UnixNano(), nameSeq.Add(1))
+}
