@@ -5,7 +5,7 @@
 //
 // Every method takes a context.Context first and returns only stem types, so
 // the worker never sees a go-redis, pgx or database/sql value. One contract
-// suite (package brokertest) runs against every implementation; when the
+// suite (broker/conformance, Exercise) runs against every implementation; when the
 // semantics below change, the suite changes first.
 //
 // Semantics in brief:

@@ -25,9 +25,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/logging"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
@@ -177,7 +177,7 @@ func (e *cmdEnv) get(key string) (string, bool) {
 // env is the one configuration path of every command: flags bound to
 // variables, then the process environment, then the env file (--env-file,
 // STEM_ENV_FILE, else the packaged default when this user can read it). A
-// bad env file is a *stemerr.ConfigError (exit 78) naming the file and
+// bad env file is a *stem.ConfigError (exit 78) naming the file and
 // line; e is then still the flag and environment layers, with file set.
 func (a *App) env(cmd *cobra.Command) (e *cmdEnv, err error) {
 	e = &cmdEnv{lookup: config.Lookup{flagSource(cmd), config.EnvSource(a.lookupEnv)}}
@@ -215,7 +215,7 @@ func (a *App) logger(cmd *cobra.Command, c config.Config) (*logrus.Logger, error
 	js, _ := a.lookupEnv("JOURNAL_STREAM")
 	l, err := logging.New(cmd.ErrOrStderr(), logging.Options{Level: c.LogLevel, Format: c.LogFormat, JournalStream: js})
 	if err != nil {
-		return nil, &stemerr.ConfigError{Key: "STEM_LOG_LEVEL", Value: c.LogLevel, Msg: err.Error()}
+		return nil, &stem.ConfigError{Key: "STEM_LOG_LEVEL", Value: c.LogLevel, Msg: err.Error()}
 	}
 	return l, nil
 }
@@ -262,7 +262,7 @@ func Execute(root *cobra.Command) int {
 	if !(asExit(err, &ee) && ee.Err == nil) {
 		// The last line of defence: whatever wrapped a URL or a driver
 		// error, no password reaches the terminal.
-		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", stemerr.RedactText(oneLine(err.Error())))
+		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", stem.RedactText(oneLine(err.Error())))
 		if code == ExitUsage && cmd != nil {
 			fmt.Fprintf(root.ErrOrStderr(), "Run '%s --help' for usage.\n", cmd.CommandPath())
 		}

@@ -11,10 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/engine"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // controlOptions are the flags every control command shares.
@@ -65,7 +65,7 @@ func (a *App) openControl(cmd *cobra.Command) (*controlSession, error) {
 	}
 	if eng.Control == nil {
 		eng.Close()
-		return nil, withCode(ExitConfig, fmt.Errorf("broker %s has no control transport", stemerr.RedactURL(c.BrokerURL)))
+		return nil, withCode(ExitConfig, fmt.Errorf("broker %s has no control transport", stem.RedactURL(c.BrokerURL)))
 	}
 	return &controlSession{cfg: c, lookup: l, eng: eng, req: &control.Requester{
 		Transport: eng.Control, Registry: eng.Registry, Namespace: c.ControlNamespace, SigningKey: []byte(c.SigningKey),

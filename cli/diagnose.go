@@ -8,12 +8,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/diagnose"
 	"github.com/stemhq/stem/engine"
-	"github.com/stemhq/stem/stemerr"
 )
 
 type diagnoseOptions struct {
@@ -63,8 +63,8 @@ Exit 1 when any check is an error, else 0. --json prints {"checks": [{"name",
 				Environ:          a.environ,
 				DefaultCommand:   defaultCommandText(),
 				DefaultBrokerURL: config.DefaultBrokerURL(a.lookupEnv),
-				CheckBrokerURL:   func(raw string) error { return stemerr.CheckURL(raw, engine.Schemes) },
-				RedactURL:        stemerr.RedactURL,
+				CheckBrokerURL:   func(raw string) error { return stem.CheckURL(raw, engine.Schemes) },
+				RedactURL:        stem.RedactURL,
 			}
 			var err error
 			if pidfile, _ := env.get("STEM_WORKER_PIDFILE"); pidfile != "" {

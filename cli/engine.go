@@ -10,11 +10,11 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/logging"
-	"github.com/stemhq/stem/stemerr"
 )
 
 func engineOptions(c config.Config) engine.Options {
@@ -64,7 +64,7 @@ func openRetrying[T any](ctx context.Context, log logrus.FieldLogger, what, rawU
 		v, err := open()
 		if err == nil {
 			if attempt > 1 {
-				log.WithField(logging.FieldURL, stemerr.RedactURL(rawURL)).Infof("%s reachable", what)
+				log.WithField(logging.FieldURL, stem.RedactURL(rawURL)).Infof("%s reachable", what)
 			}
 			return v, nil
 		}

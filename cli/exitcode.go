@@ -5,8 +5,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/daemon"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // The exit codes of every stem command. This is the one table; the README's
@@ -98,7 +98,7 @@ func ExitCode(err error) int {
 	if errors.As(err, &ee) {
 		return ee.Code
 	}
-	var ce *stemerr.ConfigError
+	var ce *stem.ConfigError
 	var re *daemon.RefusedError
 	var ue *daemon.UsageError
 	switch {
@@ -106,9 +106,9 @@ func ExitCode(err error) int {
 		return ExitRefused
 	case errors.As(err, &ue):
 		return ExitUsage
-	case errors.As(err, &ce), errors.Is(err, stemerr.ErrIncompatible):
+	case errors.As(err, &ce), errors.Is(err, stem.ErrIncompatible):
 		return ExitConfig
-	case errors.Is(err, stemerr.ErrUnavailable):
+	case errors.Is(err, stem.ErrUnavailable):
 		return ExitUnavailable
 	}
 	return ExitInternal

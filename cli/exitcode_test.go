@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/daemon"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // TestExitCode checks the one place that maps errors to exit codes.
@@ -20,10 +20,10 @@ func TestExitCode(t *testing.T) {
 		{"explicit", &ExitError{Code: ExitPartial}, ExitPartial},
 		{"wrapped explicit", fmt.Errorf("ctx: %w", withCode(ExitNotRunning, errors.New("x"))), ExitNotRunning},
 		{"usage", usageErrorf("bad"), ExitUsage},
-		{"config", &stemerr.ConfigError{Key: "K", Value: "v", Msg: "m"}, ExitConfig},
-		{"wrapped config", fmt.Errorf("load: %w", stemerr.Configf("f:1: x")), ExitConfig},
-		{"unavailable", fmt.Errorf("redis://h: %w", stemerr.ErrUnavailable), ExitUnavailable},
-		{"incompatible store", fmt.Errorf("sqlite /x.db: %w", stemerr.ErrIncompatible), ExitConfig},
+		{"config", &stem.ConfigError{Key: "K", Value: "v", Msg: "m"}, ExitConfig},
+		{"wrapped config", fmt.Errorf("load: %w", stem.Configf("f:1: x")), ExitConfig},
+		{"unavailable", fmt.Errorf("redis://h: %w", stem.ErrUnavailable), ExitUnavailable},
+		{"incompatible store", fmt.Errorf("sqlite /x.db: %w", stem.ErrIncompatible), ExitConfig},
 		{"refused pidfile", fmt.Errorf("alpha: %w", &daemon.RefusedError{What: "pidfile", Path: "/run/stem/a.pid", Reason: "r"}), ExitRefused},
 		{"other", errors.New("surprise"), ExitInternal},
 	}

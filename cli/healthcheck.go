@@ -9,9 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/healthcheck"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // codeBrokerUnavailable is the healthcheck error code of a --readiness
@@ -84,7 +84,7 @@ see docs/daemon.md.`,
 				}
 			}
 			r := p.Check(cmd.Context(), healthcheck.Target{Node: node, Pidfile: pidfile, Logfile: logfile})
-			if errors.Is(readyErr, stemerr.ErrUnavailable) {
+			if errors.Is(readyErr, stem.ErrUnavailable) {
 				r.Error = codeBrokerUnavailable
 			}
 			return o.report(cmd, r)

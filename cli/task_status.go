@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 type taskStatusOptions struct {
@@ -57,7 +57,7 @@ Exit 0 when the state was found (whatever it is), 1 when the task is unknown
 // A task's error or reason that quotes a URL or connection string (a
 // handler that failed to reach its database, say) is shown redacted.
 func printState(w io.Writer, st result.TaskState, jsonOut bool) error {
-	st.Error, st.Reason = stemerr.RedactText(st.Error), stemerr.RedactText(st.Reason)
+	st.Error, st.Reason = stem.RedactText(st.Error), stem.RedactText(st.Reason)
 	if jsonOut {
 		return writeJSON(w, st)
 	}

@@ -12,11 +12,11 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/daemon"
 	"github.com/stemhq/stem/logging"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
@@ -176,7 +176,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	signalModes, err := parseSignals(c.Signals)
 	if err != nil {
 		_, from, _ := l.Get("STEM_WORKER_SIGNALS")
-		return &stemerr.ConfigError{Key: from, Value: c.Signals, Msg: err.Error()}
+		return &stem.ConfigError{Key: from, Value: c.Signals, Msg: err.Error()}
 	}
 	// Signals are caught from the start, so a SIGTERM during the broker
 	// retry loop ends it cleanly. SIGHUP, unless mapped, is a warm restart
@@ -219,7 +219,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	}()
 
 	log.WithFields(logrus.Fields{
-		logging.FieldURL: stemerr.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": c.Signals + " (a second signal escalates)",
+		logging.FieldURL: stem.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": c.Signals + " (a second signal escalates)",
 	}).Info("stem worker starting")
 	eng, err := openEngineRetrying(ctx, c, log)
 	if err != nil {
@@ -247,7 +247,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		stop, err := serveMetrics(c.MetricsAddr, metrics, log)
 		if err != nil {
 			_, from, _ := l.Get("STEM_METRICS_ADDR")
-			return &stemerr.ConfigError{Key: from, Value: c.MetricsAddr, Msg: err.Error()}
+			return &stem.ConfigError{Key: from, Value: c.MetricsAddr, Msg: err.Error()}
 		}
 		defer stop()
 	}

@@ -14,9 +14,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // DefaultQueue is the queue of a task that names none and has no route.
@@ -181,7 +181,7 @@ func (c *Client) Wait(ctx context.Context, ids []string) (Outcome, error) {
 					continue
 				}
 			case ctx.Err() != nil:
-			case !errors.Is(err, result.ErrNotFound) && !errors.Is(err, stemerr.ErrUnavailable):
+			case !errors.Is(err, result.ErrNotFound) && !errors.Is(err, stem.ErrUnavailable):
 				return out, err
 			}
 			next = append(next, i)

@@ -20,7 +20,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 // Source is one layer of configuration values, keyed by variable name.
@@ -179,7 +179,7 @@ func (r *Reader) Err() error { return r.err }
 
 func (r *Reader) fail(from, val, msg string) {
 	if r.err == nil {
-		r.err = &stemerr.ConfigError{Key: from, Value: val, Msg: msg}
+		r.err = &stem.ConfigError{Key: from, Value: val, Msg: msg}
 	}
 }
 
@@ -331,8 +331,8 @@ func (r *Reader) URL(key, def string, schemes []string) string {
 	if !ok || v == "" {
 		return def
 	}
-	if err := stemerr.CheckURL(v, schemes); err != nil {
-		r.fail(from, stemerr.RedactURL(v), err.Error())
+	if err := stem.CheckURL(v, schemes); err != nil {
+		r.fail(from, stem.RedactURL(v), err.Error())
 		return def
 	}
 	return v

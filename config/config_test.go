@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 func lookup(flags, env, file map[string]string) Lookup {
@@ -194,9 +194,9 @@ func TestBadValuesNameVariableAndValue(t *testing.T) {
 			l = lookup(nil, m, nil)
 		}
 		_, err := Load(l, 2)
-		var ce *stemerr.ConfigError
+		var ce *stem.ConfigError
 		if !errors.As(err, &ce) {
-			t.Errorf("%s=%s: got %v, want a *stemerr.ConfigError", tt.key, tt.val, err)
+			t.Errorf("%s=%s: got %v, want a *stem.ConfigError", tt.key, tt.val, err)
 			continue
 		}
 		if !strings.Contains(err.Error(), tt.want) {

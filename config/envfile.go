@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/joho/godotenv"
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 // LoadEnvFile parses an env file (godotenv syntax, which systemd's
@@ -23,15 +23,15 @@ import (
 func LoadEnvFile(path string) (map[string]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &stemerr.ConfigError{Key: "env file " + path, Msg: errorText(err)}
+		return nil, &stem.ConfigError{Key: "env file " + path, Msg: errorText(err)}
 	}
 	if line, msg := ScanEnvFile(data); line > 0 {
-		return nil, &stemerr.ConfigError{Key: fmt.Sprintf("env file %s:%d", path, line), Msg: msg}
+		return nil, &stem.ConfigError{Key: fmt.Sprintf("env file %s:%d", path, line), Msg: msg}
 	}
 	m, err := godotenv.Parse(bytes.NewReader(data))
 	if err != nil {
 		// The scan should have caught it; name what can be named.
-		return nil, &stemerr.ConfigError{Key: "env file " + path, Msg: envParseError(err)}
+		return nil, &stem.ConfigError{Key: "env file " + path, Msg: envParseError(err)}
 	}
 	return m, nil
 }

@@ -7,11 +7,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 // TestEnvFileErrors: every malformed line, including those godotenv would
-// take silently or report without a line, is a *stemerr.ConfigError (exit 78) naming
+// take silently or report without a line, is a *stem.ConfigError (exit 78) naming
 // file:line and what is wrong, and never the value (it may be a password).
 func TestEnvFileErrors(t *testing.T) {
 	t.Parallel()
@@ -40,9 +40,9 @@ func TestEnvFileErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err := LoadEnvFile(path)
-			var ce *stemerr.ConfigError
+			var ce *stem.ConfigError
 			if !errors.As(err, &ce) {
-				t.Fatalf("case %d: LoadEnvFile = %v, want a *stemerr.ConfigError", i, err)
+				t.Fatalf("case %d: LoadEnvFile = %v, want a *stem.ConfigError", i, err)
 			}
 			msg := err.Error()
 			want := "env file " + path + ":" + string(rune('0'+tt.line)) + ": "

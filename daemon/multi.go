@@ -18,9 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/google/shlex"
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/internal/fileperm"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/templating"
 )
 
@@ -480,7 +480,7 @@ type StartPlan struct {
 
 // Nodes resolves everything a start needs: paths and their directories,
 // command, environment. Nothing should be started if it fails: a
-// *UsageError is the caller's mistake, a *stemerr.ConfigError a bad
+// *UsageError is the caller's mistake, a *stem.ConfigError a bad
 // STEM_WORKER_COMMAND or a directory that cannot be made.
 func (p StartPlan) Nodes(names []string, now time.Time) ([]Node, error) {
 	nodes, err := Paths(names, p.Pidfile, p.Logfile, now)
@@ -506,7 +506,7 @@ func (p StartPlan) Nodes(names []string, now time.Time) ([]Node, error) {
 	for i := range nodes {
 		n := &nodes[i]
 		if err := MakeDirs(*n); err != nil {
-			return nil, &stemerr.ConfigError{Msg: fmt.Sprintf("%s: %v (--pidfile %q, --logfile %q)", n.Name, err, p.Pidfile, p.Logfile)}
+			return nil, &stem.ConfigError{Msg: fmt.Sprintf("%s: %v (--pidfile %q, --logfile %q)", n.Name, err, p.Pidfile, p.Logfile)}
 		}
 		vars := map[string]string{"STEM_WORKER_NODE": n.Name, "STEM_WORKER_PIDFILE": n.Pidfile}
 		if n.Logfile != "" {
@@ -528,10 +528,10 @@ func (p StartPlan) argv() ([]string, error) {
 	if strings.TrimSpace(p.Command) != "" {
 		words, err := shlex.Split(p.Command)
 		if err != nil {
-			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: p.Command, Msg: "does not parse: " + err.Error()}
+			return nil, &stem.ConfigError{Key: "STEM_WORKER_COMMAND", Value: p.Command, Msg: "does not parse: " + err.Error()}
 		}
 		if len(words) == 0 {
-			return nil, &stemerr.ConfigError{Key: "STEM_WORKER_COMMAND", Value: p.Command, Msg: "holds no command"}
+			return nil, &stem.ConfigError{Key: "STEM_WORKER_COMMAND", Value: p.Command, Msg: "holds no command"}
 		}
 		argv = words
 	} else {

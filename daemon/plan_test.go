@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 // TestChildEnviron pins the precedence of a node's environment: set >
@@ -84,7 +84,7 @@ func TestStartPlan(t *testing.T) {
 			t.Errorf("directory %s not made: %v", d, err)
 		}
 	}
-	var ce *stemerr.ConfigError
+	var ce *stem.ConfigError
 	if _, err := (StartPlan{Pidfile: p.Pidfile, Command: `"unclosed`}).Nodes([]string{"a"}, time.Now()); !errors.As(err, &ce) {
 		t.Errorf("a bad STEM_WORKER_COMMAND: %v, want a config error", err)
 	}

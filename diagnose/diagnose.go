@@ -28,9 +28,9 @@ import (
 	"github.com/google/shlex"
 	"golang.org/x/sys/unix"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/daemon"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Level is the severity of a check's result.
@@ -85,10 +85,10 @@ type Report struct {
 	Warnings int     `json:"warnings"`
 }
 
-// add records a check. Its message passes through stemerr.RedactText, so
+// add records a check. Its message passes through stem.RedactText, so
 // no check shows a password whatever value or error it quotes.
 func (r *Report) add(name string, l Level, format string, args ...any) {
-	r.Checks = append(r.Checks, Check{Name: name, Level: l, Message: stemerr.RedactText(fmt.Sprintf(format, args...))})
+	r.Checks = append(r.Checks, Check{Name: name, Level: l, Message: stem.RedactText(fmt.Sprintf(format, args...))})
 	switch l {
 	case Error:
 		r.Errors++
@@ -307,7 +307,7 @@ func checkEnvFile(r *Report, in Input) map[string]string {
 var secretName = regexp.MustCompile(`(?i)(PASSWORD|PASSWD|SECRET|SIGNING_KEY|PRIVATE_KEY|API_KEY|TOKEN)`)
 
 // Secrets returns the sorted names of the variables in env that hold a
-// secret: a URL or connection string with something stemerr.RedactURL
+// secret: a URL or connection string with something stem.RedactURL
 // hides (a password in the user info, ?password=, ?sslpassword=, ...),
 // or a name that says password, secret, signing key, private key, API key
 // or token. Values are never returned.
@@ -317,7 +317,7 @@ func Secrets(env map[string]string) []string {
 		if v == "" {
 			continue
 		}
-		if secretName.MatchString(k) || stemerr.HasSecret(v) {
+		if secretName.MatchString(k) || stem.HasSecret(v) {
 			out = append(out, k)
 		}
 	}

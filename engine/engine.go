@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/memory"
 	stempostgres "github.com/stemhq/stem/broker/postgres"
@@ -29,7 +30,6 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Schemes lists the URL schemes Open accepts.
@@ -73,8 +73,8 @@ func (e *Engine) Close() error {
 }
 
 // Open opens the engine(s) named by o and checks they answer. A bad URL is
-// a *stemerr.ConfigError; an engine that does not answer wraps
-// stemerr.ErrUnavailable and names the URL with its password redacted.
+// a *stem.ConfigError; an engine that does not answer wraps
+// stem.ErrUnavailable and names the URL with its password redacted.
 func Open(ctx context.Context, o Options) (*Engine, error) {
 	if o.ResultURL == "" {
 		o.ResultURL = o.BrokerURL
@@ -119,15 +119,15 @@ type opened struct {
 func (o *opened) Close() error { return o.close() }
 
 // open opens the engine of raw. Its errors pass through
-// stemerr.RedactError, so no driver's message shows raw's secrets.
+// stem.RedactError, so no driver's message shows raw's secrets.
 func open(ctx context.Context, raw string, o Options) (*opened, error) {
 	x, err := openURL(ctx, raw, o)
-	return x, stemerr.RedactError(err, raw)
+	return x, stem.RedactError(err, raw)
 }
 
 func openURL(ctx context.Context, raw string, o Options) (*opened, error) {
-	if err := stemerr.CheckURL(raw, Schemes); err != nil {
-		return nil, &stemerr.ConfigError{Key: "URL", Value: stemerr.RedactURL(raw), Msg: err.Error()}
+	if err := stem.CheckURL(raw, Schemes); err != nil {
+		return nil, &stem.ConfigError{Key: "URL", Value: stem.RedactURL(raw), Msg: err.Error()}
 	}
 	u, _ := url.Parse(raw)
 	switch strings.ToLower(u.Scheme) {

@@ -9,9 +9,9 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // RevokeSchemes lists the URL schemes OpenRevokeStore accepts, besides a
@@ -49,14 +49,14 @@ type RevokeOptions struct {
 // A bare path is anything without a "scheme:" prefix ("revokes.ndjson",
 // "./a:b", "/var/lib/stem/revokes"); a relative one is resolved against
 // the working directory now. A URL with an unknown scheme, or a malformed
-// one, is a *stemerr.ConfigError (exit 78) keyed by o.URLKey that lists
+// one, is a *stem.ConfigError (exit 78) keyed by o.URLKey that lists
 // the supported schemes and shows the URL with its password redacted. A
-// server that does not answer is an error wrapping stemerr.ErrUnavailable.
+// server that does not answer is an error wrapping stem.ErrUnavailable.
 // Closing an engine's store closes the connection it opened.
 func OpenRevokeStore(ctx context.Context, o RevokeOptions) (revoke.Store, error) {
 	st, err := openRevokeStore(ctx, o)
 	// Drivers may quote the URL or its password in their errors.
-	return st, stemerr.RedactError(err, o.URL)
+	return st, stem.RedactError(err, o.URL)
 }
 
 func openRevokeStore(ctx context.Context, o RevokeOptions) (revoke.Store, error) {
@@ -65,11 +65,11 @@ func openRevokeStore(ctx context.Context, o RevokeOptions) (revoke.Store, error)
 		keyName = "revoke store URL"
 	}
 	bad := func(msg string) error {
-		return &stemerr.ConfigError{Key: keyName, Value: stemerr.RedactURL(o.URL), Msg: msg}
+		return &stem.ConfigError{Key: keyName, Value: stem.RedactURL(o.URL), Msg: msg}
 	}
 	raw := strings.TrimSpace(o.URL)
 	if raw == "" {
-		return nil, &stemerr.ConfigError{Key: keyName, Msg: "empty; want " + revokeSupported()}
+		return nil, &stem.ConfigError{Key: keyName, Msg: "empty; want " + revokeSupported()}
 	}
 	switch scheme := schemeOf(raw); scheme {
 	case "":
@@ -151,16 +151,16 @@ func revokeSupported() string {
 }
 
 // rekey makes a configuration error name the variable the URL came from:
-// a *stemerr.ConfigError gets Key keyName; an engine's
-// stemerr.ErrIncompatible (a malformed URL, a file that is not stem's) is
+// a *stem.ConfigError gets Key keyName; an engine's
+// stem.ErrIncompatible (a malformed URL, a file that is not stem's) is
 // prefixed with it. Both exit 78.
 func rekey(err error, keyName string) error {
-	if ce, ok := err.(*stemerr.ConfigError); ok {
+	if ce, ok := err.(*stem.ConfigError); ok {
 		c := *ce
 		c.Key = keyName
 		return &c
 	}
-	if errors.Is(err, stemerr.ErrIncompatible) {
+	if errors.Is(err, stem.ErrIncompatible) {
 		return fmt.Errorf("%s: %w", keyName, err)
 	}
 	return err

@@ -13,11 +13,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/stemerr"
 )
 
 func TestResolveURL(t *testing.T) {
@@ -102,9 +102,9 @@ func TestOpenBadURLs(t *testing.T) {
 	}
 	for _, tc := range tests {
 		_, err := engine.OpenRevokeStore(context.Background(), engine.RevokeOptions{URL: tc.raw, URLKey: "STEM_REVOKE_STORE_URL"})
-		var ce *stemerr.ConfigError
-		if !errors.As(err, &ce) && !errors.Is(err, stemerr.ErrIncompatible) {
-			t.Errorf("Open(%q) = %v; want a *stemerr.ConfigError or stemerr.ErrIncompatible (exit 78)", tc.raw, err)
+		var ce *stem.ConfigError
+		if !errors.As(err, &ce) && !errors.Is(err, stem.ErrIncompatible) {
+			t.Errorf("Open(%q) = %v; want a *stem.ConfigError or stem.ErrIncompatible (exit 78)", tc.raw, err)
 			continue
 		}
 		msg := err.Error()

@@ -18,7 +18,7 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 // Field names used across stem's log lines.
@@ -72,14 +72,14 @@ func New(w io.Writer, o Options) (*logrus.Logger, error) {
 }
 
 // redacting passes the message and every string, error or Stringer field
-// of each entry through stemerr.RedactText before formatting, so no log
+// of each entry through stem.RedactText before formatting, so no log
 // line shows a password, whichever code logged the URL or the driver
 // error that quoted it.
 type redacting struct{ inner logrus.Formatter }
 
 func (r redacting) Format(e *logrus.Entry) ([]byte, error) {
 	c := *e
-	c.Message = stemerr.RedactText(e.Message)
+	c.Message = stem.RedactText(e.Message)
 	c.Data = make(logrus.Fields, len(e.Data))
 	for k, v := range e.Data {
 		c.Data[k] = redactValue(v)
@@ -91,7 +91,7 @@ func redactValue(v any) any {
 	var s string
 	switch x := v.(type) {
 	case string:
-		return stemerr.RedactText(x)
+		return stem.RedactText(x)
 	case error:
 		s = x.Error()
 	case fmt.Stringer:
@@ -99,7 +99,7 @@ func redactValue(v any) any {
 	default:
 		return v
 	}
-	if clean := stemerr.RedactText(s); clean != s {
+	if clean := stem.RedactText(s); clean != s {
 		return clean
 	}
 	return v

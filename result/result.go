@@ -12,7 +12,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/stemhq/stem/stemerr"
+	"github.com/stemhq/stem"
 )
 
 // State is a task's lifecycle state.
@@ -102,7 +102,7 @@ func Newer(a, b TaskState) bool {
 
 // Wait polls b until task id reaches a final state or ctx ends. It returns
 // the last state read (final or not) and ctx's error on timeout. Errors
-// wrapping stemerr.ErrUnavailable (a backend restarting) are waited out.
+// wrapping stem.ErrUnavailable (a backend restarting) are waited out.
 func Wait(ctx context.Context, b Backend, id string) (TaskState, error) {
 	delay := 5 * time.Millisecond
 	var last TaskState
@@ -114,7 +114,7 @@ func Wait(ctx context.Context, b Backend, id string) (TaskState, error) {
 			if st.State.Final() {
 				return st, nil
 			}
-		case !errors.Is(err, ErrNotFound) && !errors.Is(err, stemerr.ErrUnavailable):
+		case !errors.Is(err, ErrNotFound) && !errors.Is(err, stem.ErrUnavailable):
 			return last, err
 		}
 		t := time.NewTimer(delay)

@@ -12,8 +12,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/config"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -42,7 +42,7 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 var defKeys = map[string]bool{"command": true, "queue": true, "timeout": true, "max_retries": true, "retry_backoff": true, "env": true, "dir": true}
 
 // Load parses a tasks file. Every error names the file and line and is a
-// *stemerr.ConfigError (exit 78).
+// *stem.ConfigError (exit 78).
 //
 // Format:
 //
@@ -59,7 +59,7 @@ var defKeys = map[string]bool{"command": true, "queue": true, "timeout": true, "
 func Load(path string) (*File, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, stemerr.Configf("tasks file %s: %v", path, errorText(err))
+		return nil, stem.Configf("tasks file %s: %v", path, errorText(err))
 	}
 	return Parse(path, data)
 }
@@ -74,7 +74,7 @@ func errorText(err error) string {
 // Parse parses tasks-file content; path is used in messages.
 func Parse(path string, data []byte) (*File, error) {
 	fail := func(line int, format string, args ...any) error {
-		return stemerr.Configf("%s:%d: %s", path, line, fmt.Sprintf(format, args...))
+		return stem.Configf("%s:%d: %s", path, line, fmt.Sprintf(format, args...))
 	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -85,7 +85,7 @@ func Parse(path string, data []byte) (*File, error) {
 			line, _ := strconv.Atoi(m[1])
 			return nil, fail(line, "%s", m[2])
 		}
-		return nil, stemerr.Configf("%s: %s", path, msg)
+		return nil, stem.Configf("%s: %s", path, msg)
 	}
 	f := &File{Path: path}
 	if len(doc.Content) == 0 {
@@ -204,7 +204,7 @@ func (f *File) Register(r *worker.Registry, o ExecOptions) error {
 	for _, d := range f.Tasks {
 		opts := worker.TaskOptions{Queue: d.Queue, MaxRetries: d.MaxRetries, TimeLimit: d.Timeout, RetryBackoff: d.RetryBackoff}
 		if err := r.Register(d.Name, Exec(d, o), opts); err != nil {
-			return stemerr.Configf("%s:%d: %v", f.Path, d.Line, err)
+			return stem.Configf("%s:%d: %v", f.Path, d.Line, err)
 		}
 	}
 	return nil

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -55,7 +55,7 @@ func TestParseErrorsNameFileAndLine(t *testing.T) {
 	}
 	for _, tt := range tests {
 		_, err := Parse("t.yaml", []byte(tt.src))
-		var ce *stemerr.ConfigError
+		var ce *stem.ConfigError
 		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: got %v, want a config error containing %q", tt.name, err, tt.want)
 		}

@@ -7,10 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/logging"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // finish is one event for the completer: a state to write and, unless
@@ -176,7 +176,7 @@ func (c *completer) retrying(what string, n int, op func(context.Context) error)
 			log.WithError(err).Errorf("%s: giving up during hard shutdown; leases will expire and the broker will redeliver", what)
 			return err
 		}
-		if b.failures >= 3 && !errors.Is(err, stemerr.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+		if b.failures >= 3 && !errors.Is(err, stem.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
 			log.WithError(err).Errorf("%s: the backend keeps refusing it; giving up on this batch", what)
 			return err
 		}

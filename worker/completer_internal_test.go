@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/memory"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // unavailableResults is a result backend that is down: every Set fails
@@ -25,7 +25,7 @@ func (u *unavailableResults) Set(context.Context, []result.TaskState) error {
 	case u.calls <- struct{}{}:
 	default:
 	}
-	return stemerr.ErrUnavailable
+	return stem.ErrUnavailable
 }
 
 // TestHardShutdownCutsCompleterBackoffShort: while the completer backs off

@@ -17,13 +17,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/engine"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -37,7 +37,7 @@ type flakyStore struct {
 func (s *flakyStore) List(ctx context.Context, ns string) ([]revoke.Entry, error) {
 	s.lists.Add(1)
 	if s.fails.Add(-1) >= 0 {
-		return nil, fmt.Errorf("revoke store at redis://127.0.0.1:1/0: %w", stemerr.ErrUnavailable)
+		return nil, fmt.Errorf("revoke store at redis://127.0.0.1:1/0: %w", stem.ErrUnavailable)
 	}
 	return s.mapStore.List(ctx, ns)
 }

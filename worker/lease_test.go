@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -26,7 +26,7 @@ type flakyRenewals struct {
 func (f *flakyRenewals) ExtendLease(ctx context.Context, ds []broker.Delivery, d time.Duration) error {
 	f.calls.Add(1)
 	if f.fail.Add(-1) >= 0 {
-		return stemerr.ErrUnavailable
+		return stem.ErrUnavailable
 	}
 	return f.Broker.ExtendLease(ctx, ds, d)
 }

@@ -10,9 +10,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/control"
 	"github.com/stemhq/stem/logging"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // syncControlState reads the revoke store (pruning expired entries and
@@ -96,7 +96,7 @@ func shownURL(u string) string {
 	if u == "" {
 		return "(URL not configured)"
 	}
-	return stemerr.RedactURL(u)
+	return stem.RedactURL(u)
 }
 
 // loadControlState reads the revoke and pause stores before the first

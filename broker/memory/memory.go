@@ -3,7 +3,7 @@
 // worker registry (registry.Registry). It is meant for tests and for
 // embedding stem in a single process; nothing survives the process.
 //
-// Semantics follow package broker and the brokertest contract suite:
+// Semantics follow package broker and the broker/conformance contract suite:
 // publish appends to a queue's ready list (or to its delayed heap when the
 // ETA is in the future), Claim leases up to Max deliveries across queues in
 // priority order, an expired lease goes back to the head of its queue on

@@ -40,7 +40,7 @@
 //
 // pgxpool replaces broken connections by itself. A call that fails for
 // want of a connection (refused, reset, server shutting down or starting)
-// returns an error wrapping stemerr.ErrUnavailable, naming the URL with its
+// returns an error wrapping stem.ErrUnavailable, naming the URL with its
 // password redacted, so the caller retries; nothing is dropped silently.
 // Leased deliveries whose worker lost its connection come back when their
 // lease expires.
@@ -72,10 +72,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Default option values.
@@ -185,11 +185,11 @@ var (
 
 // ErrNotStemSchema is wrapped by Open's error for a schema that holds
 // tables but is not stem's.
-var ErrNotStemSchema = stemerr.Incompatible(errors.New("not a stem schema"))
+var ErrNotStemSchema = stem.Incompatible(errors.New("not a stem schema"))
 
 // ErrSchemaTooNew is wrapped by Open's error for a schema written by a
 // newer stem than this binary.
-var ErrSchemaTooNew = stemerr.Incompatible(errors.New("database schema is newer than this stem binary"))
+var ErrSchemaTooNew = stem.Incompatible(errors.New("database schema is newer than this stem binary"))
 
 // Open connects to the Postgres server at rawURL, checks it answers, and
 // creates or upgrades the Engine's schema. rawURL is what pgx accepts:
@@ -199,12 +199,12 @@ var ErrSchemaTooNew = stemerr.Incompatible(errors.New("database schema is newer 
 //
 // including libpq's parameters (sslmode, sslrootcert, connect_timeout,
 // ...) and pgxpool's pool_* parameters. A server that cannot be reached
-// yields an error wrapping stemerr.ErrUnavailable; errors never show the
+// yields an error wrapping stem.ErrUnavailable; errors never show the
 // password.
 func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	x, err := open(ctx, rawURL, opts)
 	// Drivers may quote the URL or its password in their errors.
-	return x, stemerr.RedactError(err, rawURL)
+	return x, stem.RedactError(err, rawURL)
 }
 
 func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
@@ -212,11 +212,11 @@ func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := stemerr.RedactURL(rawURL)
+	shown := stem.RedactURL(rawURL)
 	cfg, err := pgxpool.ParseConfig(rawURL)
 	if err != nil {
-		msg := stemerr.RedactError(err, rawURL).Error()
-		return nil, stemerr.Incompatible(fmt.Errorf("postgres engine: invalid URL %s: %s (want postgres://[user[:password]@]host[:port]/dbname[?param=value...])", shown, msg))
+		msg := stem.RedactError(err, rawURL).Error()
+		return nil, stem.Incompatible(fmt.Errorf("postgres engine: invalid URL %s: %s (want postgres://[user[:password]@]host[:port]/dbname[?param=value...])", shown, msg))
 	}
 	if !strings.Contains(rawURL, "pool_max_conns") {
 		cfg.MaxConns = opts.MaxConns
@@ -287,7 +287,7 @@ func (e *Engine) nextTag() string {
 }
 
 // fail wraps an error of a database call for operation op: broker.ErrClosed
-// after Close, the context's error as is, stemerr.ErrUnavailable when no
+// after Close, the context's error as is, stem.ErrUnavailable when no
 // connection could serve (see isUnavailable), and the plain cause
 // otherwise. The URL is redacted.
 func (e *Engine) fail(op string, err error) error {
@@ -299,7 +299,7 @@ func (e *Engine) fail(op string, err error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("postgres engine at %s: %s: %w", e.url, op, err)
 	case isUnavailable(err):
-		return fmt.Errorf("postgres engine at %s: %s: %w: %w", e.url, op, stemerr.ErrUnavailable, err)
+		return fmt.Errorf("postgres engine at %s: %s: %w: %w", e.url, op, stem.ErrUnavailable, err)
 	}
 	return fmt.Errorf("postgres engine at %s: %s: %w", e.url, op, err)
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/postgres"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Open connects, creates or upgrades the namespace's schema, and returns
@@ -17,7 +17,7 @@ func ExampleOpen() {
 	ctx := context.Background()
 	e, err := postgres.Open(ctx, "postgres://stem:password@db.example.com:5432/stem?sslmode=verify-full",
 		postgres.Options{Namespace: "stem", ResultTTL: 24 * time.Hour})
-	if errors.Is(err, stemerr.ErrUnavailable) {
+	if errors.Is(err, stem.ErrUnavailable) {
 		fmt.Println("Postgres is down:", err) // the password is redacted
 		return
 	}

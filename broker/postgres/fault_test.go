@@ -18,10 +18,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -132,7 +132,7 @@ func (s *pgServer) stop(mode string) {
 // TestRestartWhileTasksRun runs a real worker on a private server, crashes
 // and restarts the server while tasks run, and checks that nothing is
 // lost: every task ends succeeded in the result backend and no task row is
-// left. During the outage, calls fail with stemerr.ErrUnavailable (the URL
+// left. During the outage, calls fail with stem.ErrUnavailable (the URL
 // redacted) rather than hang; afterwards the pool and the listening
 // connection reconnect by themselves.
 func TestRestartWhileTasksRun(t *testing.T) {
@@ -184,8 +184,8 @@ func TestRestartWhileTasksRun(t *testing.T) {
 	testutil.Eventually(t, time.Minute, func() bool { return done.Load() >= total/4 }, "the worker did not get going")
 	srv.stop("immediate")
 	err = e.Publish(ctx, broker.Envelope{ID: "during", Name: "work", Queue: "default"})
-	if !errors.Is(err, stemerr.ErrUnavailable) || !strings.Contains(err.Error(), fmt.Sprint(srv.port)) {
-		t.Fatalf("Publish while the server is down = %v; want stemerr.ErrUnavailable naming the server", err)
+	if !errors.Is(err, stem.ErrUnavailable) || !strings.Contains(err.Error(), fmt.Sprint(srv.port)) {
+		t.Fatalf("Publish while the server is down = %v; want stem.ErrUnavailable naming the server", err)
 	}
 	atOutage := done.Load()
 	srv.start()

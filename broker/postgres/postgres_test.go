@@ -13,10 +13,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/stemerr"
 )
 
 func TestMain(m *testing.M) {
@@ -68,7 +68,7 @@ func openTestEngine(tb testing.TB, rawURL string, opts Options) *Engine {
 	}
 	e, err := Open(tb.Context(), rawURL, opts)
 	if err != nil {
-		tb.Fatalf("Open(%s): %v", stemerr.RedactURL(rawURL), err)
+		tb.Fatalf("Open(%s): %v", stem.RedactURL(rawURL), err)
 	}
 	tb.Cleanup(func() {
 		_ = e.Close()
@@ -94,7 +94,7 @@ func TestConformance(t *testing.T) {
 		o.MaxConns = 4
 		e := openTestEngine(t, raw, o)
 		return conformance.Engine{
-			Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
+			Broker: e, Results: e, Registry: e, Control: e, Pauses: e, Revokes: e.Revokes(),
 			PublishCorrupt: func(ctx context.Context, queue string) error {
 				_, err := e.pool.Exec(ctx, e.q.publish, []string{queue}, []string{"corrupt"}, [][]byte{[]byte("not json")}, []int64{0})
 				return err
@@ -127,8 +127,8 @@ func TestOpenErrors(t *testing.T) {
 		"host=127.0.0.1 port=1 user=u password=s3cret dbname=db sslmode=disable connect_timeout=2",
 	} {
 		_, err := Open(ctx, raw, Options{})
-		if !errors.Is(err, stemerr.ErrUnavailable) {
-			t.Fatalf("Open of a closed port returned %v, want stemerr.ErrUnavailable", err)
+		if !errors.Is(err, stem.ErrUnavailable) {
+			t.Fatalf("Open of a closed port returned %v, want stem.ErrUnavailable", err)
 		}
 		if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1") {
 			t.Fatalf("error shows the password or hides the host: %v", err)
@@ -140,7 +140,7 @@ func TestOpenErrors(t *testing.T) {
 		"redis://u:s3cret@127.0.0.1/0",
 	} {
 		_, err := Open(ctx, bad, Options{})
-		if err == nil || errors.Is(err, stemerr.ErrUnavailable) {
+		if err == nil || errors.Is(err, stem.ErrUnavailable) {
 			t.Fatalf("Open(%q) = %v, want a URL error", bad, err)
 		}
 		if strings.Contains(err.Error(), "s3cret") {
@@ -151,7 +151,7 @@ func TestOpenErrors(t *testing.T) {
 		{Namespace: `a"b`}, {Namespace: "a b"}, {Namespace: strings.Repeat("n", 59)},
 		{Schema: "pg_catalog"}, {DeadLetterCap: -1}, {ResultTTL: time.Microsecond},
 	} {
-		if _, err := Open(ctx, "postgres://127.0.0.1:1/db", o); err == nil || errors.Is(err, stemerr.ErrUnavailable) {
+		if _, err := Open(ctx, "postgres://127.0.0.1:1/db", o); err == nil || errors.Is(err, stem.ErrUnavailable) {
 			t.Fatalf("Open with %+v = %v, want an option error", o, err)
 		}
 	}

@@ -6,19 +6,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/control/revoke/revoketest"
 )
-
-func TestRevokeContract(t *testing.T) {
-	raw := testURL(t)
-	revoketest.Run(t, func(t *testing.T) revoke.Store {
-		s := openTestEngine(t, raw, Options{}).Revokes()
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	})
-}
 
 // TestRevokesKeptAcrossTheUpgrade: revokes that a revoke store of schema
 // version 3 or older kept in its own table (stem_revokes in the search

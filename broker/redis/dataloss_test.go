@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // TestLeasedTasksSurviveDataLoss: a server that loses its data while a
@@ -39,7 +39,7 @@ func TestLeasedTasksSurviveDataLoss(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err = e.ExtendLease(ctx, held, time.Minute)
-		if !errors.Is(err, stemerr.ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, stem.ErrUnavailable) || time.Now().After(deadline) {
 			break
 		}
 		pollPause(t)
@@ -145,7 +145,7 @@ func TestRestoredLeaseCanStillBeLost(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err = e.ExtendLease(ctx, held, 50*time.Millisecond)
-		if !errors.Is(err, stemerr.ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, stem.ErrUnavailable) || time.Now().After(deadline) {
 			break
 		}
 		pollPause(t)
@@ -187,7 +187,7 @@ func TestNackAfterDataLossAppliesOnce(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err = e.Nack(ctx, nack)
-		if !errors.Is(err, stemerr.ErrUnavailable) || time.Now().After(deadline) {
+		if !errors.Is(err, stem.ErrUnavailable) || time.Now().After(deadline) {
 			break
 		}
 		pollPause(t)

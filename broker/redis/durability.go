@@ -7,16 +7,16 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
-	"github.com/stemhq/stem/stemerr"
 )
 
 var _ broker.DurabilityReporter = (*Engine)(nil)
 
 // ErrAOFRequired is wrapped by Open's error when Options.RequireAOF is set
-// and the server has AOF persistence off. It is also stemerr.ErrIncompatible
+// and the server has AOF persistence off. It is also stem.ErrIncompatible
 // (exit 78).
-var ErrAOFRequired = stemerr.Incompatible(fmt.Errorf("redis: AOF persistence required"))
+var ErrAOFRequired = stem.Incompatible(fmt.Errorf("redis: AOF persistence required"))
 
 // Durability reads INFO persistence (and CONFIG GET appendfsync and
 // maxmemory* where the server allows it). The Engine is durable when AOF

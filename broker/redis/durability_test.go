@@ -6,9 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // openWarned opens an Engine on srv and returns the warnings Open gave.
@@ -51,7 +51,7 @@ func TestAOFOffWarns(t *testing.T) {
 func TestAOFRequiredRefuses(t *testing.T) {
 	srv := startOwnRedisArgs(t, "--appendonly", "no")
 	_, warnings, err := openWarned(t, srv, Options{Namespace: "dur", RequireAOF: true})
-	if !errors.Is(err, ErrAOFRequired) || !errors.Is(err, stemerr.ErrIncompatible) {
+	if !errors.Is(err, ErrAOFRequired) || !errors.Is(err, stem.ErrIncompatible) {
 		t.Fatalf("Open = %v, want ErrAOFRequired (incompatible: exit 78)", err)
 	}
 	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "appendonly yes") || !strings.Contains(msg, srv.Addr()) {

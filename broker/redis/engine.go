@@ -46,7 +46,7 @@
 // hand-backs are applied rather than dropped (see extendScript).
 //
 // Failures: go-redis reconnects by itself. A command that fails on the
-// network returns an error wrapping stemerr.ErrUnavailable, with the URL's
+// network returns an error wrapping stem.ErrUnavailable, with the URL's
 // password redacted, so the caller retries; nothing is dropped silently.
 // Leased deliveries whose worker lost its connection come back when their
 // lease expires.
@@ -66,10 +66,10 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Default option values.
@@ -162,14 +162,14 @@ var (
 // Open connects to the Redis server at rawURL (redis:// or rediss://, with
 // optional user, password and database number, as goredis.ParseURL reads
 // them) and checks it with a PING. A server that cannot be reached yields an
-// error wrapping stemerr.ErrUnavailable; errors never show the password.
+// error wrapping stem.ErrUnavailable; errors never show the password.
 // Open reads INFO persistence: with AOF off (a crash loses the tasks) it
 // warns through opts.Warn, or refuses with ErrAOFRequired when
 // opts.RequireAOF is set.
 func Open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	x, err := open(ctx, rawURL, opts)
 	// Drivers may quote the URL or its password in their errors.
-	return x, stemerr.RedactError(err, rawURL)
+	return x, stem.RedactError(err, rawURL)
 }
 
 func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
@@ -177,16 +177,16 @@ func open(ctx context.Context, rawURL string, opts Options) (*Engine, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	shown := stemerr.RedactURL(rawURL)
+	shown := stem.RedactURL(rawURL)
 	ro, err := goredis.ParseURL(rawURL)
 	if err != nil {
-		msg := stemerr.RedactError(err, rawURL).Error()
-		return nil, stemerr.Incompatible(fmt.Errorf("redis engine: invalid URL %s: %s (want redis://[user:password@]host:port/db or rediss://...)", shown, msg))
+		msg := stem.RedactError(err, rawURL).Error()
+		return nil, stem.Incompatible(fmt.Errorf("redis engine: invalid URL %s: %s (want redis://[user:password@]host:port/db or rediss://...)", shown, msg))
 	}
 	client := goredis.NewClient(ro)
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("redis engine at %s: connect: %w: %w", shown, stemerr.ErrUnavailable, err)
+		return nil, fmt.Errorf("redis engine at %s: connect: %w: %w", shown, stem.ErrUnavailable, err)
 	}
 	if err := checkServerVersion(ctx, client, shown); err != nil {
 		_ = client.Close()
@@ -217,7 +217,7 @@ func checkServerVersion(ctx context.Context, client *goredis.Client, shown strin
 			continue
 		}
 		if !versionAtLeast(v, MinServerVersion) {
-			return stemerr.Incompatible(fmt.Errorf("redis engine at %s: server version %s is older than %d.%d, which stem needs", shown, v, MinServerVersion[0], MinServerVersion[1]))
+			return stem.Incompatible(fmt.Errorf("redis engine at %s: server version %s is older than %d.%d, which stem needs", shown, v, MinServerVersion[0], MinServerVersion[1]))
 		}
 		return nil
 	}
@@ -305,7 +305,7 @@ func (e *Engine) nextTag() string {
 }
 
 // fail wraps an error of a Redis call for operation op: broker.ErrClosed
-// after Close, the context's error as is, stemerr.ErrUnavailable for network
+// after Close, the context's error as is, stem.ErrUnavailable for network
 // failures and servers that cannot serve (loading, read-only replica,
 // failover), and the plain cause otherwise. The URL is redacted.
 func (e *Engine) fail(op string, err error) error {
@@ -317,7 +317,7 @@ func (e *Engine) fail(op string, err error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("redis engine at %s: %s: %w", e.url, op, err)
 	case isUnavailable(err):
-		return fmt.Errorf("redis engine at %s: %s: %w: %w", e.url, op, stemerr.ErrUnavailable, err)
+		return fmt.Errorf("redis engine at %s: %s: %w: %w", e.url, op, stem.ErrUnavailable, err)
 	}
 	return fmt.Errorf("redis engine at %s: %s: %w", e.url, op, err)
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/redis"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Open connects; the Engine is the broker, the result backend and the
@@ -16,7 +16,7 @@ import (
 func ExampleOpen() {
 	ctx := context.Background()
 	e, err := redis.Open(ctx, "redis://:password@127.0.0.1:6379/0", redis.Options{Namespace: "stem", ResultTTL: 24 * time.Hour})
-	if errors.Is(err, stemerr.ErrUnavailable) {
+	if errors.Is(err, stem.ErrUnavailable) {
 		fmt.Println("Redis is down:", err) // the password is redacted
 		return
 	}

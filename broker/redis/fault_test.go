@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/internal/testutil"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // startOwnRedis starts a private redis-server with every write fsynced to
@@ -32,7 +32,7 @@ func startOwnRedisArgs(t *testing.T, extra ...string) *testutil.RedisServer {
 // some, acks a few, restarts the server (SIGTERM, then start again on the
 // same port and directory) and checks that the engine keeps working
 // through the same Engine value, that calls fail with
-// stemerr.ErrUnavailable while the server is down, that a waiting claim is
+// stem.ErrUnavailable while the server is down, that a waiting claim is
 // woken again after the restart, and that every task is delivered and
 // acked exactly once: leased tasks come back when their lease expires, and
 // acked ones never do.
@@ -81,14 +81,14 @@ func TestRestartLosesNothing(t *testing.T) {
 
 	srv.Stop()
 	_, err = e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 10, Lease: lease})
-	if !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Claim while the server is down returned %v, want stemerr.ErrUnavailable", err)
+	if !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Claim while the server is down returned %v, want stem.ErrUnavailable", err)
 	}
-	if err := e.Ack(ctx, claimed[20:21]); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Ack while the server is down returned %v, want stemerr.ErrUnavailable", err)
+	if err := e.Ack(ctx, claimed[20:21]); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Ack while the server is down returned %v, want stem.ErrUnavailable", err)
 	}
-	if err := e.Publish(ctx, broker.Envelope{ID: "late", Name: "n", Queue: "q"}); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Publish while the server is down returned %v, want stemerr.ErrUnavailable", err)
+	if err := e.Publish(ctx, broker.Envelope{ID: "late", Name: "n", Queue: "q"}); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Publish while the server is down returned %v, want stem.ErrUnavailable", err)
 	}
 	srv.Start()
 
@@ -133,7 +133,7 @@ func TestRestartLosesNothing(t *testing.T) {
 		}
 		ds, err := e.Claim(ctx, broker.ClaimParams{Queues: []string{"q"}, Max: 64, Lease: time.Minute, Wait: 5 * time.Second})
 		if err != nil {
-			if errors.Is(err, stemerr.ErrUnavailable) {
+			if errors.Is(err, stem.ErrUnavailable) {
 				continue // the pool may still hold a dead connection
 			}
 			t.Fatal(err)

@@ -15,9 +15,9 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/broker/conformance"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // runID is shared by every namespace of this test run, so one sweep at the
@@ -99,7 +99,7 @@ func testClient(tb testing.TB) *goredis.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
-		tb.Fatalf("%s=%s is set but the server does not answer: %v", testURLEnv, stemerr.RedactURL(raw), err)
+		tb.Fatalf("%s=%s is set but the server does not answer: %v", testURLEnv, stem.RedactURL(raw), err)
 	}
 	return c
 }
@@ -133,7 +133,7 @@ func TestConformance(t *testing.T) {
 	engine = func(t *testing.T, c *goredis.Client, o Options) conformance.Engine {
 		e := newTestEngine(t, c, o)
 		return conformance.Engine{
-			Broker: e, Results: e, Registry: e, Control: e, Pauses: e,
+			Broker: e, Results: e, Registry: e, Control: e, Pauses: e, Revokes: e.Revokes(),
 			PublishCorrupt: func(ctx context.Context, queue string) error {
 				return c.RPush(ctx, e.keys.ready(queue), "not json").Err()
 			},
@@ -158,7 +158,7 @@ func TestOpen(t *testing.T) {
 	ns := randomNamespace()
 	e, err := Open(ctx, raw, Options{Namespace: ns})
 	if err != nil {
-		t.Fatalf("Open(%s): %v", stemerr.RedactURL(raw), err)
+		t.Fatalf("Open(%s): %v", stem.RedactURL(raw), err)
 	}
 	if err := e.Publish(ctx, broker.Envelope{ID: "a", Name: "n", Queue: "q"}); err != nil {
 		t.Fatal(err)
@@ -179,15 +179,15 @@ func TestOpenErrors(t *testing.T) {
 	ctx := t.Context()
 	// Port 1 on loopback refuses connections.
 	_, err := Open(ctx, "redis://user:s3cret@127.0.0.1:1/0", Options{})
-	if !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Open of a closed port returned %v, want stemerr.ErrUnavailable", err)
+	if !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Open of a closed port returned %v, want stem.ErrUnavailable", err)
 	}
 	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("error does not name the redacted URL: %v", err)
 	}
 	for _, bad := range []string{"http://127.0.0.1:6379", "redis://u:s3cret@127.0.0.1:6379/notadb", "redis://u:s3cret%zz@host/0"} {
 		_, err := Open(ctx, bad, Options{})
-		if err == nil || errors.Is(err, stemerr.ErrUnavailable) {
+		if err == nil || errors.Is(err, stem.ErrUnavailable) {
 			t.Fatalf("Open(%q) = %v, want a URL error", bad, err)
 		}
 		if strings.Contains(err.Error(), "s3cret") {
@@ -195,14 +195,14 @@ func TestOpenErrors(t *testing.T) {
 		}
 	}
 	for _, ns := range []string{"a b", "a{b", "a:b", "a*"} {
-		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, stemerr.ErrUnavailable) {
+		if _, err := Open(ctx, "redis://127.0.0.1:1", Options{Namespace: ns}); err == nil || errors.Is(err, stem.ErrUnavailable) {
 			t.Fatalf("Open with namespace %q = %v, want an option error", ns, err)
 		}
 	}
 }
 
 // TestUnavailable checks that calls against a dead server fail with
-// stemerr.ErrUnavailable rather than hanging or dropping anything.
+// stem.ErrUnavailable rather than hanging or dropping anything.
 func TestUnavailable(t *testing.T) {
 	t.Parallel()
 	client := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
@@ -233,8 +233,8 @@ func TestUnavailable(t *testing.T) {
 		},
 	}
 	for name, call := range calls {
-		if err := call(); !errors.Is(err, stemerr.ErrUnavailable) {
-			t.Errorf("%s against a dead server returned %v, want stemerr.ErrUnavailable", name, err)
+		if err := call(); !errors.Is(err, stem.ErrUnavailable) {
+			t.Errorf("%s against a dead server returned %v, want stem.ErrUnavailable", name, err)
 		}
 	}
 }

@@ -9,21 +9,10 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/control/revoke/revoketest"
-	"github.com/stemhq/stem/stemerr"
 )
-
-func TestRevokeContract(t *testing.T) {
-	client := testClient(t)
-	revoketest.Run(t, func(t *testing.T) revoke.Store {
-		e := newTestEngine(t, client, Options{Warn: func(err error) { t.Errorf("unexpected warning: %v", err) }})
-		s := e.Revokes()
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	})
-}
 
 // TestRevokeKeyLayout pins the keys of docs/revoke-stores.md, which
 // revokes written before the store moved into the engine also use.
@@ -86,7 +75,7 @@ func TestRevokeDamagedValueSkipped(t *testing.T) {
 // TestRevokeErrorsClassifiedAsTheEngine: the revoke store fails as the
 // broker does, so `stem worker revoke` and `stem enqueue` exit alike: a
 // server that went away, and a replica after a failover (READONLY), are
-// stemerr.ErrUnavailable (exit 69) for both.
+// stem.ErrUnavailable (exit 69) for both.
 func TestRevokeErrorsClassifiedAsTheEngine(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -94,14 +83,14 @@ func TestRevokeErrorsClassifiedAsTheEngine(t *testing.T) {
 	defer c.Close()
 	e := newTestEngine(t, c, Options{})
 	s := e.Revokes()
-	if _, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Upsert: %v; want stemerr.ErrUnavailable", err)
+	if _, err := s.Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Upsert: %v; want stem.ErrUnavailable", err)
 	}
-	if _, err := s.List(ctx, "ns"); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("List: %v; want stemerr.ErrUnavailable", err)
+	if _, err := s.List(ctx, "ns"); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("List: %v; want stem.ErrUnavailable", err)
 	}
-	if _, err := s.Prune(ctx, "ns", time.Now()); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Prune: %v; want stemerr.ErrUnavailable", err)
+	if _, err := s.Prune(ctx, "ns", time.Now()); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Prune: %v; want stem.ErrUnavailable", err)
 	}
 	// A replica (of a primary that is not there) answers writes with
 	// READONLY, as a demoted primary does after a failover.
@@ -113,11 +102,11 @@ func TestRevokeErrorsClassifiedAsTheEngine(t *testing.T) {
 	rc := goredis.NewClient(ro)
 	defer rc.Close()
 	replica := newTestEngine(t, rc, Options{})
-	if _, err := replica.Revokes().Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("revoke Upsert on a replica: %v; want stemerr.ErrUnavailable, as the broker classifies it", err)
+	if _, err := replica.Revokes().Upsert(ctx, []revoke.Entry{{Namespace: "ns", TaskID: "t", Version: 1}}); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("revoke Upsert on a replica: %v; want stem.ErrUnavailable, as the broker classifies it", err)
 	}
-	if err := replica.Publish(ctx, broker.Envelope{ID: "t", Name: "n", Queue: "q", CreatedAt: time.Now()}); !errors.Is(err, stemerr.ErrUnavailable) {
-		t.Fatalf("Publish on a replica: %v; want stemerr.ErrUnavailable", err)
+	if err := replica.Publish(ctx, broker.Envelope{ID: "t", Name: "n", Queue: "q", CreatedAt: time.Now()}); !errors.Is(err, stem.ErrUnavailable) {
+		t.Fatalf("Publish on a replica: %v; want stem.ErrUnavailable", err)
 	}
 	_ = s.Close()
 	if _, err := s.List(ctx, "ns"); !errors.Is(err, revoke.ErrClosed) {

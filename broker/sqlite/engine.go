@@ -88,11 +88,11 @@ import (
 	msqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	"github.com/stemhq/stem/internal/fileperm"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 )
 
 // Default option values.
@@ -105,7 +105,7 @@ const (
 	// default; older ones are deleted.
 	DefaultDeadLetterCap = 10000
 	// DefaultBusyTimeout is how long a write waits for another process's
-	// write lock before it fails with stemerr.ErrUnavailable.
+	// write lock before it fails with stem.ErrUnavailable.
 	DefaultBusyTimeout = 10 * time.Second
 	// DefaultPollInterval is the longest pause between two looks for
 	// commits by other processes while a claim waits.
@@ -217,11 +217,11 @@ var (
 
 // ErrNotStemDatabase is wrapped by Open's error for a file that is not a
 // stem database: another program's SQLite database, or not SQLite at all.
-var ErrNotStemDatabase = stemerr.Incompatible(errors.New("not a stem database"))
+var ErrNotStemDatabase = stem.Incompatible(errors.New("not a stem database"))
 
 // ErrSchemaTooNew is wrapped by Open's error for a database whose schema
 // was written by a newer stem than this binary.
-var ErrSchemaTooNew = stemerr.Incompatible(errors.New("database schema is newer than this stem binary"))
+var ErrSchemaTooNew = stem.Incompatible(errors.New("database schema is newer than this stem binary"))
 
 // Open opens (creating it if needed) the stem database named by target and
 // brings its schema up to date. target is a file path (absolute or relative
@@ -240,17 +240,17 @@ var ErrSchemaTooNew = stemerr.Incompatible(errors.New("database schema is newer 
 func Open(ctx context.Context, target string, opts Options) (*Engine, error) {
 	path, err := parseTarget(target, &opts)
 	if err != nil {
-		return nil, stemerr.Incompatible(err)
+		return nil, stem.Incompatible(err)
 	}
 	opts = opts.WithDefaults()
 	if err := opts.Validate(); err != nil {
-		return nil, stemerr.Incompatible(err)
+		return nil, stem.Incompatible(err)
 	}
 	if err := checkPath(path); err != nil {
-		return nil, stemerr.Incompatible(err)
+		return nil, stem.Incompatible(err)
 	}
 	if err := createPrivate(path); err != nil {
-		return nil, stemerr.Incompatible(err)
+		return nil, stem.Incompatible(err)
 	}
 	if err := probe(ctx, path, opts); err != nil {
 		return nil, err
@@ -304,7 +304,7 @@ func parseTarget(target string, opts *Options) (string, error) {
 		return "", fmt.Errorf("sqlite engine: invalid URL %q: %v (want sqlite:///absolute/path.db or sqlite:relative/path.db)", raw, unwrapURLError(err))
 	}
 	if u.User != nil {
-		return "", fmt.Errorf("sqlite engine: URL %s: a SQLite URL takes no user or password", stemerr.RedactURL(raw))
+		return "", fmt.Errorf("sqlite engine: URL %s: a SQLite URL takes no user or password", stem.RedactURL(raw))
 	}
 	var path string
 	switch {
@@ -498,7 +498,7 @@ func (e *Engine) nextTag() string {
 }
 
 // fail wraps an error of a database call for operation op: broker.ErrClosed
-// after Close, the context's error as is, stemerr.ErrUnavailable when the
+// after Close, the context's error as is, stem.ErrUnavailable when the
 // database is busy (another process held the write lock past the busy
 // timeout) or the disk failed (I/O error, disk full, cannot open), and the
 // plain cause otherwise. The path is named.
@@ -511,7 +511,7 @@ func (e *Engine) fail(op string, err error) error {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("sqlite engine at %s: %s: %w", e.path, op, err)
 	case isUnavailable(err):
-		return fmt.Errorf("sqlite engine at %s: %s: %w: %w", e.path, op, stemerr.ErrUnavailable, err)
+		return fmt.Errorf("sqlite engine at %s: %s: %w: %w", e.path, op, stem.ErrUnavailable, err)
 	}
 	return fmt.Errorf("sqlite engine at %s: %s: %w", e.path, op, err)
 }

@@ -6,17 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/control/revoke/revoketest"
 )
-
-func TestRevokeContract(t *testing.T) {
-	revoketest.Run(t, func(t *testing.T) revoke.Store {
-		s := newTestEngine(t, Options{}).Revokes()
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	})
-}
 
 // TestRevokesTwoEnginesConcurrently upserts one task from two engines on
 // one file (two processes, as far as SQLite is concerned): the highest
@@ -63,7 +55,7 @@ func TestRevokeExtremeTimes(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := s.List(ctx, "ns")
-	if err != nil || len(got) != 2 || revoketest.Same(got[0], early) != "" || revoketest.Same(got[1], late) != "" {
+	if err != nil || len(got) != 2 || conformance.SameEntry(got[0], early) != "" || conformance.SameEntry(got[1], late) != "" {
 		t.Fatalf("List = %v, %v", got, err)
 	}
 	if n, err := s.Prune(ctx, "ns", time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil || n != 1 {

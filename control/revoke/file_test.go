@@ -16,13 +16,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/control/revoke/revoketest"
 	"github.com/stemhq/stem/internal/testutil"
 )
 
 func TestFileContract(t *testing.T) {
-	revoketest.Run(t, func(t *testing.T) revoke.Store {
+	conformance.RevokeStore(t, func(t *testing.T) revoke.Store {
 		s, err := revoke.OpenFile(filepath.Join(t.TempDir(), "revokes.ndjson"), revoke.FileOptions{
 			Warn: func(err error) { t.Errorf("unexpected warning: %v", err) },
 		})

@@ -4,12 +4,12 @@ import (
 	"context"
 	"testing"
 
+	"github.com/stemhq/stem/broker/conformance"
 	"github.com/stemhq/stem/control/revoke"
-	"github.com/stemhq/stem/control/revoke/revoketest"
 )
 
 func TestMemoryContract(t *testing.T) {
-	revoketest.Run(t, func(t *testing.T) revoke.Store {
+	conformance.RevokeStore(t, func(t *testing.T) revoke.Store {
 		s := revoke.NewMemory()
 		t.Cleanup(func() { _ = s.Close() })
 		return s

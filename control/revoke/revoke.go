@@ -6,7 +6,7 @@
 // arrive, and re-sync from the store periodically, so a revoke whose
 // broadcast a worker missed still takes effect.
 //
-// Semantics every Store implements (one contract suite, revoketest, checks
+// Semantics every Store implements (one contract suite, broker/conformance, checks
 // them all):
 //
 //   - Records are keyed by (Namespace, TaskID); namespaces never collide.

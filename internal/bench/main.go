@@ -24,6 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
@@ -32,7 +33,6 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 	"github.com/stemhq/stem/registry"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/worker"
 )
 
@@ -120,7 +120,7 @@ type target struct {
 }
 
 func redisTarget(url string, n int) target {
-	return target{name: "Redis " + stemerr.RedactURL(url), n: n,
+	return target{name: "Redis " + stem.RedactURL(url), n: n,
 		open: func(ctx context.Context, ns string) (benchEngine, error) {
 			return stemredis.Open(ctx, url, stemredis.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
 		},
@@ -143,7 +143,7 @@ func sqliteTarget(dir string, n int) target {
 }
 
 func postgresTarget(url string, n int) target {
-	return target{name: "Postgres " + stemerr.RedactURL(url), n: n,
+	return target{name: "Postgres " + stem.RedactURL(url), n: n,
 		open: func(ctx context.Context, ns string) (benchEngine, error) {
 			return stempostgres.Open(ctx, url, stempostgres.Options{Namespace: ns, ResultTTL: 10 * time.Minute})
 		},

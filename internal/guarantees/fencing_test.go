@@ -16,13 +16,13 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/stemhq/stem"
 	"github.com/stemhq/stem/broker"
 	stempostgres "github.com/stemhq/stem/broker/postgres"
 	stemredis "github.com/stemhq/stem/broker/redis"
 	stemsqlite "github.com/stemhq/stem/broker/sqlite"
 	"github.com/stemhq/stem/internal/testutil"
 	"github.com/stemhq/stem/result"
-	"github.com/stemhq/stem/stemerr"
 	"github.com/stemhq/stem/tasks"
 	"github.com/stemhq/stem/worker"
 )
@@ -192,7 +192,7 @@ func (f *frozenBroker) wait(ctx context.Context) error {
 	case <-ch:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("%w: partitioned (test)", stemerr.ErrUnavailable)
+		return fmt.Errorf("%w: partitioned (test)", stem.ErrUnavailable)
 	}
 }
 

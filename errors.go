@@ -1,8 +1,8 @@
-// Package stemerr is the leaf every stem package may import: the errors
+// Package stem is the leaf every stem package may import: the errors
 // that cross package lines (a backend that does not answer, a store that
 // is not stem's, a bad configuration value) and the redaction of secrets
 // from URLs, text and errors. It imports nothing of stem's.
-package stemerr
+package stem
 
 import (
 	"errors"

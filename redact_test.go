@@ -1,4 +1,4 @@
-package stemerr
+package stem
 
 import (
 	"errors"
