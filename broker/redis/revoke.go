@@ -132,7 +132,7 @@ func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time
 	// The index holds microseconds rounded down: every entry expired at
 	// now scores at most now's microsecond, so this is a superset.
 	max := strconv.FormatInt(now.UnixMicro(), 10)
-	tasks, err := s.e.client.ZRangeByScore(ctx, index, &goredis.ZRangeBy{Min: "-inf", Max: max}).Result()
+	tasks, err := s.e.client.ZRangeArgs(ctx, goredis.ZRangeArgs{Key: index, ByScore: true, Start: "-inf", Stop: max}).Result()
 	if err != nil {
 		return 0, s.fail("prune "+index, err)
 	}
