@@ -12,6 +12,7 @@ import (
 // pause store (Engine embeds it).
 type controlPlane struct {
 	mu     sync.Mutex
+	closed bool // by Engine.Close: subscriptions ended, sends refused
 	topics map[string]map[*memSub]struct{}
 	paused map[string]map[pauseKey]broker.Pause
 }
@@ -49,24 +50,46 @@ func (s *memSub) Close() error {
 	return nil
 }
 
-func (m *controlPlane) subscribe(topics ...string) *memSub {
+// close ends every subscription and refuses later calls (Engine.Close).
+func (m *controlPlane) close() {
+	m.mu.Lock()
+	m.closed = true
+	var subs []*memSub
+	for _, t := range m.topics {
+		for s := range t {
+			subs = append(subs, s)
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Close()
+	}
+}
+
+func (m *controlPlane) subscribe(topics ...string) (broker.Subscription, error) {
 	s := &memSub{m: m, topics: topics, ch: make(chan []byte, 256), done: make(chan struct{})}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return nil, broker.ErrClosed
+	}
 	for _, t := range topics {
 		if m.topics[t] == nil {
 			m.topics[t] = map[*memSub]struct{}{}
 		}
 		m.topics[t][s] = struct{}{}
 	}
-	return s
+	return s, nil
 }
 
 // publish delivers msg to the topic's subscribers; a subscriber whose
 // buffer is full misses it (like a slow pub/sub client would).
-func (m *controlPlane) publish(topic string, msg []byte) int {
+func (m *controlPlane) publish(topic string, msg []byte) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return 0, broker.ErrClosed
+	}
 	n := 0
 	for s := range m.topics[topic] {
 		select {
@@ -75,7 +98,7 @@ func (m *controlPlane) publish(topic string, msg []byte) int {
 		default:
 		}
 	}
-	return n
+	return n, nil
 }
 
 func broadcastTopic(ns string) string      { return ns + "|all" }
@@ -84,30 +107,31 @@ func replyTopic(ns, replyTo string) string { return ns + "|r|" + replyTo }
 
 // SubscribeWorker implements broker.ControlTransport.
 func (m *controlPlane) SubscribeWorker(_ context.Context, ns, id string) (broker.Subscription, error) {
-	return m.subscribe(broadcastTopic(ns), workerTopic(ns, id)), nil
+	return m.subscribe(broadcastTopic(ns), workerTopic(ns, id))
 }
 
 // Broadcast implements broker.ControlTransport.
 func (m *controlPlane) Broadcast(_ context.Context, ns string, msg []byte) (int, error) {
-	return m.publish(broadcastTopic(ns), msg), nil
+	return m.publish(broadcastTopic(ns), msg)
 }
 
 // Send implements broker.ControlTransport.
 func (m *controlPlane) Send(_ context.Context, ns, id string, msg []byte) (int, error) {
-	return m.publish(workerTopic(ns, id), msg), nil
+	return m.publish(workerTopic(ns, id), msg)
 }
 
 // ListenReplies implements broker.ControlTransport.
 func (m *controlPlane) ListenReplies(_ context.Context, ns, replyTo string) (broker.Subscription, error) {
-	return m.subscribe(replyTopic(ns, replyTo)), nil
+	return m.subscribe(replyTopic(ns, replyTo))
 }
 
 // Reply implements broker.ControlTransport.
 func (m *controlPlane) Reply(_ context.Context, ns, replyTo string, msg []byte) error {
-	if m.publish(replyTopic(ns, replyTo), msg) == 0 {
-		return errors.New("nobody listens on the reply channel (the requester gave up)")
+	n, err := m.publish(replyTopic(ns, replyTo), msg)
+	if err == nil && n == 0 {
+		err = errors.New("nobody listens on the reply channel (the requester gave up)")
 	}
-	return nil
+	return err
 }
 
 // broker.Pause implements broker.PauseStore.

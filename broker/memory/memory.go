@@ -115,15 +115,17 @@ func New(opts Options) *Engine {
 	}
 }
 
-// Close closes the engine for every role and wakes waiting claims, which
-// return broker.ErrClosed. Closing twice is safe.
+// Close closes the engine for every role: waiting claims return
+// broker.ErrClosed, control subscriptions end, sends are refused. Closing
+// twice is safe.
 func (e *Engine) Close() error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if !e.closed {
 		e.closed = true
 		close(e.done)
 	}
+	e.mu.Unlock()
+	e.controlPlane.close()
 	return nil
 }
 

@@ -27,7 +27,7 @@ func TestConformance(t *testing.T) {
 	conformance.Exercise(t, conformance.WithOptions(func(t *testing.T, opts conformance.Options) conformance.Engine {
 		e := memory.New(memory.Options{ResultTTL: opts.ResultTTL, DeadLetterCap: opts.DeadLetterCap})
 		t.Cleanup(func() { _ = e.Close() })
-		return conformance.Engine{Broker: e, Results: e, Registry: e, Control: e, Pauses: e, Revokes: revoke.NewMemory()}
+		return conformance.Engine{Broker: e, Results: e, Registry: e, Control: e, Pauses: e, Revokes: revoke.NewMemory(), CloseEndsSubscriptions: true}
 	}))
 }
 

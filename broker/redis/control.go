@@ -60,6 +60,9 @@ func (e *Engine) subscribe(ctx context.Context, channels ...string) (broker.Subs
 			select {
 			case <-s.done:
 				return
+			case <-e.done: // the engine closed: so does the subscription
+				_ = s.Close()
+				return
 			case m, ok := <-in:
 				if !ok {
 					return

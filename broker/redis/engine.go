@@ -272,8 +272,8 @@ func newEngine(client *goredis.Client, owns bool, shown string, opts Options) *E
 func (e *Engine) Namespace() string { return e.opts.Namespace }
 
 // Close stops the wake-up subscription, wakes waiting claims (they return
-// broker.ErrClosed) and, when the Engine was built by Open, closes the
-// client. Closing twice is safe.
+// broker.ErrClosed), ends the control subscriptions and, when the Engine
+// was built by Open, closes the client. Closing twice is safe.
 func (e *Engine) Close() error {
 	var err error
 	e.closeOnce.Do(func() {

@@ -134,6 +134,7 @@ func TestConformance(t *testing.T) {
 		e := newTestEngine(t, c, o)
 		return conformance.Engine{
 			Broker: e, Results: e, Registry: e, Control: e, Pauses: e, Revokes: e.Revokes(),
+			CloseEndsSubscriptions: true,
 			PublishCorrupt: func(ctx context.Context, queue string) error {
 				return c.RPush(ctx, e.keys.ready(queue), "not json").Err()
 			},
