@@ -52,12 +52,7 @@ func runBroker(t *testing.T, newEngine NewEngine) {
 
 // brokerOf returns the engine's broker or skips the test.
 func brokerOf(t *testing.T, newEngine NewEngine) broker.Broker {
-	t.Helper()
-	e := newEngine(t, Options{})
-	if e.Broker == nil {
-		t.Skip("engine has no broker")
-	}
-	return e.Broker
+	return must(t, newEngine(t, Options{}).Broker, "broker")
 }
 
 // envelope builds a valid envelope for tests.
@@ -120,6 +115,16 @@ func claim(t *testing.T, b broker.Broker, p broker.ClaimParams) []broker.Deliver
 	return ds
 }
 
+// claimN claims and checks that it got n deliveries.
+func claimN(t *testing.T, b broker.Broker, p broker.ClaimParams, n int) []broker.Delivery {
+	t.Helper()
+	ds := claim(t, b, p)
+	if len(ds) != n {
+		t.Fatalf("claimed %d, want %d", len(ds), n)
+	}
+	return ds
+}
+
 // claimWithin claims repeatedly, each time waiting (Claim's own Wait) for
 // what is left of within, until it gets at least one delivery or within
 // passes. It returns what it got, possibly nothing.
@@ -152,13 +157,13 @@ func nack(t *testing.T, b broker.Broker, ns ...broker.Nack) {
 	}
 }
 
-func pending(t *testing.T, b broker.Broker, queue string) int64 {
+// wantPending checks the PendingCount of queue, when names the moment.
+func wantPending(t *testing.T, b broker.Broker, queue string, want int64, when string) {
 	t.Helper()
 	n, err := b.PendingCount(testContext(t), queue)
-	if err != nil {
-		t.Fatalf("PendingCount(%s): %v", queue, err)
+	if err != nil || n != want {
+		t.Fatalf("PendingCount(%s) %s = %d, %v; want %d", queue, when, n, err, want)
 	}
-	return n
 }
 
 func deliveryIDs(ds []broker.Delivery) []string {
@@ -209,9 +214,7 @@ func testPublishClaimOne(t *testing.T, newEngine NewEngine) {
 	if d.LeaseUntil.Before(before.Add(time.Minute-time.Second)) || d.LeaseUntil.After(time.Now().Add(time.Minute+time.Second)) {
 		t.Fatalf("LeaseUntil %v is not about a minute after %v", d.LeaseUntil, before)
 	}
-	if got := claim(t, b, params(10, time.Minute)); len(got) != 0 {
-		t.Fatalf("second claim returned %v, want nothing", deliveryIDs(got))
-	}
+	wantIDs(t, "second claim returned", deliveryIDs(claim(t, b, params(10, time.Minute))), nil)
 	ack(t, b, d)
 }
 
@@ -278,10 +281,7 @@ func testLeasedNotReclaimed(t *testing.T, newEngine NewEngine) {
 	first := claim(t, b, params(2, time.Minute))
 	second := claim(t, b, params(10, time.Minute))
 	wantIDs(t, "second claim", deliveryIDs(second), []string{"leased-002"})
-	third := claim(t, b, params(10, time.Minute))
-	if len(third) != 0 {
-		t.Fatalf("claim while all leased returned %v", deliveryIDs(third))
-	}
+	wantIDs(t, "claim while all leased", deliveryIDs(claim(t, b, params(10, time.Minute))), nil)
 	ack(t, b, append(first, second...)...)
 }
 
@@ -290,13 +290,8 @@ func testLeaseExpiryRedelivers(t *testing.T, newEngine NewEngine) {
 	want := envelope("expire", testQueue)
 	publish(t, b, want)
 	lease := time.Second // long enough that a loaded machine cannot expire it between two calls
-	first := claim(t, b, params(1, lease))
-	if len(first) != 1 {
-		t.Fatalf("claimed %d, want 1", len(first))
-	}
-	if got := claim(t, b, params(1, lease)); len(got) != 0 {
-		t.Fatalf("claim during the lease returned %v", deliveryIDs(got))
-	}
+	first := claimN(t, b, params(1, lease), 1)
+	wantIDs(t, "claim during the lease returned", deliveryIDs(claim(t, b, params(1, lease))), nil)
 	again := claimWithin(t, b, params(1, time.Minute), 10*time.Second)
 	if len(again) != 1 {
 		t.Fatal("task was not redelivered after its lease expired")
@@ -320,25 +315,17 @@ func testExtendLease(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelopes("extend", testQueue, 2)...)
 	lease := time.Second
-	ds := claim(t, b, params(2, lease))
-	if len(ds) != 2 {
-		t.Fatalf("claimed %d, want 2", len(ds))
-	}
+	ds := claimN(t, b, params(2, lease), 2)
 	if err := b.ExtendLease(testContext(t), ds, 30*time.Second); err != nil {
 		t.Fatalf("ExtendLease: %v", err)
 	}
 	// Wait (with Claim's own Wait) well past the old deadline: the extended
 	// leases must hold, and no copy may have been published.
-	got := claimWithin(t, b, params(10, time.Minute), time.Until(ds[0].LeaseUntil)+2*lease)
-	if len(got) != 0 {
-		t.Fatalf("claim after extension returned %v", deliveryIDs(got))
-	}
+	wantIDs(t, "claim after extension", deliveryIDs(claimWithin(t, b, params(10, time.Minute), time.Until(ds[0].LeaseUntil)+2*lease)), nil)
 	if !time.Now().After(ds[0].LeaseUntil) {
 		t.Fatalf("claimWithin returned before the old deadline %v", ds[0].LeaseUntil)
 	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount after extension = %d, want 0", n)
-	}
+	wantPending(t, b, testQueue, 0, "after extension")
 	ack(t, b, ds...)
 }
 
@@ -348,10 +335,7 @@ func testExtendLease(t *testing.T, newEngine NewEngine) {
 func testExtendLeaseNeverShortens(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelope("long", testQueue))
-	ds := claim(t, b, params(1, time.Minute))
-	if len(ds) != 1 {
-		t.Fatalf("claimed %d, want 1", len(ds))
-	}
+	ds := claimN(t, b, params(1, time.Minute), 1)
 	short := 200 * time.Millisecond
 	if err := b.ExtendLease(testContext(t), ds, short); err != nil {
 		t.Fatalf("ExtendLease(%v) under a 1m lease: %v", short, err)
@@ -366,9 +350,7 @@ func testExtendLeaseNeverShortens(t *testing.T, newEngine NewEngine) {
 	if time.Since(start) < short {
 		t.Fatalf("claimWithin returned before the short deadline")
 	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount = %d after a shortening extension, want 0", n)
-	}
+	wantPending(t, b, testQueue, 0, "after a shortening extension")
 	ack(t, b, ds...)
 }
 
@@ -409,41 +391,27 @@ func testAckRemoves(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelopes("ack", testQueue, 3)...)
 	lease := 150 * time.Millisecond
-	ds := claim(t, b, params(3, lease))
-	if len(ds) != 3 {
-		t.Fatalf("claimed %d, want 3", len(ds))
-	}
+	ds := claimN(t, b, params(3, lease), 3)
 	ack(t, b, ds...)
 	ack(t, b, ds...) // twice is harmless
 	ack(t, b)        // nothing is harmless
-	if got := claimWithin(t, b, params(10, time.Minute), 4*lease); len(got) != 0 {
-		t.Fatalf("acked tasks came back: %v", deliveryIDs(got))
-	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount after ack = %d, want 0", n)
-	}
+	wantIDs(t, "acked tasks came back", deliveryIDs(claimWithin(t, b, params(10, time.Minute), 4*lease)), nil)
+	wantPending(t, b, testQueue, 0, "after ack")
 }
 
 func testNackRetryDelay(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	orig := envelope("retry", testQueue)
 	publish(t, b, orig)
-	ds := claim(t, b, params(1, time.Minute))
-	if len(ds) != 1 {
-		t.Fatalf("claimed %d, want 1", len(ds))
-	}
+	ds := claimN(t, b, params(1, time.Minute), 1)
 	next := ds[0].Envelope
 	next.Attempt++
 	next.Headers = map[string]string{"trace": "t-retry", "lastError": "boom"}
 	delay := time.Second
 	start := time.Now()
 	nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.Retry, Envelope: next, Delay: delay})
-	if got := claim(t, b, params(1, time.Minute)); len(got) != 0 {
-		t.Fatalf("retry was claimable before its delay: %v", deliveryIDs(got))
-	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount during the retry delay = %d, want 0", n)
-	}
+	wantIDs(t, "retry was claimable before its delay", deliveryIDs(claim(t, b, params(1, time.Minute))), nil)
+	wantPending(t, b, testQueue, 0, "during the retry delay")
 	got := claimWithin(t, b, params(1, time.Minute), 10*time.Second)
 	if len(got) != 1 {
 		t.Fatal("retry was never claimable")
@@ -455,9 +423,7 @@ func testNackRetryDelay(t *testing.T, newEngine NewEngine) {
 	ack(t, b, got...)
 	// The old delivery is gone: acking or nacking it again does nothing.
 	nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.Retry, Envelope: next})
-	if got := claim(t, b, params(1, time.Minute)); len(got) != 0 {
-		t.Fatalf("a second nack of the same delivery created %v", deliveryIDs(got))
-	}
+	wantIDs(t, "a second nack of the same delivery created", deliveryIDs(claim(t, b, params(1, time.Minute))), nil)
 }
 
 func testNackRetryNoDelay(t *testing.T, newEngine NewEngine) {
@@ -484,9 +450,7 @@ func testNackRequeue(t *testing.T, newEngine NewEngine) {
 	nack(t, b,
 		broker.Nack{Delivery: ds[0], Action: broker.Requeue},
 		broker.Nack{Delivery: ds[1], Action: broker.Requeue})
-	if n := pending(t, b, testQueue); n != 4 {
-		t.Fatalf("PendingCount after requeue = %d, want 4", n)
-	}
+	wantPending(t, b, testQueue, 4, "after requeue")
 	got := claim(t, b, params(10, time.Minute))
 	wantIDs(t, "after requeue", deliveryIDs(got), envelopeIDs(envs))
 	for i, d := range got {
@@ -529,12 +493,8 @@ func testNackDeadLetter(t *testing.T, newEngine NewEngine) {
 	if err != nil || len(other) != 0 {
 		t.Fatalf("DeadLetters(other) = %v, %v; want none", other, err)
 	}
-	if got := claim(t, b, params(10, time.Minute)); len(got) != 0 {
-		t.Fatalf("dead letters were claimable: %v", deliveryIDs(got))
-	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount after dead-lettering = %d, want 0", n)
-	}
+	wantIDs(t, "dead letters were claimable", deliveryIDs(claim(t, b, params(10, time.Minute))), nil)
+	wantPending(t, b, testQueue, 0, "after dead-lettering")
 }
 
 // testDeadLetterCap: the dead letters of a queue are trimmed to the cap,
@@ -580,12 +540,8 @@ func testCorruptPayload(t *testing.T, newEngine NewEngine) {
 	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
 		t.Fatalf("DeadLetters = %+v, %v; want one, undecodable", dls, err)
 	}
-	if again := claim(t, e.Broker, params(10, time.Minute)); len(again) != 0 {
-		t.Fatalf("claimed again: %v", deliveryIDs(again))
-	}
-	if n := pending(t, e.Broker, testQueue); n != 0 {
-		t.Fatalf("PendingCount = %d, want 0 (the corrupt task is dead, the valid one leased)", n)
-	}
+	wantIDs(t, "claimed again", deliveryIDs(claim(t, e.Broker, params(10, time.Minute))), nil)
+	wantPending(t, e.Broker, testQueue, 0, "(the corrupt task dead, the valid one leased)")
 }
 
 func testNackLostLease(t *testing.T, newEngine NewEngine) {
@@ -602,9 +558,7 @@ func testNackLostLease(t *testing.T, newEngine NewEngine) {
 		broker.Nack{Delivery: lost[0], Action: broker.Retry, Envelope: next},
 		broker.Nack{Delivery: lost[0], Action: broker.Requeue},
 		broker.Nack{Delivery: lost[0], Action: broker.DeadLetter, Reason: "lost"})
-	if got := claimWithin(t, b, params(10, time.Minute), 300*time.Millisecond); len(got) != 0 {
-		t.Fatalf("nack of a lost lease created %v", deliveryIDs(got))
-	}
+	wantIDs(t, "nack of a lost lease created", deliveryIDs(claimWithin(t, b, params(10, time.Minute), 300*time.Millisecond)), nil)
 	if dls, err := b.DeadLetters(testContext(t), testQueue, 10); err != nil || len(dls) != 0 {
 		t.Fatalf("nack of a lost lease dead-lettered %v (err %v)", dls, err)
 	}
@@ -625,9 +579,7 @@ func testDelayedPublish(t *testing.T, newEngine NewEngine) {
 	publish(t, b, later, past)
 	got := claim(t, b, params(10, time.Minute))
 	wantIDs(t, "immediate claim", deliveryIDs(got), []string{"past"})
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount with only a delayed task = %d, want 0", n)
-	}
+	wantPending(t, b, testQueue, 0, "with only a delayed task")
 	got = claimWithin(t, b, params(10, time.Minute), 10*time.Second)
 	if len(got) != 1 {
 		t.Fatal("delayed task never became claimable")
@@ -640,39 +592,22 @@ func testDelayedPublish(t *testing.T, newEngine NewEngine) {
 
 func testPendingCount(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount of an empty queue = %d", n)
-	}
+	wantPending(t, b, testQueue, 0, "of an empty queue")
 	publish(t, b, envelopes("pc", testQueue, 3)...)
 	delayed := envelope("pc-delayed", testQueue)
 	delayed.ETA = time.Now().Add(time.Hour)
 	publish(t, b, delayed, envelope("pc-other", "other"))
-	if n := pending(t, b, testQueue); n != 3 {
-		t.Fatalf("PendingCount = %d, want 3", n)
-	}
+	wantPending(t, b, testQueue, 3, "after publishing")
 	claim(t, b, params(1, time.Minute))
-	if n := pending(t, b, testQueue); n != 2 {
-		t.Fatalf("PendingCount after one claim = %d, want 2", n)
-	}
-	if n := pending(t, b, "other"); n != 1 {
-		t.Fatalf("PendingCount(other) = %d, want 1", n)
-	}
+	wantPending(t, b, testQueue, 2, "after one claim")
+	wantPending(t, b, "other", 1, "after publishing")
 }
 
 func testClaimWaitWakes(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	ctx := testContext(t)
 	wait := 10 * time.Second
-	type claimed struct {
-		ds  []broker.Delivery
-		err error
-		at  time.Time
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"other", testQueue}, Max: 5, Lease: time.Minute, Wait: wait})
-		done <- claimed{ds, err, time.Now()}
-	}()
+	done := claimAsync(ctx, b, broker.ClaimParams{Queues: []string{"other", testQueue}, Max: 5, Lease: time.Minute, Wait: wait})
 	// The timer only shapes the scenario (publish while the claim waits);
 	// the assertions hold if the publish lands before the claim starts.
 	published := make(chan time.Time, 1)
@@ -700,15 +635,30 @@ func testClaimWaitWakes(t *testing.T, newEngine NewEngine) {
 	}
 }
 
+// claimed is what a claim in another goroutine returned, and when.
+type claimed struct {
+	ds  []broker.Delivery
+	err error
+	at  time.Time
+}
+
+// claimAsync claims in a goroutine; the channel gets what it returned.
+func claimAsync(ctx context.Context, b broker.Broker, p broker.ClaimParams) <-chan claimed {
+	done := make(chan claimed, 1)
+	go func() {
+		ds, err := b.Claim(ctx, p)
+		done <- claimed{ds, err, time.Now()}
+	}()
+	return done
+}
+
 func testClaimWaitEmpty(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	wait := 200 * time.Millisecond
 	start := time.Now()
 	ds := claim(t, b, broker.ClaimParams{Queues: []string{testQueue}, Max: 5, Lease: time.Minute, Wait: wait})
 	el := time.Since(start)
-	if len(ds) != 0 {
-		t.Fatalf("claim on an empty queue returned %v", deliveryIDs(ds))
-	}
+	wantIDs(t, "claim on an empty queue", deliveryIDs(ds), nil)
 	if el < wait-20*time.Millisecond || el > wait+3*time.Second {
 		t.Fatalf("Claim with Wait %v returned after %v", wait, el)
 	}
@@ -802,9 +752,7 @@ func testValidation(t *testing.T, newEngine NewEngine) {
 	if err := b.PublishBatch(ctx, batch); err == nil {
 		t.Fatal("PublishBatch accepted a batch with an invalid envelope")
 	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("a rejected batch left %d tasks", n)
-	}
+	wantPending(t, b, testQueue, 0, "after a rejected batch")
 	if err := b.PublishBatch(ctx, nil); err != nil {
 		t.Fatalf("PublishBatch(nil): %v", err)
 	}
@@ -855,7 +803,7 @@ func testClosed(t *testing.T, newEngine NewEngine) {
 		return
 	}
 	d := broker.Delivery{Envelope: envelope("x", testQueue), Token: "t"}
-	calls := map[string]func() error{
+	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
 		"Publish":      func() error { return b.Publish(ctx, envelope("x", testQueue)) },
 		"PublishBatch": func() error { return b.PublishBatch(ctx, envelopes("x", testQueue, 2)) },
 		"Claim": func() error {
@@ -877,12 +825,7 @@ func testClosed(t *testing.T, newEngine NewEngine) {
 			_, err := b.DeadLetters(ctx, testQueue, 10)
 			return err
 		},
-	}
-	for name, call := range calls {
-		if err := call(); !errors.Is(err, broker.ErrClosed) {
-			t.Errorf("%s after Close returned %v, want broker.ErrClosed", name, err)
-		}
-	}
+	})
 }
 
 func testCloseWakesWaiter(t *testing.T, newEngine NewEngine) {
@@ -916,16 +859,7 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	}
 	b := a.Peer(t)
 	ctx := testContext(t)
-	type claimed struct {
-		ds  []broker.Delivery
-		err error
-		at  time.Time
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		ds, err := b.Broker.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
-		done <- claimed{ds, err, time.Now()}
-	}()
+	done := claimAsync(ctx, b.Broker, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
 	if b.WakeReady != nil {
 		deadline := time.Now().Add(10 * time.Second)
 		for !b.WakeReady(testQueue) {
@@ -956,7 +890,5 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	if lost, ok := broker.LeasesLost(b.Broker.ExtendLease(ctx, c.ds, time.Minute)); !ok || len(lost) != 1 {
 		t.Fatalf("ExtendLease in the peer after an ack = lost %v (%v); want x lost", lost, ok)
 	}
-	if n := pending(t, b.Broker, testQueue); n != 0 {
-		t.Fatalf("PendingCount in the peer after the ack = %d, want 0", n)
-	}
+	wantPending(t, b.Broker, testQueue, 0, "in the peer after the ack")
 }

@@ -39,7 +39,9 @@
 package conformance
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -56,18 +58,12 @@ import (
 // hooks some tests need to reach behind the interfaces. A nil role skips
 // its area of the suite; a nil hook skips the tests that need it.
 type Engine struct {
-	// Broker is the task transport under test.
-	Broker broker.Broker
-	// Results is the result backend under test.
-	Results result.Backend
-	// Registry is the worker registry under test.
+	Broker   broker.Broker
+	Results  result.Backend
 	Registry registry.Registry
-	// Control is the control transport under test.
-	Control broker.ControlTransport
-	// Pauses is the pause store under test.
-	Pauses broker.PauseStore
-	// Revokes is the revoke store under test.
-	Revokes revoke.Store
+	Control  broker.ControlTransport
+	Pauses   broker.PauseStore
+	Revokes  revoke.Store
 
 	// Configure builds another fresh engine of the same kind, honouring
 	// opts (a short result TTL, a dead-letter cap). WithOptions sets it.
@@ -190,19 +186,59 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// subtest is one named test of the suite.
-type subtest struct {
+// named is one named test of the suite, run on a fixture of type T.
+type named[T any] struct {
 	name string
-	fn   func(t *testing.T, newEngine NewEngine)
+	fn   func(t *testing.T, x T)
 }
 
-// runAll runs tests in parallel subtests.
-func runAll(t *testing.T, newEngine NewEngine, tests []subtest) {
+// subtest is one named test of an engine's area.
+type subtest = named[NewEngine]
+
+// runEach runs tests in parallel subtests, each on its own fixture from fresh.
+func runEach[T any](t *testing.T, fresh func(t *testing.T) T, tests []named[T]) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tc.fn(t, newEngine)
+			tc.fn(t, fresh(t))
 		})
+	}
+}
+
+// runAll runs tests in parallel subtests, each building its own engines.
+func runAll(t *testing.T, newEngine NewEngine, tests []subtest) {
+	runEach(t, func(*testing.T) NewEngine { return newEngine }, tests)
+}
+
+// must returns role v, or skips the test when the engine lacks it (v is nil).
+func must[T comparable](t *testing.T, v T, role string) T {
+	t.Helper()
+	var none T
+	if v == none {
+		t.Skipf("engine has no %s", role)
+	}
+	return v
+}
+
+// wantCount returns a check that a call returning a count and an error
+// succeeded with count want.
+func wantCount(t *testing.T, want int, what string) func(int, error) {
+	return func(n int, err error) {
+		t.Helper()
+		if err != nil || n != want {
+			t.Fatalf("%s = %d, %v; want %d", what, n, err, want)
+		}
+	}
+}
+
+// wantErrors checks that every call fails, with target (errors.Is) or, when
+// target is nil, with any error.
+func wantErrors(t *testing.T, when string, target error, calls map[string]func() error) {
+	t.Helper()
+	for name, call := range calls {
+		if err := call(); err == nil || (target != nil && !errors.Is(err, target)) {
+			t.Errorf("%s %s returned %v, want %v", name, when, err, cmp.Or(target, errors.New("an error")))
+		}
 	}
 }
 
