@@ -36,21 +36,12 @@ func runRegistry(t *testing.T, newEngine NewEngine) {
 }
 
 func resultsOf(t *testing.T, newEngine NewEngine, opts Options) (result.Backend, Engine) {
-	t.Helper()
 	e := newEngine(t, opts)
-	if e.Results == nil {
-		t.Skip("engine has no result backend")
-	}
-	return e.Results, e
+	return must(t, e.Results, "result backend"), e
 }
 
 func registryOf(t *testing.T, newEngine NewEngine) registry.Registry {
-	t.Helper()
-	e := newEngine(t, Options{})
-	if e.Registry == nil {
-		t.Skip("engine has no registry")
-	}
-	return e.Registry
+	return must(t, newEngine(t, Options{}).Registry, "registry")
 }
 
 func taskState(id string, st result.State, attempt int) result.TaskState {
@@ -239,12 +230,11 @@ func testResultClosed(t *testing.T, newEngine NewEngine) {
 	if err := b.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := b.Set(testContext(t), []result.TaskState{taskState("x", result.Queued, 0)}); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Set after Close returned %v, want broker.ErrClosed", err)
-	}
-	if _, err := b.Get(testContext(t), "x"); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Get after Close returned %v, want broker.ErrClosed", err)
-	}
+	ctx := testContext(t)
+	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
+		"Set": func() error { return b.Set(ctx, []result.TaskState{taskState("x", result.Queued, 0)}) },
+		"Get": func() error { _, err := b.Get(ctx, "x"); return err },
+	})
 }
 
 // pause waits d on a timer, between polls of a condition with a deadline.
@@ -303,9 +293,7 @@ func testRegistryList(t *testing.T, newEngine NewEngine) {
 	wantIDs(t, "List(ns1)", workerIDs(ws), []string{"a@h", "b@h", "c@h"})
 	jsonEqual(t, ws[0], infos["a@h"])
 	wantIDs(t, "List(ns2)", workerIDs(list(t, r, "ns2")), []string{"z@h"})
-	if ws := list(t, r, "none"); len(ws) != 0 {
-		t.Fatalf("List(none) = %v", workerIDs(ws))
-	}
+	wantIDs(t, "List(none)", workerIDs(list(t, r, "none")), nil)
 	// A heartbeat upserts.
 	upd := workerInfo("ns1", "b@h")
 	upd.InFlight = 7
@@ -380,13 +368,9 @@ func testRegistryClosed(t *testing.T, newEngine NewEngine) {
 		t.Fatalf("Close: %v", err)
 	}
 	ctx := testContext(t)
-	if err := r.Heartbeat(ctx, workerInfo("ns", "a@h"), time.Minute); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Heartbeat after Close returned %v, want broker.ErrClosed", err)
-	}
-	if _, err := r.List(ctx, "ns"); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("List after Close returned %v, want broker.ErrClosed", err)
-	}
-	if err := r.Remove(ctx, "ns", "a@h"); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Remove after Close returned %v, want broker.ErrClosed", err)
-	}
+	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
+		"Heartbeat": func() error { return r.Heartbeat(ctx, workerInfo("ns", "a@h"), time.Minute) },
+		"List":      func() error { _, err := r.List(ctx, "ns"); return err },
+		"Remove":    func() error { return r.Remove(ctx, "ns", "a@h") },
+	})
 }
