@@ -18,36 +18,34 @@ import (
 // testQueue is the queue most tests use; every test has its own engine.
 const testQueue = "default"
 
-func runBroker(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"PublishClaimOne", testPublishClaimOne},
-		{"PublishBatchFIFO", testPublishBatchFIFO},
-		{"ClaimMax", testClaimMax},
-		{"ClaimQueuePriority", testClaimQueuePriority},
-		{"LeasedNotReclaimed", testLeasedNotReclaimed},
-		{"LeaseExpiryRedelivers", testLeaseExpiryRedelivers},
-		{"ExtendLease", testExtendLease},
-		{"ExtendLeaseLost", testExtendLeaseLost},
-		{"ExtendLeaseNeverShortens", testExtendLeaseNeverShortens},
-		{"AckRemoves", testAckRemoves},
-		{"NackRetryDelay", testNackRetryDelay},
-		{"NackRetryNoDelay", testNackRetryNoDelay},
-		{"NackRequeue", testNackRequeue},
-		{"NackDeadLetter", testNackDeadLetter},
-		{"DeadLetterCap", testDeadLetterCap},
-		{"CorruptPayloadDeadLettered", testCorruptPayload},
-		{"NackLostLeaseNoDuplicate", testNackLostLease},
-		{"DelayedPublish", testDelayedPublish},
-		{"PendingCount", testPendingCount},
-		{"ClaimWaitWakesOnPublish", testClaimWaitWakes},
-		{"ClaimWaitEmpty", testClaimWaitEmpty},
-		{"ClaimWaitContextCancel", testClaimWaitContext},
-		{"ConcurrentClaimers", testConcurrentClaimers},
-		{"PeerWakesWaitingClaim", testPeerWakesWaitingClaim},
-		{"Validation", testValidation},
-		{"Closed", testClosed},
-		{"CloseWakesWaiter", testCloseWakesWaiter},
-	})
+var brokerTests = []subtest{
+	{"PublishClaimOne", testPublishClaimOne},
+	{"PublishBatchFIFO", testPublishBatchFIFO},
+	{"ClaimMax", testClaimMax},
+	{"ClaimQueuePriority", testClaimQueuePriority},
+	{"LeasedNotReclaimed", testLeasedNotReclaimed},
+	{"LeaseExpiryRedelivers", testLeaseExpiryRedelivers},
+	{"ExtendLease", testExtendLease},
+	{"ExtendLeaseLost", testExtendLeaseLost},
+	{"ExtendLeaseNeverShortens", testExtendLeaseNeverShortens},
+	{"AckRemoves", testAckRemoves},
+	{"NackRetryDelay", testNackRetryDelay},
+	{"NackRetryNoDelay", testNackRetryNoDelay},
+	{"NackRequeue", testNackRequeue},
+	{"NackDeadLetter", testNackDeadLetter},
+	{"DeadLetterCap", testDeadLetterCap},
+	{"CorruptPayloadDeadLettered", testCorruptPayload},
+	{"NackLostLeaseNoDuplicate", testNackLostLease},
+	{"DelayedPublish", testDelayedPublish},
+	{"PendingCount", testPendingCount},
+	{"ClaimWaitWakesOnPublish", testClaimWaitWakes},
+	{"ClaimWaitEmpty", testClaimWaitEmpty},
+	{"ClaimWaitContextCancel", testClaimWaitContext},
+	{"ConcurrentClaimers", testConcurrentClaimers},
+	{"PeerWakesWaitingClaim", testPeerWakesWaitingClaim},
+	{"Validation", testValidation},
+	{"Closed", testClosed},
+	{"CloseWakesWaiter", testCloseWakesWaiter},
 }
 
 // brokerOf returns the engine's broker or skips the test.
@@ -167,19 +165,11 @@ func wantPending(t *testing.T, b broker.Broker, queue string, want int64, when s
 }
 
 func deliveryIDs(ds []broker.Delivery) []string {
-	out := make([]string, len(ds))
-	for i, d := range ds {
-		out[i] = d.Envelope.ID
-	}
-	return out
+	return idsOf(ds, func(d broker.Delivery) string { return d.Envelope.ID })
 }
 
 func envelopeIDs(envs []broker.Envelope) []string {
-	out := make([]string, len(envs))
-	for i, e := range envs {
-		out[i] = e.ID
-	}
-	return out
+	return idsOf(envs, func(e broker.Envelope) string { return e.ID })
 }
 
 func wantIDs(t *testing.T, what string, got, want []string) {
@@ -513,11 +503,7 @@ func testDeadLetterCap(t *testing.T, newEngine NewEngine) {
 	if err != nil {
 		t.Fatalf("DeadLetters: %v", err)
 	}
-	var got []string
-	for _, dl := range dls {
-		got = append(got, dl.Envelope.ID)
-	}
-	wantIDs(t, "dead letters under a cap of 3", got, []string{"dl-4", "dl-3", "dl-2"})
+	wantIDs(t, "dead letters under a cap of 3", idsOf(dls, func(dl broker.DeadLetterEntry) string { return dl.Envelope.ID }), []string{"dl-4", "dl-3", "dl-2"})
 }
 
 // testCorruptPayload: a stored task whose payload is not an envelope is
@@ -768,15 +754,11 @@ func testValidation(t *testing.T, newEngine NewEngine) {
 	}
 	publish(t, b, envelope("v", testQueue))
 	ds := claim(t, b, params(1, time.Minute))
-	if err := b.ExtendLease(ctx, ds, 0); err == nil {
-		t.Fatal("ExtendLease accepted a zero duration")
-	}
-	if err := b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: 0}}); err == nil {
-		t.Fatal("Nack accepted an unknown action")
-	}
-	if err := b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.Retry}}); err == nil {
-		t.Fatal("Nack Retry accepted an empty envelope")
-	}
+	wantErrors(t, "(invalid)", nil, map[string]func() error{
+		"ExtendLease(zero duration)":  func() error { return b.ExtendLease(ctx, ds, 0) },
+		"Nack(unknown action)":        func() error { return b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: 0}}) },
+		"Nack(Retry, empty envelope)": func() error { return b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.Retry}}) },
+	})
 	// The rejected nacks left the lease alone.
 	if err := b.ExtendLease(ctx, ds, time.Minute); err != nil {
 		t.Fatalf("ExtendLease after rejected nacks: %v", err)
@@ -861,13 +843,7 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	ctx := testContext(t)
 	done := claimAsync(ctx, b.Broker, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
 	if b.WakeReady != nil {
-		deadline := time.Now().Add(10 * time.Second)
-		for !b.WakeReady(testQueue) {
-			if time.Now().After(deadline) {
-				t.Fatal("the waiting claim never subscribed to wake-ups")
-			}
-			pause(t, 10*time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, func() bool { return b.WakeReady(testQueue) }, "the waiting claim never subscribed to wake-ups")
 	} else {
 		// Shapes the scenario (publish while b waits); the assertions
 		// hold if the publish lands first.

@@ -9,17 +9,15 @@ import (
 	"github.com/stemhq/stem/internal/testutil"
 )
 
-// runControl checks the control transport: a broadcast reaches every
+// controlTests check the control transport: a broadcast reaches every
 // worker of its namespace and no other, a send reaches its worker only,
 // replies reach their listener, and a closed subscription ends.
-func runControl(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"BroadcastFansOutToEveryWorker", testBroadcastFansOut},
-		{"SendReachesOnlyItsWorker", testSendReachesOnlyItsWorker},
-		{"RepliesReachTheListener", testRepliesReachTheListener},
-		{"ClosedSubscriptionEndsItsChannel", testClosedSubscriptionEnds},
-		{"SubscriptionEndsWithEngine", testSubscriptionEndsWithEngine},
-	})
+var controlTests = []subtest{
+	{"BroadcastFansOutToEveryWorker", testBroadcastFansOut},
+	{"SendReachesOnlyItsWorker", testSendReachesOnlyItsWorker},
+	{"RepliesReachTheListener", testRepliesReachTheListener},
+	{"ClosedSubscriptionEndsItsChannel", testClosedSubscriptionEnds},
+	{"SubscriptionEndsWithEngine", testSubscriptionEndsWithEngine},
 }
 
 // controlOf returns the engine's control transport and a control namespace

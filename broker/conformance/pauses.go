@@ -8,14 +8,12 @@ import (
 	"github.com/stemhq/stem/broker"
 )
 
-// runPauses checks the pause store: paused queues per namespace, pauses
+// pauseTests check the pause store: paused queues per namespace, pauses
 // scoped to one worker, and refused records.
-func runPauses(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"PausedQueuesPerNamespace", testPausedQueuesPerNamespace},
-		{"PausesPerWorkerScope", testPausesPerWorkerScope},
-		{"PauseRefusesBadRecords", testPauseRefusesBadRecords},
-	})
+var pauseTests = []subtest{
+	{"PausedQueuesPerNamespace", testPausedQueuesPerNamespace},
+	{"PausesPerWorkerScope", testPausesPerWorkerScope},
+	{"PauseRefusesBadRecords", testPauseRefusesBadRecords},
 }
 
 // pausesOf returns the engine's pause store and a control namespace of its

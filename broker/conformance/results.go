@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -13,26 +12,22 @@ import (
 	"github.com/stemhq/stem/result"
 )
 
-func runResults(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"SetGet", testResultSetGet},
-		{"NotFound", testResultNotFound},
-		{"NewerOrdering", testResultOrdering},
-		{"TTL", testResultTTL},
-		{"SweepDeletesExpired", testResultSweep},
-		{"Validation", testResultValidation},
-		{"Closed", testResultClosed},
-	})
+var resultTests = []subtest{
+	{"SetGet", testResultSetGet},
+	{"NotFound", testResultNotFound},
+	{"NewerOrdering", testResultOrdering},
+	{"TTL", testResultTTL},
+	{"SweepDeletesExpired", testResultSweep},
+	{"Validation", testResultValidation},
+	{"Closed", testResultClosed},
 }
 
-func runRegistry(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"HeartbeatList", testRegistryList},
-		{"TTL", testRegistryTTL},
-		{"Remove", testRegistryRemove},
-		{"Validation", testRegistryValidation},
-		{"Closed", testRegistryClosed},
-	})
+var registryTests = []subtest{
+	{"HeartbeatList", testRegistryList},
+	{"TTL", testRegistryTTL},
+	{"Remove", testRegistryRemove},
+	{"Validation", testRegistryValidation},
+	{"Closed", testRegistryClosed},
 }
 
 func resultsOf(t *testing.T, newEngine NewEngine, opts Options) (result.Backend, Engine) {
@@ -72,17 +67,17 @@ func getState(t *testing.T, b result.Backend, id string) result.TaskState {
 // every engine stores; times compare by instant.
 func jsonEqual(t *testing.T, got, want any) {
 	t.Helper()
-	g, err1 := json.Marshal(got)
-	w, err2 := json.Marshal(want)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("marshal: %v %v", err1, err2)
+	norm := func(v any) string { // through a map: keys sorted, times as encoded
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatalf("marshal: %v", err)
+		}
+		var m any
+		_ = json.Unmarshal(b, &m)
+		b, _ = json.Marshal(m)
+		return string(b)
 	}
-	var gv, wv any
-	_ = json.Unmarshal(g, &gv)
-	_ = json.Unmarshal(w, &wv)
-	g, _ = json.Marshal(gv)
-	w, _ = json.Marshal(wv)
-	if !bytes.Equal(g, w) {
+	if g, w := norm(got), norm(want); g != w {
 		t.Fatalf("got  %s\nwant %s", g, w)
 	}
 }
@@ -171,30 +166,23 @@ func testResultTTL(t *testing.T, newEngine NewEngine) {
 	if _, err := b.Get(testContext(t), "ttl"); err != nil && time.Since(start) < ttl/2 {
 		t.Fatalf("Get right after Set: %v", err)
 	}
-	waitExpired(t, b, "ttl", start, ttl)
+	waitExpired(t, b, "ttl", ttl)
 	if el := time.Since(start); el < ttl-50*time.Millisecond {
 		t.Fatalf("state expired after %v, before its %v TTL", el, ttl)
 	}
 }
 
 // waitExpired polls until Get of id reports result.ErrNotFound, failing
-// the test when the state, set at start with ttl, is still there 10s on.
-func waitExpired(t *testing.T, b result.Backend, id string, start time.Time, ttl time.Duration) {
+// the test when the state, set with ttl, is still there 10s on.
+func waitExpired(t *testing.T, b result.Backend, id string, ttl time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitFor(t, 10*time.Second, func() bool {
 		_, err := b.Get(testContext(t), id)
-		if errors.Is(err, result.ErrNotFound) {
-			return
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, result.ErrNotFound) {
 			t.Fatalf("Get(%s): %v", id, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("state %s still there %v after Set with a %v TTL", id, time.Since(start), ttl)
-		}
-		pause(t, 20*time.Millisecond)
-	}
+		return err != nil
+	}, "state %s still there 10s after Set with a %v TTL", id, ttl)
 }
 
 // testResultSweep: expired results are deleted from the store, not only
@@ -207,15 +195,11 @@ func testResultSweep(t *testing.T, newEngine NewEngine) {
 	if e.NoResultTTL {
 		t.Skip("engine cannot honour a short result TTL")
 	}
-	ctx := testContext(t)
-	start := time.Now()
 	setStates(t, b, taskState("old", result.Succeeded, 0))
-	waitExpired(t, b, "old", start, time.Millisecond)
+	waitExpired(t, b, "old", time.Millisecond)
 	e.SweepDue()
 	setStates(t, b, taskState("new", result.Queued, 0))
-	if n, err := e.StoredResults(ctx, "old"); err != nil || n != 0 {
-		t.Fatalf("stored rows of the expired result = %d, %v; want 0", n, err)
-	}
+	wantCount(t, 0, "stored rows of the expired result")(e.StoredResults(testContext(t), "old"))
 }
 
 func testResultValidation(t *testing.T, newEngine NewEngine) {
@@ -235,17 +219,6 @@ func testResultClosed(t *testing.T, newEngine NewEngine) {
 		"Set": func() error { return b.Set(ctx, []result.TaskState{taskState("x", result.Queued, 0)}) },
 		"Get": func() error { _, err := b.Get(ctx, "x"); return err },
 	})
-}
-
-// pause waits d on a timer, between polls of a condition with a deadline.
-// It is never used to order events, only to pace polling.
-func pause(t *testing.T, d time.Duration) {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-	case <-t.Context().Done():
-	}
 }
 
 func workerInfo(ns, id string) registry.WorkerInfo {
@@ -274,11 +247,7 @@ func list(t *testing.T, r registry.Registry, ns string) []registry.WorkerInfo {
 }
 
 func workerIDs(ws []registry.WorkerInfo) []string {
-	out := make([]string, len(ws))
-	for i, w := range ws {
-		out[i] = w.ID
-	}
-	return out
+	return idsOf(ws, func(w registry.WorkerInfo) string { return w.ID })
 }
 
 func testRegistryList(t *testing.T, newEngine NewEngine) {
@@ -314,20 +283,13 @@ func testRegistryTTL(t *testing.T, newEngine NewEngine) {
 	start := time.Now() // before the heartbeat: el below never overstates the record's age
 	heartbeat(t, r, workerInfo("ns", "short@h"), ttl)
 	heartbeat(t, r, workerInfo("ns", "long@h"), time.Minute)
-	deadline := start.Add(10 * time.Second)
-	for {
+	waitFor(t, 10*time.Second-time.Since(start), func() bool {
 		ids := workerIDs(list(t, r, "ns"))
-		if slices.Equal(ids, []string{"long@h"}) {
-			break
-		}
-		if !slices.Equal(ids, []string{"long@h", "short@h"}) {
+		if !slices.Equal(ids, []string{"long@h"}) && !slices.Equal(ids, []string{"long@h", "short@h"}) {
 			t.Fatalf("List = %v", ids)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("worker still listed %v after a heartbeat with a %v TTL", time.Since(start), ttl)
-		}
-		pause(t, 20*time.Millisecond)
-	}
+		return len(ids) == 1
+	}, "worker still listed 10s after a heartbeat with a %v TTL", ttl)
 	if el := time.Since(start); el < ttl-50*time.Millisecond {
 		t.Fatalf("worker expired after %v, before its %v TTL", el, ttl)
 	}

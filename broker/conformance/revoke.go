@@ -125,11 +125,7 @@ func expectEntries(t *testing.T, what string, got, want []revoke.Entry) {
 }
 
 func entryIDs(es []revoke.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = fmt.Sprintf("%s/%s@%d", e.Namespace, e.TaskID, e.Version)
-	}
-	return out
+	return idsOf(es, func(e revoke.Entry) string { return fmt.Sprintf("%s/%s@%d", e.Namespace, e.TaskID, e.Version) })
 }
 
 func testUpsertNew(t *testing.T, s revoke.Store) {
