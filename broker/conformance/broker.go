@@ -188,9 +188,7 @@ func testPublishClaimOne(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	want := envelope("one", testQueue)
 	want.TimeLimit = 3 * time.Second
-	if err := b.Publish(testContext(t), want); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
+	noErr(t, b.Publish(testContext(t), want), "Publish")
 	before := time.Now()
 	ds := claim(t, b, params(10, time.Minute))
 	if len(ds) != 1 {
@@ -295,9 +293,7 @@ func testLeaseExpiryRedelivers(t *testing.T, newEngine NewEngine) {
 	}
 	// Acking the lost delivery is not an error and does not remove the new one.
 	ack(t, b, first[0])
-	if err := b.ExtendLease(testContext(t), again, time.Minute); err != nil {
-		t.Fatalf("ExtendLease of the live redelivery after acking the lost one: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), again, time.Minute), "ExtendLease of the live redelivery after acking the lost one")
 	ack(t, b, again[0])
 }
 
@@ -306,9 +302,7 @@ func testExtendLease(t *testing.T, newEngine NewEngine) {
 	publish(t, b, envelopes("extend", testQueue, 2)...)
 	lease := time.Second
 	ds := claimN(t, b, params(2, lease), 2)
-	if err := b.ExtendLease(testContext(t), ds, 30*time.Second); err != nil {
-		t.Fatalf("ExtendLease: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), ds, 30*time.Second), "ExtendLease")
 	// Wait (with Claim's own Wait) well past the old deadline: the extended
 	// leases must hold, and no copy may have been published.
 	wantIDs(t, "claim after extension", deliveryIDs(claimWithin(t, b, params(10, time.Minute), time.Until(ds[0].LeaseUntil)+2*lease)), nil)
@@ -368,12 +362,8 @@ func testExtendLeaseLost(t *testing.T, newEngine NewEngine) {
 	slices.Sort(ids)
 	wantIDs(t, "LeaseLostError.IDs", ids, []string{"acked", "lost"})
 	// The live ones were still extended.
-	if err := b.ExtendLease(testContext(t), append(kept, again...), time.Minute); err != nil {
-		t.Fatalf("ExtendLease of live leases: %v", err)
-	}
-	if err := b.ExtendLease(testContext(t), nil, time.Minute); err != nil {
-		t.Fatalf("ExtendLease of nothing: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), append(kept, again...), time.Minute), "ExtendLease of live leases")
+	noErr(t, b.ExtendLease(testContext(t), nil, time.Minute), "ExtendLease of nothing")
 	ack(t, b, append(kept, again...)...)
 }
 
@@ -514,9 +504,7 @@ func testCorruptPayload(t *testing.T, newEngine NewEngine) {
 	if e.PublishCorrupt == nil {
 		t.Skip("engine has no PublishCorrupt hook (it cannot store an undecodable payload)")
 	}
-	if err := e.PublishCorrupt(testContext(t), testQueue); err != nil {
-		t.Fatalf("PublishCorrupt: %v", err)
-	}
+	noErr(t, e.PublishCorrupt(testContext(t), testQueue), "PublishCorrupt")
 	ok := envelope("ok", testQueue)
 	publish(t, e.Broker, ok)
 	ds := claim(t, e.Broker, params(10, time.Minute))
@@ -549,9 +537,7 @@ func testNackLostLease(t *testing.T, newEngine NewEngine) {
 		t.Fatalf("nack of a lost lease dead-lettered %v (err %v)", dls, err)
 	}
 	// The live delivery is untouched.
-	if err := b.ExtendLease(testContext(t), live, time.Minute); err != nil {
-		t.Fatalf("ExtendLease of the live delivery: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), live, time.Minute), "ExtendLease of the live delivery")
 	ack(t, b, live...)
 }
 
@@ -609,12 +595,8 @@ func testClaimWaitWakes(t *testing.T, newEngine NewEngine) {
 	case <-ctx.Done():
 		t.Fatal("waiting claim never returned")
 	}
-	if c.err != nil {
-		t.Fatalf("waiting Claim: %v", c.err)
-	}
-	if err := <-pubErr; err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
+	noErr(t, c.err, "waiting Claim")
+	noErr(t, <-pubErr, "Publish")
 	wantIDs(t, "woken claim", deliveryIDs(c.ds), []string{"wake"})
 	if lag := c.at.Sub(<-published); lag > wait/4 {
 		t.Fatalf("waiting Claim returned %v after the publish; want well under its %v Wait", lag, wait)
@@ -674,40 +656,24 @@ func testConcurrentClaimers(t *testing.T, newEngine NewEngine) {
 	const total = 1000
 	publish(t, b, envelopes("conc", testQueue, total)...)
 	ctx := testContext(t)
-	var (
-		mu   sync.Mutex
-		seen = map[string]int{}
-		wg   sync.WaitGroup
-		errs = make(chan error, 4)
-	)
-	for w := range 4 {
-		wg.Go(func() {
-			for {
-				ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 7 + w, Lease: time.Minute})
-				if err != nil {
-					errs <- err
-					return
-				}
-				if len(ds) == 0 {
-					return
-				}
-				mu.Lock()
-				for _, d := range ds {
-					seen[d.Envelope.ID]++
-				}
-				mu.Unlock()
-				if err := b.Ack(ctx, ds); err != nil {
-					errs <- err
-					return
-				}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	concurrently(t, 4, func(w int) error {
+		for {
+			ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 7 + w, Lease: time.Minute})
+			if err != nil || len(ds) == 0 {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("concurrent claimer: %v", err)
-	}
+			mu.Lock()
+			for _, d := range ds {
+				seen[d.Envelope.ID]++
+			}
+			mu.Unlock()
+			if err := b.Ack(ctx, ds); err != nil {
+				return err
+			}
+		}
+	})
 	if len(seen) != total {
 		t.Fatalf("claimed %d distinct tasks, want %d", len(seen), total)
 	}
@@ -739,9 +705,7 @@ func testValidation(t *testing.T, newEngine NewEngine) {
 		t.Fatal("PublishBatch accepted a batch with an invalid envelope")
 	}
 	wantPending(t, b, testQueue, 0, "after a rejected batch")
-	if err := b.PublishBatch(ctx, nil); err != nil {
-		t.Fatalf("PublishBatch(nil): %v", err)
-	}
+	noErr(t, b.PublishBatch(ctx, nil), "PublishBatch(nil)")
 	for _, p := range []broker.ClaimParams{
 		{Queues: []string{testQueue}, Max: 0, Lease: time.Minute},
 		{Queues: []string{testQueue}, Max: 1, Lease: 0},
@@ -760,9 +724,7 @@ func testValidation(t *testing.T, newEngine NewEngine) {
 		"Nack(Retry, empty envelope)": func() error { return b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.Retry}}) },
 	})
 	// The rejected nacks left the lease alone.
-	if err := b.ExtendLease(ctx, ds, time.Minute); err != nil {
-		t.Fatalf("ExtendLease after rejected nacks: %v", err)
-	}
+	noErr(t, b.ExtendLease(ctx, ds, time.Minute), "ExtendLease after rejected nacks")
 	ack(t, b, ds...)
 }
 
@@ -773,12 +735,8 @@ func testClosed(t *testing.T, newEngine NewEngine) {
 		if c == nil {
 			continue
 		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("second Close: %v", err)
-		}
+		noErr(t, c.Close(), "Close")
+		noErr(t, c.Close(), "second Close")
 	}
 	b := e.Broker
 	if b == nil {
@@ -788,25 +746,16 @@ func testClosed(t *testing.T, newEngine NewEngine) {
 	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
 		"Publish":      func() error { return b.Publish(ctx, envelope("x", testQueue)) },
 		"PublishBatch": func() error { return b.PublishBatch(ctx, envelopes("x", testQueue, 2)) },
-		"Claim": func() error {
-			_, err := b.Claim(ctx, params(1, time.Minute))
-			return err
-		},
+		"Claim":        func() error { _, err := b.Claim(ctx, params(1, time.Minute)); return err },
 		"Claim(Wait)": func() error {
 			_, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 1, Lease: time.Minute, Wait: time.Second})
 			return err
 		},
-		"Ack":         func() error { return b.Ack(ctx, []broker.Delivery{d}) },
-		"Nack":        func() error { return b.Nack(ctx, []broker.Nack{{Delivery: d, Action: broker.Requeue}}) },
-		"ExtendLease": func() error { return b.ExtendLease(ctx, []broker.Delivery{d}, time.Minute) },
-		"PendingCount": func() error {
-			_, err := b.PendingCount(ctx, testQueue)
-			return err
-		},
-		"DeadLetters": func() error {
-			_, err := b.DeadLetters(ctx, testQueue, 10)
-			return err
-		},
+		"Ack":          func() error { return b.Ack(ctx, []broker.Delivery{d}) },
+		"Nack":         func() error { return b.Nack(ctx, []broker.Nack{{Delivery: d, Action: broker.Requeue}}) },
+		"ExtendLease":  func() error { return b.ExtendLease(ctx, []broker.Delivery{d}, time.Minute) },
+		"PendingCount": func() error { _, err := b.PendingCount(ctx, testQueue); return err },
+		"DeadLetters":  func() error { _, err := b.DeadLetters(ctx, testQueue, 10); return err },
 	})
 }
 
@@ -852,9 +801,7 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	publish(t, a.Broker, envelope("x", testQueue))
 	published := time.Now() // the wake-up, not the publish's write, is timed
 	c := <-done
-	if c.err != nil {
-		t.Fatalf("claim in the peer: %v", c.err)
-	}
+	noErr(t, c.err, "claim in the peer")
 	wantIDs(t, "claimed in the peer", deliveryIDs(c.ds), []string{"x"})
 	lag := c.at.Sub(published)
 	t.Logf("wake-up across engines: %v", lag)

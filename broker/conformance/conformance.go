@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -206,6 +207,32 @@ func must[T comparable](t *testing.T, v T, role string) T {
 		t.Skipf("engine has no %s", role)
 	}
 	return v
+}
+
+// concurrently runs fn(0) to fn(n-1) in goroutines and fails the test
+// with every error they return.
+func concurrently(t *testing.T, n int, fn func(w int) error) {
+	t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() { errs <- fn(w) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// noErr fails the test when err is not nil; what names the call.
+func noErr(t *testing.T, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
 }
 
 // wantCount returns a check that a call returning a count and an error

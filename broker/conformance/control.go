@@ -120,9 +120,7 @@ func testRepliesReachTheListener(t *testing.T, newEngine NewEngine) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Reply(ctx, n, "req1", []byte("pong")); err != nil {
-		t.Fatal(err)
-	}
+	noErr(t, c.Reply(ctx, n, "req1", []byte("pong")), "Reply")
 	recv(t, l, "pong")
 	_ = l.Close()
 	_ = l.Close() // twice is safe
@@ -157,9 +155,7 @@ func testSubscriptionEndsWithEngine(t *testing.T, newEngine NewEngine) {
 	s := subscribe(t, e.Control, n, "w@h")
 	_ = e.Broker.Close()
 	ends(t, s, "the engine closed")
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close after the engine closed: %v", err)
-	}
+	noErr(t, s.Close(), "Close after the engine closed")
 	if _, err := e.Control.Broadcast(testContext(t), n, []byte("x")); err == nil {
 		t.Fatal("Broadcast on a closed engine succeeded")
 	}

@@ -99,9 +99,7 @@ func testResultSetGet(t *testing.T, newEngine NewEngine) {
 		t.Fatalf("times changed: %v/%v, want %v/%v", got.UpdatedAt, got.StartedAt, done.UpdatedAt, done.StartedAt)
 	}
 	jsonEqual(t, getState(t, b, "r2"), failed)
-	if err := b.Set(testContext(t), nil); err != nil {
-		t.Fatalf("Set(nil): %v", err)
-	}
+	noErr(t, b.Set(testContext(t), nil), "Set(nil)")
 }
 
 func testResultNotFound(t *testing.T, newEngine NewEngine) {
@@ -211,9 +209,7 @@ func testResultValidation(t *testing.T, newEngine NewEngine) {
 
 func testResultClosed(t *testing.T, newEngine NewEngine) {
 	b, _ := resultsOf(t, newEngine, Options{})
-	if err := b.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	noErr(t, b.Close(), "Close")
 	ctx := testContext(t)
 	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
 		"Set": func() error { return b.Set(ctx, []result.TaskState{taskState("x", result.Queued, 0)}) },
@@ -303,12 +299,8 @@ func testRegistryRemove(t *testing.T, newEngine NewEngine) {
 	heartbeat(t, r, workerInfo("ns", "a@h"), time.Minute)
 	heartbeat(t, r, workerInfo("ns", "b@h"), time.Minute)
 	heartbeat(t, r, workerInfo("other", "a@h"), time.Minute)
-	if err := r.Remove(testContext(t), "ns", "a@h"); err != nil {
-		t.Fatalf("Remove: %v", err)
-	}
-	if err := r.Remove(testContext(t), "ns", "missing@h"); err != nil {
-		t.Fatalf("Remove of an unknown worker: %v", err)
-	}
+	noErr(t, r.Remove(testContext(t), "ns", "a@h"), "Remove")
+	noErr(t, r.Remove(testContext(t), "ns", "missing@h"), "Remove of an unknown worker")
 	wantIDs(t, "List(ns)", workerIDs(list(t, r, "ns")), []string{"b@h"})
 	wantIDs(t, "List(other)", workerIDs(list(t, r, "other")), []string{"a@h"})
 }
@@ -316,19 +308,15 @@ func testRegistryRemove(t *testing.T, newEngine NewEngine) {
 func testRegistryValidation(t *testing.T, newEngine NewEngine) {
 	r := registryOf(t, newEngine)
 	ctx := testContext(t)
-	if err := r.Heartbeat(ctx, workerInfo("ns", ""), time.Minute); err == nil {
-		t.Fatal("Heartbeat accepted an empty worker id")
-	}
-	if err := r.Heartbeat(ctx, workerInfo("ns", "a@h"), 0); err == nil {
-		t.Fatal("Heartbeat accepted a zero TTL")
-	}
+	wantErrors(t, "(invalid)", nil, map[string]func() error{
+		"Heartbeat(empty worker id)": func() error { return r.Heartbeat(ctx, workerInfo("ns", ""), time.Minute) },
+		"Heartbeat(zero TTL)":        func() error { return r.Heartbeat(ctx, workerInfo("ns", "a@h"), 0) },
+	})
 }
 
 func testRegistryClosed(t *testing.T, newEngine NewEngine) {
 	r := registryOf(t, newEngine)
-	if err := r.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	noErr(t, r.Close(), "Close")
 	ctx := testContext(t)
 	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
 		"Heartbeat": func() error { return r.Heartbeat(ctx, workerInfo("ns", "a@h"), time.Minute) },

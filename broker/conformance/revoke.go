@@ -6,7 +6,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -311,12 +310,10 @@ func testRevokeValidation(t *testing.T, s revoke.Store) {
 		}
 	}
 	expectEntries(t, "List after rejected upserts", revokeList(t, s, "ns"), nil)
-	if _, err := s.List(ctx, ""); err == nil {
-		t.Error(`List("") succeeded; want an error`)
-	}
-	if _, err := s.Prune(ctx, "", revokeBase); err == nil {
-		t.Error(`Prune("") succeeded; want an error`)
-	}
+	wantErrors(t, "(empty namespace)", nil, map[string]func() error{
+		`List("")`:  func() error { _, err := s.List(ctx, ""); return err },
+		`Prune("")`: func() error { _, err := s.Prune(ctx, "", revokeBase); return err },
+	})
 }
 
 func testConcurrentSameTask(t *testing.T, s revoke.Store) {
@@ -327,51 +324,32 @@ func testConcurrentSameTask(t *testing.T, s revoke.Store) {
 	}
 	rand.Shuffle(len(versions), func(i, j int) { versions[i], versions[j] = versions[j], versions[i] })
 	ctx := testContext(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for _, v := range versions[w*each : (w+1)*each] {
-				got, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", v)})
-				if err != nil {
-					errs <- err
-					return
-				}
-				if len(got) != 1 || got[0].Version < v {
-					errs <- fmt.Errorf("upsert of version %d returned %v: the stored entry can never be older than the input", v, entryIDs(got))
-					return
-				}
+	concurrently(t, writers, func(w int) error {
+		for _, v := range versions[w*each : (w+1)*each] {
+			got, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", v)})
+			if err != nil {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+			if len(got) != 1 || got[0].Version < v {
+				return fmt.Errorf("upsert of version %d returned %v: the stored entry can never be older than the input", v, entryIDs(got))
+			}
+		}
+		return nil
+	})
 	expectEntries(t, "List", revokeList(t, s, "ns"), []revoke.Entry{revokeEntry("ns", "t", writers*each)})
 }
 
 func testConcurrentDistinct(t *testing.T, s revoke.Store) {
 	const writers, each = 6, 15
 	ctx := testContext(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for i := range each {
-				if _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", fmt.Sprintf("w%d-%02d", w, i), int64(i+1))}); err != nil {
-					errs <- err
-					return
-				}
+	concurrently(t, writers, func(w int) error {
+		for i := range each {
+			if _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", fmt.Sprintf("w%d-%02d", w, i), int64(i+1))}); err != nil {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+		}
+		return nil
+	})
 	if got := revokeList(t, s, "ns"); len(got) != writers*each {
 		t.Fatalf("List after concurrent upserts of %d distinct tasks holds %d", writers*each, len(got))
 	}
@@ -422,9 +400,7 @@ func testCanceledContext(t *testing.T, s revoke.Store) {
 
 func testRevokeClosed(t *testing.T, s revoke.Store) {
 	revokeUpsert(t, s, revokeEntry("ns", "t", 1))
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	noErr(t, s.Close(), "Close")
 	wantErrors(t, "after Close", revoke.ErrClosed, revokeCalls(testContext(t), s))
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
@@ -480,9 +456,7 @@ func testSignedRoundTrip(t *testing.T, s revoke.Store) {
 	if got[1].Sig != e.Sig {
 		t.Fatalf("Sig came back as %q, want %q", got[1].Sig, e.Sig)
 	}
-	if err := got[1].Verify(key); err != nil {
-		t.Fatalf("a signed entry read back does not verify: %v", err)
-	}
+	noErr(t, got[1].Verify(key), "a signed entry read back does not verify")
 	if err := got[0].Verify(key); err == nil {
 		t.Fatal("an unsigned entry verifies")
 	}

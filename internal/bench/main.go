@@ -93,9 +93,8 @@ func main() {
 	flag.IntVar(&o.prefetch, "prefetch", 1024, "worker prefetch")
 	flag.IntVar(&o.lightRate, "light-rate", 500, "tasks/s in the light-load latency run")
 	flag.IntVar(&o.lightN, "light-n", 2000, "tasks in the light-load latency run")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the burn-down here")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the burn-down here")
 	flag.Parse()
-	o.cpuprofile = *cpuprofile
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -375,16 +374,11 @@ func redisCleanup(e benchEngine, url, ns string) {
 	defer c.Close()
 	ctx := context.Background()
 	for _, pattern := range []string{ns + ":*", "{" + ns + ":*"} {
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		var batch []string
-		for iter.Next(ctx) {
-			batch = append(batch, iter.Val())
-			if len(batch) == 1000 {
-				c.Unlink(ctx, batch...)
-				batch = batch[:0]
-			}
+		var keys []string
+		for iter := c.Scan(ctx, 0, pattern, 1000).Iterator(); iter.Next(ctx); {
+			keys = append(keys, iter.Val())
 		}
-		if len(batch) > 0 {
+		for batch := range slices.Chunk(keys, 1000) {
 			c.Unlink(ctx, batch...)
 		}
 	}
