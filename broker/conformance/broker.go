@@ -18,46 +18,39 @@ import (
 // testQueue is the queue most tests use; every test has its own engine.
 const testQueue = "default"
 
-func runBroker(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"PublishClaimOne", testPublishClaimOne},
-		{"PublishBatchFIFO", testPublishBatchFIFO},
-		{"ClaimMax", testClaimMax},
-		{"ClaimQueuePriority", testClaimQueuePriority},
-		{"LeasedNotReclaimed", testLeasedNotReclaimed},
-		{"LeaseExpiryRedelivers", testLeaseExpiryRedelivers},
-		{"ExtendLease", testExtendLease},
-		{"ExtendLeaseLost", testExtendLeaseLost},
-		{"ExtendLeaseNeverShortens", testExtendLeaseNeverShortens},
-		{"AckRemoves", testAckRemoves},
-		{"NackRetryDelay", testNackRetryDelay},
-		{"NackRetryNoDelay", testNackRetryNoDelay},
-		{"NackRequeue", testNackRequeue},
-		{"NackDeadLetter", testNackDeadLetter},
-		{"DeadLetterCap", testDeadLetterCap},
-		{"CorruptPayloadDeadLettered", testCorruptPayload},
-		{"NackLostLeaseNoDuplicate", testNackLostLease},
-		{"DelayedPublish", testDelayedPublish},
-		{"PendingCount", testPendingCount},
-		{"ClaimWaitWakesOnPublish", testClaimWaitWakes},
-		{"ClaimWaitEmpty", testClaimWaitEmpty},
-		{"ClaimWaitContextCancel", testClaimWaitContext},
-		{"ConcurrentClaimers", testConcurrentClaimers},
-		{"PeerWakesWaitingClaim", testPeerWakesWaitingClaim},
-		{"Validation", testValidation},
-		{"Closed", testClosed},
-		{"CloseWakesWaiter", testCloseWakesWaiter},
-	})
+var brokerTests = []subtest{
+	{"PublishClaimOne", testPublishClaimOne},
+	{"PublishBatchFIFO", testPublishBatchFIFO},
+	{"ClaimMax", testClaimMax},
+	{"ClaimQueuePriority", testClaimQueuePriority},
+	{"LeasedNotReclaimed", testLeasedNotReclaimed},
+	{"LeaseExpiryRedelivers", testLeaseExpiryRedelivers},
+	{"ExtendLease", testExtendLease},
+	{"ExtendLeaseLost", testExtendLeaseLost},
+	{"ExtendLeaseNeverShortens", testExtendLeaseNeverShortens},
+	{"AckRemoves", testAckRemoves},
+	{"NackRetryDelay", testNackRetryDelay},
+	{"NackRetryNoDelay", testNackRetryNoDelay},
+	{"NackRequeue", testNackRequeue},
+	{"NackDeadLetter", testNackDeadLetter},
+	{"DeadLetterCap", testDeadLetterCap},
+	{"CorruptPayloadDeadLettered", testCorruptPayload},
+	{"NackLostLeaseNoDuplicate", testNackLostLease},
+	{"DelayedPublish", testDelayedPublish},
+	{"PendingCount", testPendingCount},
+	{"ClaimWaitWakesOnPublish", testClaimWaitWakes},
+	{"ClaimWaitEmpty", testClaimWaitEmpty},
+	{"ClaimWaitContextCancel", testClaimWaitContext},
+	{"ConcurrentClaimers", testConcurrentClaimers},
+	{"PeerWakesWaitingClaim", testPeerWakesWaitingClaim},
+	{"Validation", testValidation},
+	{"Closed", testClosed},
+	{"CloseWakesWaiter", testCloseWakesWaiter},
 }
 
 // brokerOf returns the engine's broker or skips the test.
 func brokerOf(t *testing.T, newEngine NewEngine) broker.Broker {
-	t.Helper()
-	e := newEngine(t, Options{})
-	if e.Broker == nil {
-		t.Skip("engine has no broker")
-	}
-	return e.Broker
+	return must(t, newEngine(t, Options{}).Broker, "broker")
 }
 
 // envelope builds a valid envelope for tests.
@@ -120,6 +113,16 @@ func claim(t *testing.T, b broker.Broker, p broker.ClaimParams) []broker.Deliver
 	return ds
 }
 
+// claimN claims and checks that it got n deliveries.
+func claimN(t *testing.T, b broker.Broker, p broker.ClaimParams, n int) []broker.Delivery {
+	t.Helper()
+	ds := claim(t, b, p)
+	if len(ds) != n {
+		t.Fatalf("claimed %d, want %d", len(ds), n)
+	}
+	return ds
+}
+
 // claimWithin claims repeatedly, each time waiting (Claim's own Wait) for
 // what is left of within, until it gets at least one delivery or within
 // passes. It returns what it got, possibly nothing.
@@ -152,29 +155,21 @@ func nack(t *testing.T, b broker.Broker, ns ...broker.Nack) {
 	}
 }
 
-func pending(t *testing.T, b broker.Broker, queue string) int64 {
+// wantPending checks the PendingCount of queue, when names the moment.
+func wantPending(t *testing.T, b broker.Broker, queue string, want int64, when string) {
 	t.Helper()
 	n, err := b.PendingCount(testContext(t), queue)
-	if err != nil {
-		t.Fatalf("PendingCount(%s): %v", queue, err)
+	if err != nil || n != want {
+		t.Fatalf("PendingCount(%s) %s = %d, %v; want %d", queue, when, n, err, want)
 	}
-	return n
 }
 
 func deliveryIDs(ds []broker.Delivery) []string {
-	out := make([]string, len(ds))
-	for i, d := range ds {
-		out[i] = d.Envelope.ID
-	}
-	return out
+	return idsOf(ds, func(d broker.Delivery) string { return d.Envelope.ID })
 }
 
 func envelopeIDs(envs []broker.Envelope) []string {
-	out := make([]string, len(envs))
-	for i, e := range envs {
-		out[i] = e.ID
-	}
-	return out
+	return idsOf(envs, func(e broker.Envelope) string { return e.ID })
 }
 
 func wantIDs(t *testing.T, what string, got, want []string) {
@@ -193,9 +188,7 @@ func testPublishClaimOne(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	want := envelope("one", testQueue)
 	want.TimeLimit = 3 * time.Second
-	if err := b.Publish(testContext(t), want); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
+	noErr(t, b.Publish(testContext(t), want), "Publish")
 	before := time.Now()
 	ds := claim(t, b, params(10, time.Minute))
 	if len(ds) != 1 {
@@ -209,9 +202,7 @@ func testPublishClaimOne(t *testing.T, newEngine NewEngine) {
 	if d.LeaseUntil.Before(before.Add(time.Minute-time.Second)) || d.LeaseUntil.After(time.Now().Add(time.Minute+time.Second)) {
 		t.Fatalf("LeaseUntil %v is not about a minute after %v", d.LeaseUntil, before)
 	}
-	if got := claim(t, b, params(10, time.Minute)); len(got) != 0 {
-		t.Fatalf("second claim returned %v, want nothing", deliveryIDs(got))
-	}
+	wantIDs(t, "second claim returned", deliveryIDs(claim(t, b, params(10, time.Minute))), nil)
 	ack(t, b, d)
 }
 
@@ -278,10 +269,7 @@ func testLeasedNotReclaimed(t *testing.T, newEngine NewEngine) {
 	first := claim(t, b, params(2, time.Minute))
 	second := claim(t, b, params(10, time.Minute))
 	wantIDs(t, "second claim", deliveryIDs(second), []string{"leased-002"})
-	third := claim(t, b, params(10, time.Minute))
-	if len(third) != 0 {
-		t.Fatalf("claim while all leased returned %v", deliveryIDs(third))
-	}
+	wantIDs(t, "claim while all leased", deliveryIDs(claim(t, b, params(10, time.Minute))), nil)
 	ack(t, b, append(first, second...)...)
 }
 
@@ -290,13 +278,8 @@ func testLeaseExpiryRedelivers(t *testing.T, newEngine NewEngine) {
 	want := envelope("expire", testQueue)
 	publish(t, b, want)
 	lease := time.Second // long enough that a loaded machine cannot expire it between two calls
-	first := claim(t, b, params(1, lease))
-	if len(first) != 1 {
-		t.Fatalf("claimed %d, want 1", len(first))
-	}
-	if got := claim(t, b, params(1, lease)); len(got) != 0 {
-		t.Fatalf("claim during the lease returned %v", deliveryIDs(got))
-	}
+	first := claimN(t, b, params(1, lease), 1)
+	wantIDs(t, "claim during the lease returned", deliveryIDs(claim(t, b, params(1, lease))), nil)
 	again := claimWithin(t, b, params(1, time.Minute), 10*time.Second)
 	if len(again) != 1 {
 		t.Fatal("task was not redelivered after its lease expired")
@@ -310,9 +293,7 @@ func testLeaseExpiryRedelivers(t *testing.T, newEngine NewEngine) {
 	}
 	// Acking the lost delivery is not an error and does not remove the new one.
 	ack(t, b, first[0])
-	if err := b.ExtendLease(testContext(t), again, time.Minute); err != nil {
-		t.Fatalf("ExtendLease of the live redelivery after acking the lost one: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), again, time.Minute), "ExtendLease of the live redelivery after acking the lost one")
 	ack(t, b, again[0])
 }
 
@@ -320,25 +301,15 @@ func testExtendLease(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelopes("extend", testQueue, 2)...)
 	lease := time.Second
-	ds := claim(t, b, params(2, lease))
-	if len(ds) != 2 {
-		t.Fatalf("claimed %d, want 2", len(ds))
-	}
-	if err := b.ExtendLease(testContext(t), ds, 30*time.Second); err != nil {
-		t.Fatalf("ExtendLease: %v", err)
-	}
+	ds := claimN(t, b, params(2, lease), 2)
+	noErr(t, b.ExtendLease(testContext(t), ds, 30*time.Second), "ExtendLease")
 	// Wait (with Claim's own Wait) well past the old deadline: the extended
 	// leases must hold, and no copy may have been published.
-	got := claimWithin(t, b, params(10, time.Minute), time.Until(ds[0].LeaseUntil)+2*lease)
-	if len(got) != 0 {
-		t.Fatalf("claim after extension returned %v", deliveryIDs(got))
-	}
+	wantIDs(t, "claim after extension", deliveryIDs(claimWithin(t, b, params(10, time.Minute), time.Until(ds[0].LeaseUntil)+2*lease)), nil)
 	if !time.Now().After(ds[0].LeaseUntil) {
 		t.Fatalf("claimWithin returned before the old deadline %v", ds[0].LeaseUntil)
 	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount after extension = %d, want 0", n)
-	}
+	wantPending(t, b, testQueue, 0, "after extension")
 	ack(t, b, ds...)
 }
 
@@ -348,10 +319,7 @@ func testExtendLease(t *testing.T, newEngine NewEngine) {
 func testExtendLeaseNeverShortens(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelope("long", testQueue))
-	ds := claim(t, b, params(1, time.Minute))
-	if len(ds) != 1 {
-		t.Fatalf("claimed %d, want 1", len(ds))
-	}
+	ds := claimN(t, b, params(1, time.Minute), 1)
 	short := 200 * time.Millisecond
 	if err := b.ExtendLease(testContext(t), ds, short); err != nil {
 		t.Fatalf("ExtendLease(%v) under a 1m lease: %v", short, err)
@@ -366,9 +334,7 @@ func testExtendLeaseNeverShortens(t *testing.T, newEngine NewEngine) {
 	if time.Since(start) < short {
 		t.Fatalf("claimWithin returned before the short deadline")
 	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount = %d after a shortening extension, want 0", n)
-	}
+	wantPending(t, b, testQueue, 0, "after a shortening extension")
 	ack(t, b, ds...)
 }
 
@@ -396,12 +362,8 @@ func testExtendLeaseLost(t *testing.T, newEngine NewEngine) {
 	slices.Sort(ids)
 	wantIDs(t, "LeaseLostError.IDs", ids, []string{"acked", "lost"})
 	// The live ones were still extended.
-	if err := b.ExtendLease(testContext(t), append(kept, again...), time.Minute); err != nil {
-		t.Fatalf("ExtendLease of live leases: %v", err)
-	}
-	if err := b.ExtendLease(testContext(t), nil, time.Minute); err != nil {
-		t.Fatalf("ExtendLease of nothing: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), append(kept, again...), time.Minute), "ExtendLease of live leases")
+	noErr(t, b.ExtendLease(testContext(t), nil, time.Minute), "ExtendLease of nothing")
 	ack(t, b, append(kept, again...)...)
 }
 
@@ -409,41 +371,27 @@ func testAckRemoves(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	publish(t, b, envelopes("ack", testQueue, 3)...)
 	lease := 150 * time.Millisecond
-	ds := claim(t, b, params(3, lease))
-	if len(ds) != 3 {
-		t.Fatalf("claimed %d, want 3", len(ds))
-	}
+	ds := claimN(t, b, params(3, lease), 3)
 	ack(t, b, ds...)
 	ack(t, b, ds...) // twice is harmless
 	ack(t, b)        // nothing is harmless
-	if got := claimWithin(t, b, params(10, time.Minute), 4*lease); len(got) != 0 {
-		t.Fatalf("acked tasks came back: %v", deliveryIDs(got))
-	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount after ack = %d, want 0", n)
-	}
+	wantIDs(t, "acked tasks came back", deliveryIDs(claimWithin(t, b, params(10, time.Minute), 4*lease)), nil)
+	wantPending(t, b, testQueue, 0, "after ack")
 }
 
 func testNackRetryDelay(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	orig := envelope("retry", testQueue)
 	publish(t, b, orig)
-	ds := claim(t, b, params(1, time.Minute))
-	if len(ds) != 1 {
-		t.Fatalf("claimed %d, want 1", len(ds))
-	}
+	ds := claimN(t, b, params(1, time.Minute), 1)
 	next := ds[0].Envelope
 	next.Attempt++
 	next.Headers = map[string]string{"trace": "t-retry", "lastError": "boom"}
 	delay := time.Second
 	start := time.Now()
 	nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.Retry, Envelope: next, Delay: delay})
-	if got := claim(t, b, params(1, time.Minute)); len(got) != 0 {
-		t.Fatalf("retry was claimable before its delay: %v", deliveryIDs(got))
-	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount during the retry delay = %d, want 0", n)
-	}
+	wantIDs(t, "retry was claimable before its delay", deliveryIDs(claim(t, b, params(1, time.Minute))), nil)
+	wantPending(t, b, testQueue, 0, "during the retry delay")
 	got := claimWithin(t, b, params(1, time.Minute), 10*time.Second)
 	if len(got) != 1 {
 		t.Fatal("retry was never claimable")
@@ -455,9 +403,7 @@ func testNackRetryDelay(t *testing.T, newEngine NewEngine) {
 	ack(t, b, got...)
 	// The old delivery is gone: acking or nacking it again does nothing.
 	nack(t, b, broker.Nack{Delivery: ds[0], Action: broker.Retry, Envelope: next})
-	if got := claim(t, b, params(1, time.Minute)); len(got) != 0 {
-		t.Fatalf("a second nack of the same delivery created %v", deliveryIDs(got))
-	}
+	wantIDs(t, "a second nack of the same delivery created", deliveryIDs(claim(t, b, params(1, time.Minute))), nil)
 }
 
 func testNackRetryNoDelay(t *testing.T, newEngine NewEngine) {
@@ -484,9 +430,7 @@ func testNackRequeue(t *testing.T, newEngine NewEngine) {
 	nack(t, b,
 		broker.Nack{Delivery: ds[0], Action: broker.Requeue},
 		broker.Nack{Delivery: ds[1], Action: broker.Requeue})
-	if n := pending(t, b, testQueue); n != 4 {
-		t.Fatalf("PendingCount after requeue = %d, want 4", n)
-	}
+	wantPending(t, b, testQueue, 4, "after requeue")
 	got := claim(t, b, params(10, time.Minute))
 	wantIDs(t, "after requeue", deliveryIDs(got), envelopeIDs(envs))
 	for i, d := range got {
@@ -529,12 +473,8 @@ func testNackDeadLetter(t *testing.T, newEngine NewEngine) {
 	if err != nil || len(other) != 0 {
 		t.Fatalf("DeadLetters(other) = %v, %v; want none", other, err)
 	}
-	if got := claim(t, b, params(10, time.Minute)); len(got) != 0 {
-		t.Fatalf("dead letters were claimable: %v", deliveryIDs(got))
-	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount after dead-lettering = %d, want 0", n)
-	}
+	wantIDs(t, "dead letters were claimable", deliveryIDs(claim(t, b, params(10, time.Minute))), nil)
+	wantPending(t, b, testQueue, 0, "after dead-lettering")
 }
 
 // testDeadLetterCap: the dead letters of a queue are trimmed to the cap,
@@ -553,11 +493,7 @@ func testDeadLetterCap(t *testing.T, newEngine NewEngine) {
 	if err != nil {
 		t.Fatalf("DeadLetters: %v", err)
 	}
-	var got []string
-	for _, dl := range dls {
-		got = append(got, dl.Envelope.ID)
-	}
-	wantIDs(t, "dead letters under a cap of 3", got, []string{"dl-4", "dl-3", "dl-2"})
+	wantIDs(t, "dead letters under a cap of 3", idsOf(dls, func(dl broker.DeadLetterEntry) string { return dl.Envelope.ID }), []string{"dl-4", "dl-3", "dl-2"})
 }
 
 // testCorruptPayload: a stored task whose payload is not an envelope is
@@ -568,9 +504,7 @@ func testCorruptPayload(t *testing.T, newEngine NewEngine) {
 	if e.PublishCorrupt == nil {
 		t.Skip("engine has no PublishCorrupt hook (it cannot store an undecodable payload)")
 	}
-	if err := e.PublishCorrupt(testContext(t), testQueue); err != nil {
-		t.Fatalf("PublishCorrupt: %v", err)
-	}
+	noErr(t, e.PublishCorrupt(testContext(t), testQueue), "PublishCorrupt")
 	ok := envelope("ok", testQueue)
 	publish(t, e.Broker, ok)
 	ds := claim(t, e.Broker, params(10, time.Minute))
@@ -580,12 +514,8 @@ func testCorruptPayload(t *testing.T, newEngine NewEngine) {
 	if err != nil || len(dls) != 1 || !strings.Contains(dls[0].Reason, "undecodable") {
 		t.Fatalf("DeadLetters = %+v, %v; want one, undecodable", dls, err)
 	}
-	if again := claim(t, e.Broker, params(10, time.Minute)); len(again) != 0 {
-		t.Fatalf("claimed again: %v", deliveryIDs(again))
-	}
-	if n := pending(t, e.Broker, testQueue); n != 0 {
-		t.Fatalf("PendingCount = %d, want 0 (the corrupt task is dead, the valid one leased)", n)
-	}
+	wantIDs(t, "claimed again", deliveryIDs(claim(t, e.Broker, params(10, time.Minute))), nil)
+	wantPending(t, e.Broker, testQueue, 0, "(the corrupt task dead, the valid one leased)")
 }
 
 func testNackLostLease(t *testing.T, newEngine NewEngine) {
@@ -602,16 +532,12 @@ func testNackLostLease(t *testing.T, newEngine NewEngine) {
 		broker.Nack{Delivery: lost[0], Action: broker.Retry, Envelope: next},
 		broker.Nack{Delivery: lost[0], Action: broker.Requeue},
 		broker.Nack{Delivery: lost[0], Action: broker.DeadLetter, Reason: "lost"})
-	if got := claimWithin(t, b, params(10, time.Minute), 300*time.Millisecond); len(got) != 0 {
-		t.Fatalf("nack of a lost lease created %v", deliveryIDs(got))
-	}
+	wantIDs(t, "nack of a lost lease created", deliveryIDs(claimWithin(t, b, params(10, time.Minute), 300*time.Millisecond)), nil)
 	if dls, err := b.DeadLetters(testContext(t), testQueue, 10); err != nil || len(dls) != 0 {
 		t.Fatalf("nack of a lost lease dead-lettered %v (err %v)", dls, err)
 	}
 	// The live delivery is untouched.
-	if err := b.ExtendLease(testContext(t), live, time.Minute); err != nil {
-		t.Fatalf("ExtendLease of the live delivery: %v", err)
-	}
+	noErr(t, b.ExtendLease(testContext(t), live, time.Minute), "ExtendLease of the live delivery")
 	ack(t, b, live...)
 }
 
@@ -625,9 +551,7 @@ func testDelayedPublish(t *testing.T, newEngine NewEngine) {
 	publish(t, b, later, past)
 	got := claim(t, b, params(10, time.Minute))
 	wantIDs(t, "immediate claim", deliveryIDs(got), []string{"past"})
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount with only a delayed task = %d, want 0", n)
-	}
+	wantPending(t, b, testQueue, 0, "with only a delayed task")
 	got = claimWithin(t, b, params(10, time.Minute), 10*time.Second)
 	if len(got) != 1 {
 		t.Fatal("delayed task never became claimable")
@@ -640,39 +564,22 @@ func testDelayedPublish(t *testing.T, newEngine NewEngine) {
 
 func testPendingCount(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("PendingCount of an empty queue = %d", n)
-	}
+	wantPending(t, b, testQueue, 0, "of an empty queue")
 	publish(t, b, envelopes("pc", testQueue, 3)...)
 	delayed := envelope("pc-delayed", testQueue)
 	delayed.ETA = time.Now().Add(time.Hour)
 	publish(t, b, delayed, envelope("pc-other", "other"))
-	if n := pending(t, b, testQueue); n != 3 {
-		t.Fatalf("PendingCount = %d, want 3", n)
-	}
+	wantPending(t, b, testQueue, 3, "after publishing")
 	claim(t, b, params(1, time.Minute))
-	if n := pending(t, b, testQueue); n != 2 {
-		t.Fatalf("PendingCount after one claim = %d, want 2", n)
-	}
-	if n := pending(t, b, "other"); n != 1 {
-		t.Fatalf("PendingCount(other) = %d, want 1", n)
-	}
+	wantPending(t, b, testQueue, 2, "after one claim")
+	wantPending(t, b, "other", 1, "after publishing")
 }
 
 func testClaimWaitWakes(t *testing.T, newEngine NewEngine) {
 	b := brokerOf(t, newEngine)
 	ctx := testContext(t)
 	wait := 10 * time.Second
-	type claimed struct {
-		ds  []broker.Delivery
-		err error
-		at  time.Time
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{"other", testQueue}, Max: 5, Lease: time.Minute, Wait: wait})
-		done <- claimed{ds, err, time.Now()}
-	}()
+	done := claimAsync(ctx, b, broker.ClaimParams{Queues: []string{"other", testQueue}, Max: 5, Lease: time.Minute, Wait: wait})
 	// The timer only shapes the scenario (publish while the claim waits);
 	// the assertions hold if the publish lands before the claim starts.
 	published := make(chan time.Time, 1)
@@ -688,16 +595,29 @@ func testClaimWaitWakes(t *testing.T, newEngine NewEngine) {
 	case <-ctx.Done():
 		t.Fatal("waiting claim never returned")
 	}
-	if c.err != nil {
-		t.Fatalf("waiting Claim: %v", c.err)
-	}
-	if err := <-pubErr; err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
+	noErr(t, c.err, "waiting Claim")
+	noErr(t, <-pubErr, "Publish")
 	wantIDs(t, "woken claim", deliveryIDs(c.ds), []string{"wake"})
 	if lag := c.at.Sub(<-published); lag > wait/4 {
 		t.Fatalf("waiting Claim returned %v after the publish; want well under its %v Wait", lag, wait)
 	}
+}
+
+// claimed is what a claim in another goroutine returned, and when.
+type claimed struct {
+	ds  []broker.Delivery
+	err error
+	at  time.Time
+}
+
+// claimAsync claims in a goroutine; the channel gets what it returned.
+func claimAsync(ctx context.Context, b broker.Broker, p broker.ClaimParams) <-chan claimed {
+	done := make(chan claimed, 1)
+	go func() {
+		ds, err := b.Claim(ctx, p)
+		done <- claimed{ds, err, time.Now()}
+	}()
+	return done
 }
 
 func testClaimWaitEmpty(t *testing.T, newEngine NewEngine) {
@@ -706,9 +626,7 @@ func testClaimWaitEmpty(t *testing.T, newEngine NewEngine) {
 	start := time.Now()
 	ds := claim(t, b, broker.ClaimParams{Queues: []string{testQueue}, Max: 5, Lease: time.Minute, Wait: wait})
 	el := time.Since(start)
-	if len(ds) != 0 {
-		t.Fatalf("claim on an empty queue returned %v", deliveryIDs(ds))
-	}
+	wantIDs(t, "claim on an empty queue", deliveryIDs(ds), nil)
 	if el < wait-20*time.Millisecond || el > wait+3*time.Second {
 		t.Fatalf("Claim with Wait %v returned after %v", wait, el)
 	}
@@ -738,40 +656,24 @@ func testConcurrentClaimers(t *testing.T, newEngine NewEngine) {
 	const total = 1000
 	publish(t, b, envelopes("conc", testQueue, total)...)
 	ctx := testContext(t)
-	var (
-		mu   sync.Mutex
-		seen = map[string]int{}
-		wg   sync.WaitGroup
-		errs = make(chan error, 4)
-	)
-	for w := range 4 {
-		wg.Go(func() {
-			for {
-				ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 7 + w, Lease: time.Minute})
-				if err != nil {
-					errs <- err
-					return
-				}
-				if len(ds) == 0 {
-					return
-				}
-				mu.Lock()
-				for _, d := range ds {
-					seen[d.Envelope.ID]++
-				}
-				mu.Unlock()
-				if err := b.Ack(ctx, ds); err != nil {
-					errs <- err
-					return
-				}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	concurrently(t, 4, func(w int) error {
+		for {
+			ds, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 7 + w, Lease: time.Minute})
+			if err != nil || len(ds) == 0 {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("concurrent claimer: %v", err)
-	}
+			mu.Lock()
+			for _, d := range ds {
+				seen[d.Envelope.ID]++
+			}
+			mu.Unlock()
+			if err := b.Ack(ctx, ds); err != nil {
+				return err
+			}
+		}
+	})
 	if len(seen) != total {
 		t.Fatalf("claimed %d distinct tasks, want %d", len(seen), total)
 	}
@@ -802,12 +704,8 @@ func testValidation(t *testing.T, newEngine NewEngine) {
 	if err := b.PublishBatch(ctx, batch); err == nil {
 		t.Fatal("PublishBatch accepted a batch with an invalid envelope")
 	}
-	if n := pending(t, b, testQueue); n != 0 {
-		t.Fatalf("a rejected batch left %d tasks", n)
-	}
-	if err := b.PublishBatch(ctx, nil); err != nil {
-		t.Fatalf("PublishBatch(nil): %v", err)
-	}
+	wantPending(t, b, testQueue, 0, "after a rejected batch")
+	noErr(t, b.PublishBatch(ctx, nil), "PublishBatch(nil)")
 	for _, p := range []broker.ClaimParams{
 		{Queues: []string{testQueue}, Max: 0, Lease: time.Minute},
 		{Queues: []string{testQueue}, Max: 1, Lease: 0},
@@ -820,19 +718,13 @@ func testValidation(t *testing.T, newEngine NewEngine) {
 	}
 	publish(t, b, envelope("v", testQueue))
 	ds := claim(t, b, params(1, time.Minute))
-	if err := b.ExtendLease(ctx, ds, 0); err == nil {
-		t.Fatal("ExtendLease accepted a zero duration")
-	}
-	if err := b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: 0}}); err == nil {
-		t.Fatal("Nack accepted an unknown action")
-	}
-	if err := b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.Retry}}); err == nil {
-		t.Fatal("Nack Retry accepted an empty envelope")
-	}
+	wantErrors(t, "(invalid)", nil, map[string]func() error{
+		"ExtendLease(zero duration)":  func() error { return b.ExtendLease(ctx, ds, 0) },
+		"Nack(unknown action)":        func() error { return b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: 0}}) },
+		"Nack(Retry, empty envelope)": func() error { return b.Nack(ctx, []broker.Nack{{Delivery: ds[0], Action: broker.Retry}}) },
+	})
 	// The rejected nacks left the lease alone.
-	if err := b.ExtendLease(ctx, ds, time.Minute); err != nil {
-		t.Fatalf("ExtendLease after rejected nacks: %v", err)
-	}
+	noErr(t, b.ExtendLease(ctx, ds, time.Minute), "ExtendLease after rejected nacks")
 	ack(t, b, ds...)
 }
 
@@ -843,46 +735,28 @@ func testClosed(t *testing.T, newEngine NewEngine) {
 		if c == nil {
 			continue
 		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		if err := c.Close(); err != nil {
-			t.Fatalf("second Close: %v", err)
-		}
+		noErr(t, c.Close(), "Close")
+		noErr(t, c.Close(), "second Close")
 	}
 	b := e.Broker
 	if b == nil {
 		return
 	}
 	d := broker.Delivery{Envelope: envelope("x", testQueue), Token: "t"}
-	calls := map[string]func() error{
+	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
 		"Publish":      func() error { return b.Publish(ctx, envelope("x", testQueue)) },
 		"PublishBatch": func() error { return b.PublishBatch(ctx, envelopes("x", testQueue, 2)) },
-		"Claim": func() error {
-			_, err := b.Claim(ctx, params(1, time.Minute))
-			return err
-		},
+		"Claim":        func() error { _, err := b.Claim(ctx, params(1, time.Minute)); return err },
 		"Claim(Wait)": func() error {
 			_, err := b.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 1, Lease: time.Minute, Wait: time.Second})
 			return err
 		},
-		"Ack":         func() error { return b.Ack(ctx, []broker.Delivery{d}) },
-		"Nack":        func() error { return b.Nack(ctx, []broker.Nack{{Delivery: d, Action: broker.Requeue}}) },
-		"ExtendLease": func() error { return b.ExtendLease(ctx, []broker.Delivery{d}, time.Minute) },
-		"PendingCount": func() error {
-			_, err := b.PendingCount(ctx, testQueue)
-			return err
-		},
-		"DeadLetters": func() error {
-			_, err := b.DeadLetters(ctx, testQueue, 10)
-			return err
-		},
-	}
-	for name, call := range calls {
-		if err := call(); !errors.Is(err, broker.ErrClosed) {
-			t.Errorf("%s after Close returned %v, want broker.ErrClosed", name, err)
-		}
-	}
+		"Ack":          func() error { return b.Ack(ctx, []broker.Delivery{d}) },
+		"Nack":         func() error { return b.Nack(ctx, []broker.Nack{{Delivery: d, Action: broker.Requeue}}) },
+		"ExtendLease":  func() error { return b.ExtendLease(ctx, []broker.Delivery{d}, time.Minute) },
+		"PendingCount": func() error { _, err := b.PendingCount(ctx, testQueue); return err },
+		"DeadLetters":  func() error { _, err := b.DeadLetters(ctx, testQueue, 10); return err },
+	})
 }
 
 func testCloseWakesWaiter(t *testing.T, newEngine NewEngine) {
@@ -916,24 +790,9 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	}
 	b := a.Peer(t)
 	ctx := testContext(t)
-	type claimed struct {
-		ds  []broker.Delivery
-		err error
-		at  time.Time
-	}
-	done := make(chan claimed, 1)
-	go func() {
-		ds, err := b.Broker.Claim(ctx, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
-		done <- claimed{ds, err, time.Now()}
-	}()
+	done := claimAsync(ctx, b.Broker, broker.ClaimParams{Queues: []string{testQueue}, Max: 10, Lease: time.Minute, Wait: 20 * time.Second})
 	if b.WakeReady != nil {
-		deadline := time.Now().Add(10 * time.Second)
-		for !b.WakeReady(testQueue) {
-			if time.Now().After(deadline) {
-				t.Fatal("the waiting claim never subscribed to wake-ups")
-			}
-			pause(t, 10*time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, func() bool { return b.WakeReady(testQueue) }, "the waiting claim never subscribed to wake-ups")
 	} else {
 		// Shapes the scenario (publish while b waits); the assertions
 		// hold if the publish lands first.
@@ -942,9 +801,7 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	publish(t, a.Broker, envelope("x", testQueue))
 	published := time.Now() // the wake-up, not the publish's write, is timed
 	c := <-done
-	if c.err != nil {
-		t.Fatalf("claim in the peer: %v", c.err)
-	}
+	noErr(t, c.err, "claim in the peer")
 	wantIDs(t, "claimed in the peer", deliveryIDs(c.ds), []string{"x"})
 	lag := c.at.Sub(published)
 	t.Logf("wake-up across engines: %v", lag)
@@ -956,7 +813,5 @@ func testPeerWakesWaitingClaim(t *testing.T, newEngine NewEngine) {
 	if lost, ok := broker.LeasesLost(b.Broker.ExtendLease(ctx, c.ds, time.Minute)); !ok || len(lost) != 1 {
 		t.Fatalf("ExtendLease in the peer after an ack = lost %v (%v); want x lost", lost, ok)
 	}
-	if n := pending(t, b.Broker, testQueue); n != 0 {
-		t.Fatalf("PendingCount in the peer after the ack = %d, want 0", n)
-	}
+	wantPending(t, b.Broker, testQueue, 0, "in the peer after the ack")
 }

@@ -1,20 +1,10 @@
 // Package conformance is the one contract suite every stem engine runs,
 // through one entry point, Exercise. An engine provides some of these
-// roles, and each role has its area of the suite (one file each):
-//
-//   - broker.go: broker.Broker (publish, claim with leases, ack, nack,
-//     lease extension, delayed delivery, dead letters and their cap,
-//     undecodable payloads, waiting claims, two engines sharing a store,
-//     close);
-//   - results.go: result.Backend (round trip, not found, Newer ordering,
-//     TTL, the sweep of expired rows) and registry.Registry (heartbeat,
-//     sorted list, TTL, remove);
-//   - durability.go: broker.DurabilityReporter (the broker says whether it
-//     survives a crash);
-//   - control.go: broker.ControlTransport (broadcast, send, replies, the
-//     end of subscriptions);
-//   - pauses.go: broker.PauseStore (paused queues per namespace and scope);
-//   - revoke.go: revoke.Store (upsert if newer, list, prune, trim).
+// roles, and each role has its area of the suite, one file each: broker.go
+// (broker.Broker), results.go (result.Backend and registry.Registry),
+// durability.go (broker.DurabilityReporter), control.go
+// (broker.ControlTransport), pauses.go (broker.PauseStore) and revoke.go
+// (revoke.Store); each file's test list says what its area checks.
 //
 // A nil role skips its area, and a missing hook skips the tests that need
 // it, each with a t.Skip naming why. An engine runs the suite once from its
@@ -39,8 +29,11 @@
 package conformance
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,18 +49,12 @@ import (
 // hooks some tests need to reach behind the interfaces. A nil role skips
 // its area of the suite; a nil hook skips the tests that need it.
 type Engine struct {
-	// Broker is the task transport under test.
-	Broker broker.Broker
-	// Results is the result backend under test.
-	Results result.Backend
-	// Registry is the worker registry under test.
+	Broker   broker.Broker
+	Results  result.Backend
 	Registry registry.Registry
-	// Control is the control transport under test.
-	Control broker.ControlTransport
-	// Pauses is the pause store under test.
-	Pauses broker.PauseStore
-	// Revokes is the revoke store under test.
-	Revokes revoke.Store
+	Control  broker.ControlTransport
+	Pauses   broker.PauseStore
+	Revokes  revoke.Store
 
 	// Configure builds another fresh engine of the same kind, honouring
 	// opts (a short result TTL, a dead-letter cap). WithOptions sets it.
@@ -160,12 +147,15 @@ func Exercise(t *testing.T, newEngine func(t *testing.T) Engine) {
 			run(t)
 		})
 	}
-	area("Broker", "Broker", "broker.Broker", probe.Broker != nil, func(t *testing.T) { runBroker(t, build) })
-	area("Results", "Results", "result.Backend", probe.Results != nil, func(t *testing.T) { runResults(t, build) })
-	area("Registry", "Registry", "registry.Registry", probe.Registry != nil, func(t *testing.T) { runRegistry(t, build) })
+	tests := func(ts []subtest) func(t *testing.T) {
+		return func(t *testing.T) { runEach(t, func(*testing.T) NewEngine { return build }, ts) }
+	}
+	area("Broker", "Broker", "broker.Broker", probe.Broker != nil, tests(brokerTests))
+	area("Results", "Results", "result.Backend", probe.Results != nil, tests(resultTests))
+	area("Registry", "Registry", "registry.Registry", probe.Registry != nil, tests(registryTests))
 	area("Durability", "Broker", "broker.Broker", probe.Broker != nil, func(t *testing.T) { runDurability(t, build) })
-	area("Control", "Control", "broker.ControlTransport", probe.Control != nil, func(t *testing.T) { runControl(t, build) })
-	area("Pauses", "Pauses", "broker.PauseStore", probe.Pauses != nil, func(t *testing.T) { runPauses(t, build) })
+	area("Control", "Control", "broker.ControlTransport", probe.Control != nil, tests(controlTests))
+	area("Pauses", "Pauses", "broker.PauseStore", probe.Pauses != nil, tests(pauseTests))
 	area("Revokes", "Revokes", "revoke.Store", probe.Revokes != nil, func(t *testing.T) {
 		RevokeStore(t, func(t *testing.T) revoke.Store { return build(t, Options{}).Revokes })
 	})
@@ -190,19 +180,111 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// subtest is one named test of the suite.
-type subtest struct {
+// named is one named test of the suite, run on a fixture of type T.
+type named[T any] struct {
 	name string
-	fn   func(t *testing.T, newEngine NewEngine)
+	fn   func(t *testing.T, x T)
 }
 
-// runAll runs tests in parallel subtests.
-func runAll(t *testing.T, newEngine NewEngine, tests []subtest) {
+// subtest is one named test of an engine's area; it builds its own engines.
+type subtest = named[NewEngine]
+
+// runEach runs tests in parallel subtests, each on its own fixture from fresh.
+func runEach[T any](t *testing.T, fresh func(t *testing.T) T, tests []named[T]) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tc.fn(t, newEngine)
+			tc.fn(t, fresh(t))
 		})
+	}
+}
+
+// must returns role v, or skips the test when the engine lacks it (v is nil).
+func must[T comparable](t *testing.T, v T, role string) T {
+	t.Helper()
+	var none T
+	if v == none {
+		t.Skipf("engine has no %s", role)
+	}
+	return v
+}
+
+// concurrently runs fn(0) to fn(n-1) in goroutines and fails the test
+// with every error they return.
+func concurrently(t *testing.T, n int, fn func(w int) error) {
+	t.Helper()
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() { errs <- fn(w) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// noErr fails the test when err is not nil; what names the call.
+func noErr(t *testing.T, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// wantCount returns a check that a call returning a count and an error
+// succeeded with count want.
+func wantCount(t *testing.T, want int, what string) func(int, error) {
+	return func(n int, err error) {
+		t.Helper()
+		if err != nil || n != want {
+			t.Fatalf("%s = %d, %v; want %d", what, n, err, want)
+		}
+	}
+}
+
+// wantErrors checks that every call fails, with target (errors.Is) or, when
+// target is nil, with any error.
+func wantErrors(t *testing.T, when string, target error, calls map[string]func() error) {
+	t.Helper()
+	for name, call := range calls {
+		if err := call(); err == nil || (target != nil && !errors.Is(err, target)) {
+			t.Errorf("%s %s returned %v, want %v", name, when, err, cmp.Or(target, errors.New("an error")))
+		}
+	}
+}
+
+// idsOf maps xs to the ids id gives them, for checks and messages.
+func idsOf[T any](xs []T, id func(T) string) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = id(x)
+	}
+	return out
+}
+
+// waitFor polls cond every 20 ms until it holds, failing the test with msg
+// when within passes first.
+func waitFor(t *testing.T, within time.Duration, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !cond(); pause(t, 20*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf(msg, args...)
+		}
+	}
+}
+
+// pause waits d on a timer, between polls of a condition with a deadline.
+// It is never used to order events, only to pace polling.
+func pause(t *testing.T, d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-t.Context().Done():
 	}
 }
 

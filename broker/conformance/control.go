@@ -9,28 +9,21 @@ import (
 	"github.com/stemhq/stem/internal/testutil"
 )
 
-// runControl checks the control transport: a broadcast reaches every
+// controlTests check the control transport: a broadcast reaches every
 // worker of its namespace and no other, a send reaches its worker only,
 // replies reach their listener, and a closed subscription ends.
-func runControl(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"BroadcastFansOutToEveryWorker", testBroadcastFansOut},
-		{"SendReachesOnlyItsWorker", testSendReachesOnlyItsWorker},
-		{"RepliesReachTheListener", testRepliesReachTheListener},
-		{"ClosedSubscriptionEndsItsChannel", testClosedSubscriptionEnds},
-		{"SubscriptionEndsWithEngine", testSubscriptionEndsWithEngine},
-	})
+var controlTests = []subtest{
+	{"BroadcastFansOutToEveryWorker", testBroadcastFansOut},
+	{"SendReachesOnlyItsWorker", testSendReachesOnlyItsWorker},
+	{"RepliesReachTheListener", testRepliesReachTheListener},
+	{"ClosedSubscriptionEndsItsChannel", testClosedSubscriptionEnds},
+	{"SubscriptionEndsWithEngine", testSubscriptionEndsWithEngine},
 }
 
 // controlOf returns the engine's control transport and a control namespace
 // of its own, or skips the test.
 func controlOf(t *testing.T, newEngine NewEngine) (broker.ControlTransport, string) {
-	t.Helper()
-	e := newEngine(t, Options{})
-	if e.Control == nil {
-		t.Skip("engine has no control transport")
-	}
-	return e.Control, uniqueName("ct")
+	return must(t, newEngine(t, Options{}).Control, "control transport"), uniqueName("ct")
 }
 
 // subscribe subscribes worker id of namespace ns, closed at cleanup.
@@ -44,16 +37,31 @@ func subscribe(t *testing.T, c broker.ControlTransport, ns, id string) broker.Su
 	return s
 }
 
-// recv returns the next message of s, failing after 5 s.
-func recv(t *testing.T, s broker.Subscription) string {
+// recv checks that the next message of s, within 5 s, is want.
+func recv(t *testing.T, s broker.Subscription, want string) {
 	t.Helper()
 	select {
 	case b := <-s.C():
-		return string(b)
+		if string(b) != want {
+			t.Fatalf("got %q, want %q", b, want)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no message within 5s")
 	}
-	return ""
+}
+
+// ends checks that the channel of s closes within 5 s with no message; after
+// names what closed it.
+func ends(t *testing.T, s broker.Subscription, after string) {
+	t.Helper()
+	select {
+	case _, ok := <-s.C():
+		if ok {
+			t.Fatalf("message after %s", after)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the subscription's channel stayed open after %s", after)
+	}
 }
 
 // silent checks that s receives nothing: the messages that should reach
@@ -84,9 +92,7 @@ func testBroadcastFansOut(t *testing.T, newEngine NewEngine) {
 		t.Fatalf("Broadcast reached %d receivers, want 3", got)
 	}
 	for _, s := range subs {
-		if m := recv(t, s); m != "hello" {
-			t.Fatalf("got %q", m)
-		}
+		recv(t, s, "hello")
 	}
 	silent(t, other)
 }
@@ -100,9 +106,7 @@ func testSendReachesOnlyItsWorker(t *testing.T, newEngine NewEngine) {
 	if err != nil || (got != 1 && got != -1) {
 		t.Fatalf("Send: %d %v", got, err)
 	}
-	if m := recv(t, b); m != "to-b" {
-		t.Fatalf("got %q", m)
-	}
+	recv(t, b, "to-b")
 	silent(t, a)
 	if got, _ := c.Send(ctx, n, "ghost@h", []byte("x")); got != 0 && got != -1 {
 		t.Fatalf("Send to nobody reached %d", got)
@@ -116,12 +120,8 @@ func testRepliesReachTheListener(t *testing.T, newEngine NewEngine) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Reply(ctx, n, "req1", []byte("pong")); err != nil {
-		t.Fatal(err)
-	}
-	if m := recv(t, l); m != "pong" {
-		t.Fatalf("got %q", m)
-	}
+	noErr(t, c.Reply(ctx, n, "req1", []byte("pong")), "Reply")
+	recv(t, l, "pong")
 	_ = l.Close()
 	_ = l.Close() // twice is safe
 	// A server may notice the closed subscription a moment later (Redis
@@ -136,14 +136,7 @@ func testClosedSubscriptionEnds(t *testing.T, newEngine NewEngine) {
 	c, n := controlOf(t, newEngine)
 	s := subscribe(t, c, n, "a@h")
 	_ = s.Close()
-	select {
-	case _, ok := <-s.C():
-		if ok {
-			t.Fatal("message after Close")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("channel not closed after Close")
-	}
+	ends(t, s, "Close")
 }
 
 // testSubscriptionEndsWithEngine: closing the engine (its Broker's Close,
@@ -151,9 +144,7 @@ func testClosedSubscriptionEnds(t *testing.T, newEngine NewEngine) {
 // closing them afterwards is safe, and the transport refuses to send.
 func testSubscriptionEndsWithEngine(t *testing.T, newEngine NewEngine) {
 	e := newEngine(t, Options{})
-	if e.Control == nil {
-		t.Skip("engine has no control transport")
-	}
+	must(t, e.Control, "control transport")
 	if !e.CloseEndsSubscriptions {
 		t.Skip("the engine's Close does not end its subscriptions (CloseEndsSubscriptions is false); they end with their own Close")
 	}
@@ -163,17 +154,8 @@ func testSubscriptionEndsWithEngine(t *testing.T, newEngine NewEngine) {
 	n := uniqueName("ct")
 	s := subscribe(t, e.Control, n, "w@h")
 	_ = e.Broker.Close()
-	select {
-	case _, ok := <-s.C():
-		if ok {
-			t.Fatal("message after the engine closed")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the subscription's channel stayed open after the engine closed")
-	}
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close after the engine closed: %v", err)
-	}
+	ends(t, s, "the engine closed")
+	noErr(t, s.Close(), "Close after the engine closed")
 	if _, err := e.Control.Broadcast(testContext(t), n, []byte("x")); err == nil {
 		t.Fatal("Broadcast on a closed engine succeeded")
 	}

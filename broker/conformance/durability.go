@@ -10,13 +10,10 @@ import (
 // tasks across a crash (broker.DurabilityReporter), with the settings it
 // judged by, and gives the same answer when asked twice.
 func runDurability(t *testing.T, newEngine NewEngine) {
-	e := newEngine(t, Options{})
-	if e.Broker == nil {
-		t.Skip("no broker role")
-	}
-	dr, ok := e.Broker.(broker.DurabilityReporter)
+	b := brokerOf(t, newEngine)
+	dr, ok := b.(broker.DurabilityReporter)
 	if !ok {
-		t.Fatalf("%T does not implement broker.DurabilityReporter", e.Broker)
+		t.Fatalf("%T does not implement broker.DurabilityReporter", b)
 	}
 	ctx := testContext(t)
 	first, err := dr.Durability(ctx)

@@ -8,25 +8,18 @@ import (
 	"github.com/stemhq/stem/broker"
 )
 
-// runPauses checks the pause store: paused queues per namespace, pauses
+// pauseTests check the pause store: paused queues per namespace, pauses
 // scoped to one worker, and refused records.
-func runPauses(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"PausedQueuesPerNamespace", testPausedQueuesPerNamespace},
-		{"PausesPerWorkerScope", testPausesPerWorkerScope},
-		{"PauseRefusesBadRecords", testPauseRefusesBadRecords},
-	})
+var pauseTests = []subtest{
+	{"PausedQueuesPerNamespace", testPausedQueuesPerNamespace},
+	{"PausesPerWorkerScope", testPausesPerWorkerScope},
+	{"PauseRefusesBadRecords", testPauseRefusesBadRecords},
 }
 
 // pausesOf returns the engine's pause store and a control namespace of its
 // own, or skips the test.
 func pausesOf(t *testing.T, newEngine NewEngine) (broker.PauseStore, string) {
-	t.Helper()
-	e := newEngine(t, Options{})
-	if e.Pauses == nil {
-		t.Skip("engine has no pause store")
-	}
-	return e.Pauses, uniqueName("ps")
+	return must(t, newEngine(t, Options{}).Pauses, "pause store"), uniqueName("ps")
 }
 
 // pausedQueues renders pauses as worker/queue pairs.
@@ -46,6 +39,15 @@ func paused(t *testing.T, s broker.PauseStore, n string) []broker.Pause {
 		t.Fatalf("Pauses(%s): %v", n, err)
 	}
 	return ps
+}
+
+// wantPaused checks the pauses of namespace n, as pausedQueues renders
+// them; when names the moment.
+func wantPaused(t *testing.T, s broker.PauseStore, n, want, when string) {
+	t.Helper()
+	if got := pausedQueues(paused(t, s, n)); got != want {
+		t.Fatalf("Pauses %s = %v, want %v", when, got, want)
+	}
 }
 
 // doPause pauses ps, failing the test on an error.
@@ -69,18 +71,12 @@ func testPausedQueuesPerNamespace(t *testing.T, newEngine NewEngine) {
 	s, n := pausesOf(t, newEngine)
 	doPause(t, s, broker.Pause{Namespace: n, Queue: "b"}, broker.Pause{Namespace: n, Queue: "a"})
 	doPause(t, s, broker.Pause{Namespace: n + "x", Queue: "z"})
-	if got := pausedQueues(paused(t, s, n)); got != "[/a /b]" {
-		t.Fatalf("Pauses = %v", got)
-	}
+	wantPaused(t, s, n, "[/a /b]", "after pausing")
 	resume(t, s, n, "", "a")
-	if got := pausedQueues(paused(t, s, n)); got != "[/b]" {
-		t.Fatalf("after resume: %v", got)
-	}
+	wantPaused(t, s, n, "[/b]", "after resume")
 	resume(t, s, n, "", "b")
 	resume(t, s, n+"x", "", "z")
-	if got := paused(t, s, n); len(got) != 0 {
-		t.Fatalf("after resuming all: %v", pausedQueues(got))
-	}
+	wantPaused(t, s, n, "[]", "after resuming all")
 }
 
 // A pause scoped to one worker is stored under that scope: resuming the
@@ -102,13 +98,9 @@ func testPausesPerWorkerScope(t *testing.T, newEngine NewEngine) {
 		t.Fatal("AppliesTo: a pause of alpha@h must apply to alpha@h only")
 	}
 	resume(t, s, n, "", "q")
-	if got := pausedQueues(paused(t, s, n)); got != "[alpha@h/q gamma/q]" {
-		t.Fatalf("after the namespace-wide resume: %v", got)
-	}
+	wantPaused(t, s, n, "[alpha@h/q gamma/q]", "after the namespace-wide resume")
 	resume(t, s, n, "alpha@h", "q")
-	if got := pausedQueues(paused(t, s, n)); got != "[gamma/q]" {
-		t.Fatalf("after resuming alpha@h: %v", got)
-	}
+	wantPaused(t, s, n, "[gamma/q]", "after resuming alpha@h")
 	// Pausing again replaces the record (one per scope and queue).
 	doPause(t, s, broker.Pause{Namespace: n, Queue: "q", Worker: "gamma", RequestedBy: "second"})
 	if got := paused(t, s, n); len(got) != 1 || got[0].RequestedBy != "second" {
@@ -122,7 +114,5 @@ func testPauseRefusesBadRecords(t *testing.T, newEngine NewEngine) {
 	if err := s.Pause(testContext(t), []broker.Pause{{Namespace: n, Queue: "ok"}, {Namespace: n, Queue: ""}}); err == nil {
 		t.Fatal("a pause without a queue was stored")
 	}
-	if got := paused(t, s, n); len(got) != 0 {
-		t.Fatalf("a refused call stored %v", pausedQueues(got))
-	}
+	wantPaused(t, s, n, "[]", "after a refused call")
 }

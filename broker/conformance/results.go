@@ -1,7 +1,6 @@
 package conformance
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -13,44 +12,31 @@ import (
 	"github.com/stemhq/stem/result"
 )
 
-func runResults(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"SetGet", testResultSetGet},
-		{"NotFound", testResultNotFound},
-		{"NewerOrdering", testResultOrdering},
-		{"TTL", testResultTTL},
-		{"SweepDeletesExpired", testResultSweep},
-		{"Validation", testResultValidation},
-		{"Closed", testResultClosed},
-	})
+var resultTests = []subtest{
+	{"SetGet", testResultSetGet},
+	{"NotFound", testResultNotFound},
+	{"NewerOrdering", testResultOrdering},
+	{"TTL", testResultTTL},
+	{"SweepDeletesExpired", testResultSweep},
+	{"Validation", testResultValidation},
+	{"Closed", testResultClosed},
 }
 
-func runRegistry(t *testing.T, newEngine NewEngine) {
-	runAll(t, newEngine, []subtest{
-		{"HeartbeatList", testRegistryList},
-		{"TTL", testRegistryTTL},
-		{"Remove", testRegistryRemove},
-		{"Validation", testRegistryValidation},
-		{"Closed", testRegistryClosed},
-	})
+var registryTests = []subtest{
+	{"HeartbeatList", testRegistryList},
+	{"TTL", testRegistryTTL},
+	{"Remove", testRegistryRemove},
+	{"Validation", testRegistryValidation},
+	{"Closed", testRegistryClosed},
 }
 
 func resultsOf(t *testing.T, newEngine NewEngine, opts Options) (result.Backend, Engine) {
-	t.Helper()
 	e := newEngine(t, opts)
-	if e.Results == nil {
-		t.Skip("engine has no result backend")
-	}
-	return e.Results, e
+	return must(t, e.Results, "result backend"), e
 }
 
 func registryOf(t *testing.T, newEngine NewEngine) registry.Registry {
-	t.Helper()
-	e := newEngine(t, Options{})
-	if e.Registry == nil {
-		t.Skip("engine has no registry")
-	}
-	return e.Registry
+	return must(t, newEngine(t, Options{}).Registry, "registry")
 }
 
 func taskState(id string, st result.State, attempt int) result.TaskState {
@@ -81,17 +67,17 @@ func getState(t *testing.T, b result.Backend, id string) result.TaskState {
 // every engine stores; times compare by instant.
 func jsonEqual(t *testing.T, got, want any) {
 	t.Helper()
-	g, err1 := json.Marshal(got)
-	w, err2 := json.Marshal(want)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("marshal: %v %v", err1, err2)
+	norm := func(v any) string { // through a map: keys sorted, times as encoded
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatalf("marshal: %v", err)
+		}
+		var m any
+		_ = json.Unmarshal(b, &m)
+		b, _ = json.Marshal(m)
+		return string(b)
 	}
-	var gv, wv any
-	_ = json.Unmarshal(g, &gv)
-	_ = json.Unmarshal(w, &wv)
-	g, _ = json.Marshal(gv)
-	w, _ = json.Marshal(wv)
-	if !bytes.Equal(g, w) {
+	if g, w := norm(got), norm(want); g != w {
 		t.Fatalf("got  %s\nwant %s", g, w)
 	}
 }
@@ -113,9 +99,7 @@ func testResultSetGet(t *testing.T, newEngine NewEngine) {
 		t.Fatalf("times changed: %v/%v, want %v/%v", got.UpdatedAt, got.StartedAt, done.UpdatedAt, done.StartedAt)
 	}
 	jsonEqual(t, getState(t, b, "r2"), failed)
-	if err := b.Set(testContext(t), nil); err != nil {
-		t.Fatalf("Set(nil): %v", err)
-	}
+	noErr(t, b.Set(testContext(t), nil), "Set(nil)")
 }
 
 func testResultNotFound(t *testing.T, newEngine NewEngine) {
@@ -180,30 +164,23 @@ func testResultTTL(t *testing.T, newEngine NewEngine) {
 	if _, err := b.Get(testContext(t), "ttl"); err != nil && time.Since(start) < ttl/2 {
 		t.Fatalf("Get right after Set: %v", err)
 	}
-	waitExpired(t, b, "ttl", start, ttl)
+	waitExpired(t, b, "ttl", ttl)
 	if el := time.Since(start); el < ttl-50*time.Millisecond {
 		t.Fatalf("state expired after %v, before its %v TTL", el, ttl)
 	}
 }
 
 // waitExpired polls until Get of id reports result.ErrNotFound, failing
-// the test when the state, set at start with ttl, is still there 10s on.
-func waitExpired(t *testing.T, b result.Backend, id string, start time.Time, ttl time.Duration) {
+// the test when the state, set with ttl, is still there 10s on.
+func waitExpired(t *testing.T, b result.Backend, id string, ttl time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitFor(t, 10*time.Second, func() bool {
 		_, err := b.Get(testContext(t), id)
-		if errors.Is(err, result.ErrNotFound) {
-			return
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, result.ErrNotFound) {
 			t.Fatalf("Get(%s): %v", id, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("state %s still there %v after Set with a %v TTL", id, time.Since(start), ttl)
-		}
-		pause(t, 20*time.Millisecond)
-	}
+		return err != nil
+	}, "state %s still there 10s after Set with a %v TTL", id, ttl)
 }
 
 // testResultSweep: expired results are deleted from the store, not only
@@ -216,15 +193,11 @@ func testResultSweep(t *testing.T, newEngine NewEngine) {
 	if e.NoResultTTL {
 		t.Skip("engine cannot honour a short result TTL")
 	}
-	ctx := testContext(t)
-	start := time.Now()
 	setStates(t, b, taskState("old", result.Succeeded, 0))
-	waitExpired(t, b, "old", start, time.Millisecond)
+	waitExpired(t, b, "old", time.Millisecond)
 	e.SweepDue()
 	setStates(t, b, taskState("new", result.Queued, 0))
-	if n, err := e.StoredResults(ctx, "old"); err != nil || n != 0 {
-		t.Fatalf("stored rows of the expired result = %d, %v; want 0", n, err)
-	}
+	wantCount(t, 0, "stored rows of the expired result")(e.StoredResults(testContext(t), "old"))
 }
 
 func testResultValidation(t *testing.T, newEngine NewEngine) {
@@ -236,26 +209,12 @@ func testResultValidation(t *testing.T, newEngine NewEngine) {
 
 func testResultClosed(t *testing.T, newEngine NewEngine) {
 	b, _ := resultsOf(t, newEngine, Options{})
-	if err := b.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	if err := b.Set(testContext(t), []result.TaskState{taskState("x", result.Queued, 0)}); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Set after Close returned %v, want broker.ErrClosed", err)
-	}
-	if _, err := b.Get(testContext(t), "x"); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Get after Close returned %v, want broker.ErrClosed", err)
-	}
-}
-
-// pause waits d on a timer, between polls of a condition with a deadline.
-// It is never used to order events, only to pace polling.
-func pause(t *testing.T, d time.Duration) {
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-	case <-t.Context().Done():
-	}
+	noErr(t, b.Close(), "Close")
+	ctx := testContext(t)
+	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
+		"Set": func() error { return b.Set(ctx, []result.TaskState{taskState("x", result.Queued, 0)}) },
+		"Get": func() error { _, err := b.Get(ctx, "x"); return err },
+	})
 }
 
 func workerInfo(ns, id string) registry.WorkerInfo {
@@ -284,11 +243,7 @@ func list(t *testing.T, r registry.Registry, ns string) []registry.WorkerInfo {
 }
 
 func workerIDs(ws []registry.WorkerInfo) []string {
-	out := make([]string, len(ws))
-	for i, w := range ws {
-		out[i] = w.ID
-	}
-	return out
+	return idsOf(ws, func(w registry.WorkerInfo) string { return w.ID })
 }
 
 func testRegistryList(t *testing.T, newEngine NewEngine) {
@@ -303,9 +258,7 @@ func testRegistryList(t *testing.T, newEngine NewEngine) {
 	wantIDs(t, "List(ns1)", workerIDs(ws), []string{"a@h", "b@h", "c@h"})
 	jsonEqual(t, ws[0], infos["a@h"])
 	wantIDs(t, "List(ns2)", workerIDs(list(t, r, "ns2")), []string{"z@h"})
-	if ws := list(t, r, "none"); len(ws) != 0 {
-		t.Fatalf("List(none) = %v", workerIDs(ws))
-	}
+	wantIDs(t, "List(none)", workerIDs(list(t, r, "none")), nil)
 	// A heartbeat upserts.
 	upd := workerInfo("ns1", "b@h")
 	upd.InFlight = 7
@@ -326,20 +279,13 @@ func testRegistryTTL(t *testing.T, newEngine NewEngine) {
 	start := time.Now() // before the heartbeat: el below never overstates the record's age
 	heartbeat(t, r, workerInfo("ns", "short@h"), ttl)
 	heartbeat(t, r, workerInfo("ns", "long@h"), time.Minute)
-	deadline := start.Add(10 * time.Second)
-	for {
+	waitFor(t, 10*time.Second-time.Since(start), func() bool {
 		ids := workerIDs(list(t, r, "ns"))
-		if slices.Equal(ids, []string{"long@h"}) {
-			break
-		}
-		if !slices.Equal(ids, []string{"long@h", "short@h"}) {
+		if !slices.Equal(ids, []string{"long@h"}) && !slices.Equal(ids, []string{"long@h", "short@h"}) {
 			t.Fatalf("List = %v", ids)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("worker still listed %v after a heartbeat with a %v TTL", time.Since(start), ttl)
-		}
-		pause(t, 20*time.Millisecond)
-	}
+		return len(ids) == 1
+	}, "worker still listed 10s after a heartbeat with a %v TTL", ttl)
 	if el := time.Since(start); el < ttl-50*time.Millisecond {
 		t.Fatalf("worker expired after %v, before its %v TTL", el, ttl)
 	}
@@ -353,12 +299,8 @@ func testRegistryRemove(t *testing.T, newEngine NewEngine) {
 	heartbeat(t, r, workerInfo("ns", "a@h"), time.Minute)
 	heartbeat(t, r, workerInfo("ns", "b@h"), time.Minute)
 	heartbeat(t, r, workerInfo("other", "a@h"), time.Minute)
-	if err := r.Remove(testContext(t), "ns", "a@h"); err != nil {
-		t.Fatalf("Remove: %v", err)
-	}
-	if err := r.Remove(testContext(t), "ns", "missing@h"); err != nil {
-		t.Fatalf("Remove of an unknown worker: %v", err)
-	}
+	noErr(t, r.Remove(testContext(t), "ns", "a@h"), "Remove")
+	noErr(t, r.Remove(testContext(t), "ns", "missing@h"), "Remove of an unknown worker")
 	wantIDs(t, "List(ns)", workerIDs(list(t, r, "ns")), []string{"b@h"})
 	wantIDs(t, "List(other)", workerIDs(list(t, r, "other")), []string{"a@h"})
 }
@@ -366,27 +308,19 @@ func testRegistryRemove(t *testing.T, newEngine NewEngine) {
 func testRegistryValidation(t *testing.T, newEngine NewEngine) {
 	r := registryOf(t, newEngine)
 	ctx := testContext(t)
-	if err := r.Heartbeat(ctx, workerInfo("ns", ""), time.Minute); err == nil {
-		t.Fatal("Heartbeat accepted an empty worker id")
-	}
-	if err := r.Heartbeat(ctx, workerInfo("ns", "a@h"), 0); err == nil {
-		t.Fatal("Heartbeat accepted a zero TTL")
-	}
+	wantErrors(t, "(invalid)", nil, map[string]func() error{
+		"Heartbeat(empty worker id)": func() error { return r.Heartbeat(ctx, workerInfo("ns", ""), time.Minute) },
+		"Heartbeat(zero TTL)":        func() error { return r.Heartbeat(ctx, workerInfo("ns", "a@h"), 0) },
+	})
 }
 
 func testRegistryClosed(t *testing.T, newEngine NewEngine) {
 	r := registryOf(t, newEngine)
-	if err := r.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	noErr(t, r.Close(), "Close")
 	ctx := testContext(t)
-	if err := r.Heartbeat(ctx, workerInfo("ns", "a@h"), time.Minute); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Heartbeat after Close returned %v, want broker.ErrClosed", err)
-	}
-	if _, err := r.List(ctx, "ns"); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("List after Close returned %v, want broker.ErrClosed", err)
-	}
-	if err := r.Remove(ctx, "ns", "a@h"); !errors.Is(err, broker.ErrClosed) {
-		t.Fatalf("Remove after Close returned %v, want broker.ErrClosed", err)
-	}
+	wantErrors(t, "after Close", broker.ErrClosed, map[string]func() error{
+		"Heartbeat": func() error { return r.Heartbeat(ctx, workerInfo("ns", "a@h"), time.Minute) },
+		"List":      func() error { _, err := r.List(ctx, "ns"); return err },
+		"Remove":    func() error { return r.Remove(ctx, "ns", "a@h") },
+	})
 }

@@ -2,12 +2,10 @@ package conformance
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,10 +22,7 @@ import (
 // removes any data it left behind; Close must be safe to call more than
 // once, since the Closed test closes the store itself.
 func RevokeStore(t *testing.T, newStore func(t *testing.T) revoke.Store) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s revoke.Store)
-	}{
+	runEach(t, newStore, []named[revoke.Store]{
 		{"UpsertNew", testUpsertNew},
 		{"UpsertHigherVersionWins", testUpsertHigherWins},
 		{"UpsertLowerVersionLoses", testUpsertLowerLoses},
@@ -52,21 +47,7 @@ func RevokeStore(t *testing.T, newStore func(t *testing.T) revoke.Store) {
 		{"RoundTripZeroTimes", testRoundTripZeroTimes},
 		{"CanceledContext", testCanceledContext},
 		{"Closed", testRevokeClosed},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			tc.fn(t, newStore(t))
-		})
-	}
-}
-
-// revokeCtx returns a context bounded well above any single test's needs, so
-// a hung store fails its test instead of the whole run.
-func revokeCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
+	})
 }
 
 // revokeBase is the time the entries are issued at, with millisecond precision
@@ -87,7 +68,7 @@ func revokeEntry(ns, task string, version int64) revoke.Entry {
 
 func revokeUpsert(t *testing.T, s revoke.Store, entries ...revoke.Entry) []revoke.Entry {
 	t.Helper()
-	got, err := s.Upsert(revokeCtx(t), entries)
+	got, err := s.Upsert(testContext(t), entries)
 	if err != nil {
 		t.Fatalf("Upsert: %v", err)
 	}
@@ -99,7 +80,7 @@ func revokeUpsert(t *testing.T, s revoke.Store, entries ...revoke.Entry) []revok
 
 func revokeList(t *testing.T, s revoke.Store, ns string) []revoke.Entry {
 	t.Helper()
-	got, err := s.List(revokeCtx(t), ns)
+	got, err := s.List(testContext(t), ns)
 	if err != nil {
 		t.Fatalf("List(%q): %v", ns, err)
 	}
@@ -110,33 +91,18 @@ func revokeList(t *testing.T, s revoke.Store, ns string) []revoke.Entry {
 // field compared, times with Equal.
 func SameEntry(a, b revoke.Entry) string {
 	var diffs []string
-	add := func(field string, x, y any) { diffs = append(diffs, fmt.Sprintf("%s %v != %v", field, x, y)) }
-	if a.Namespace != b.Namespace {
-		add("Namespace", a.Namespace, b.Namespace)
-	}
-	if a.TaskID != b.TaskID {
-		add("TaskID", a.TaskID, b.TaskID)
-	}
-	if a.Version != b.Version {
-		add("Version", a.Version, b.Version)
-	}
-	if !a.IssuedAt.Equal(b.IssuedAt) {
-		add("IssuedAt", a.IssuedAt, b.IssuedAt)
-	}
-	if a.Terminate != b.Terminate {
-		add("Terminate", a.Terminate, b.Terminate)
-	}
-	if a.Reason != b.Reason {
-		add("Reason", a.Reason, b.Reason)
-	}
-	if a.RequestedBy != b.RequestedBy {
-		add("RequestedBy", a.RequestedBy, b.RequestedBy)
-	}
-	if !a.ExpiresAt.Equal(b.ExpiresAt) {
-		add("ExpiresAt", a.ExpiresAt, b.ExpiresAt)
-	}
-	if a.Sig != b.Sig {
-		add("Sig", a.Sig, b.Sig)
+	for _, f := range []struct {
+		name string
+		x, y any
+	}{
+		{"Namespace", a.Namespace, b.Namespace}, {"TaskID", a.TaskID, b.TaskID}, {"Version", a.Version, b.Version},
+		{"IssuedAt", a.IssuedAt.UTC(), b.IssuedAt.UTC()}, {"Terminate", a.Terminate, b.Terminate},
+		{"Reason", a.Reason, b.Reason}, {"RequestedBy", a.RequestedBy, b.RequestedBy},
+		{"ExpiresAt", a.ExpiresAt.UTC(), b.ExpiresAt.UTC()}, {"Sig", a.Sig, b.Sig},
+	} {
+		if f.x != f.y { // times in UTC (no monotonic reading): == is Equal
+			diffs = append(diffs, fmt.Sprintf("%s %v != %v", f.name, f.x, f.y))
+		}
 	}
 	if len(diffs) == 0 {
 		return ""
@@ -158,11 +124,7 @@ func expectEntries(t *testing.T, what string, got, want []revoke.Entry) {
 }
 
 func entryIDs(es []revoke.Entry) []string {
-	out := make([]string, len(es))
-	for i, e := range es {
-		out[i] = fmt.Sprintf("%s/%s@%d", e.Namespace, e.TaskID, e.Version)
-	}
-	return out
+	return idsOf(es, func(e revoke.Entry) string { return fmt.Sprintf("%s/%s@%d", e.Namespace, e.TaskID, e.Version) })
 }
 
 func testUpsertNew(t *testing.T, s revoke.Store) {
@@ -216,7 +178,7 @@ func testUpsertDuplicates(t *testing.T, s revoke.Store) {
 }
 
 func testUpsertEmpty(t *testing.T, s revoke.Store) {
-	got, err := s.Upsert(revokeCtx(t), nil)
+	got, err := s.Upsert(testContext(t), nil)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("Upsert(nil) = %v, %v; want no entries, no error", got, err)
 	}
@@ -251,9 +213,7 @@ func testNamespacesIsolated(t *testing.T, s revoke.Store) {
 	one.ExpiresAt = past
 	one.Version = 11
 	revokeUpsert(t, s, one)
-	if n, err := s.Prune(revokeCtx(t), "ns2", revokeBase); err != nil || n != 0 {
-		t.Fatalf("Prune(ns2) = %d, %v; want 0 (the expired entry is in ns1)", n, err)
-	}
+	wantCount(t, 0, "Prune(ns2) (the expired entry is in ns1)")(s.Prune(testContext(t), "ns2", revokeBase))
 	expectEntries(t, "List ns1 after pruning ns2", revokeList(t, s, "ns1"), []revoke.Entry{one})
 }
 
@@ -279,7 +239,7 @@ func testListSorted(t *testing.T, s revoke.Store) {
 
 func testListUnknown(t *testing.T, s revoke.Store) {
 	revokeUpsert(t, s, revokeEntry("ns", "t", 1))
-	got, err := s.List(revokeCtx(t), "nobody")
+	got, err := s.List(testContext(t), "nobody")
 	if err != nil || len(got) != 0 {
 		t.Fatalf("List(unknown namespace) = %v, %v; want no entries, no error", got, err)
 	}
@@ -298,21 +258,12 @@ func testPrune(t *testing.T, s revoke.Store) {
 	other.ExpiresAt = now.Add(-time.Minute)
 	revokeUpsert(t, s, expired, atNow, future, forever, other)
 
-	n, err := s.Prune(revokeCtx(t), "ns", now)
-	if err != nil || n != 2 {
-		t.Fatalf("Prune = %d, %v; want 2", n, err)
-	}
+	wantCount(t, 2, "Prune")(s.Prune(testContext(t), "ns", now))
 	expectEntries(t, "List ns", revokeList(t, s, "ns"), []revoke.Entry{future, forever})
 	expectEntries(t, "List other (not pruned)", revokeList(t, s, "other"), []revoke.Entry{other})
-	if n, err := s.Prune(revokeCtx(t), "ns", now); err != nil || n != 0 {
-		t.Fatalf("second Prune = %d, %v; want 0", n, err)
-	}
-	if n, err := s.Prune(revokeCtx(t), "nobody", now); err != nil || n != 0 {
-		t.Fatalf("Prune(unknown namespace) = %d, %v; want 0", n, err)
-	}
-	if n, err := s.Prune(revokeCtx(t), "ns", now.Add(time.Millisecond)); err != nil || n != 1 {
-		t.Fatalf("Prune a millisecond later = %d, %v; want 1", n, err)
-	}
+	wantCount(t, 0, "second Prune")(s.Prune(testContext(t), "ns", now))
+	wantCount(t, 0, "Prune(unknown namespace)")(s.Prune(testContext(t), "nobody", now))
+	wantCount(t, 1, "Prune a millisecond later")(s.Prune(testContext(t), "ns", now.Add(time.Millisecond)))
 	expectEntries(t, "List ns at the end", revokeList(t, s, "ns"), []revoke.Entry{forever})
 }
 
@@ -320,9 +271,7 @@ func testPruneNeverExpiring(t *testing.T, s revoke.Store) {
 	forever := revokeEntry("ns", "forever", 1)
 	revokeUpsert(t, s, forever)
 	far := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-	if n, err := s.Prune(revokeCtx(t), "ns", far); err != nil || n != 0 {
-		t.Fatalf("Prune(year 9999) = %d, %v; want 0", n, err)
-	}
+	wantCount(t, 0, "Prune(year 9999)")(s.Prune(testContext(t), "ns", far))
 	expectEntries(t, "List", revokeList(t, s, "ns"), []revoke.Entry{forever})
 }
 
@@ -332,9 +281,7 @@ func testPruneThenUpsert(t *testing.T, s revoke.Store) {
 	old := revokeEntry("ns", "t", 5)
 	old.ExpiresAt = revokeBase
 	revokeUpsert(t, s, old)
-	if n, err := s.Prune(revokeCtx(t), "ns", revokeBase); err != nil || n != 1 {
-		t.Fatalf("Prune = %d, %v; want 1", n, err)
-	}
+	wantCount(t, 1, "Prune")(s.Prune(testContext(t), "ns", revokeBase))
 	again := revokeEntry("ns", "t", 2)
 	expectEntries(t, "Upsert after prune", revokeUpsert(t, s, again), []revoke.Entry{again})
 
@@ -343,14 +290,12 @@ func testPruneThenUpsert(t *testing.T, s revoke.Store) {
 	revokeUpsert(t, s, expiring)
 	kept := revokeEntry("ns", "u", 2) // no expiry any more
 	revokeUpsert(t, s, kept)
-	if n, err := s.Prune(revokeCtx(t), "ns", revokeBase.Add(time.Hour)); err != nil || n != 0 {
-		t.Fatalf("Prune after the expiry was dropped = %d, %v; want 0", n, err)
-	}
+	wantCount(t, 0, "Prune after the expiry was dropped")(s.Prune(testContext(t), "ns", revokeBase.Add(time.Hour)))
 	expectEntries(t, "List", revokeList(t, s, "ns"), []revoke.Entry{again, kept})
 }
 
 func testRevokeValidation(t *testing.T, s revoke.Store) {
-	ctx := revokeCtx(t)
+	ctx := testContext(t)
 	good := revokeEntry("ns", "good", 1)
 	bad := map[string]revoke.Entry{
 		"empty namespace":  revokeEntry("", "t", 1),
@@ -365,12 +310,10 @@ func testRevokeValidation(t *testing.T, s revoke.Store) {
 		}
 	}
 	expectEntries(t, "List after rejected upserts", revokeList(t, s, "ns"), nil)
-	if _, err := s.List(ctx, ""); err == nil {
-		t.Error(`List("") succeeded; want an error`)
-	}
-	if _, err := s.Prune(ctx, "", revokeBase); err == nil {
-		t.Error(`Prune("") succeeded; want an error`)
-	}
+	wantErrors(t, "(empty namespace)", nil, map[string]func() error{
+		`List("")`:  func() error { _, err := s.List(ctx, ""); return err },
+		`Prune("")`: func() error { _, err := s.Prune(ctx, "", revokeBase); return err },
+	})
 }
 
 func testConcurrentSameTask(t *testing.T, s revoke.Store) {
@@ -380,52 +323,33 @@ func testConcurrentSameTask(t *testing.T, s revoke.Store) {
 		versions[i] = int64(i + 1)
 	}
 	rand.Shuffle(len(versions), func(i, j int) { versions[i], versions[j] = versions[j], versions[i] })
-	ctx := revokeCtx(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for _, v := range versions[w*each : (w+1)*each] {
-				got, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", v)})
-				if err != nil {
-					errs <- err
-					return
-				}
-				if len(got) != 1 || got[0].Version < v {
-					errs <- fmt.Errorf("upsert of version %d returned %v: the stored entry can never be older than the input", v, entryIDs(got))
-					return
-				}
+	ctx := testContext(t)
+	concurrently(t, writers, func(w int) error {
+		for _, v := range versions[w*each : (w+1)*each] {
+			got, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", v)})
+			if err != nil {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+			if len(got) != 1 || got[0].Version < v {
+				return fmt.Errorf("upsert of version %d returned %v: the stored entry can never be older than the input", v, entryIDs(got))
+			}
+		}
+		return nil
+	})
 	expectEntries(t, "List", revokeList(t, s, "ns"), []revoke.Entry{revokeEntry("ns", "t", writers*each)})
 }
 
 func testConcurrentDistinct(t *testing.T, s revoke.Store) {
 	const writers, each = 6, 15
-	ctx := revokeCtx(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Go(func() {
-			for i := range each {
-				if _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", fmt.Sprintf("w%d-%02d", w, i), int64(i+1))}); err != nil {
-					errs <- err
-					return
-				}
+	ctx := testContext(t)
+	concurrently(t, writers, func(w int) error {
+		for i := range each {
+			if _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", fmt.Sprintf("w%d-%02d", w, i), int64(i+1))}); err != nil {
+				return err
 			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+		}
+		return nil
+	})
 	if got := revokeList(t, s, "ns"); len(got) != writers*each {
 		t.Fatalf("List after concurrent upserts of %d distinct tasks holds %d", writers*each, len(got))
 	}
@@ -457,42 +381,27 @@ func testRoundTripZeroTimes(t *testing.T, s revoke.Store) {
 	}
 }
 
+// revokeCalls are the calls of a revoke store that take a context.
+func revokeCalls(ctx context.Context, s revoke.Store) map[string]func() error {
+	return map[string]func() error{
+		"Upsert": func() error { _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", 2)}); return err },
+		"List":   func() error { _, err := s.List(ctx, "ns"); return err },
+		"Prune":  func() error { _, err := s.Prune(ctx, "ns", revokeBase); return err },
+		"Trim":   func() error { _, err := s.Trim(ctx, "ns", 1); return err },
+	}
+}
+
 func testCanceledContext(t *testing.T, s revoke.Store) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", 1)}); err == nil {
-		t.Error("Upsert with a canceled context succeeded")
-	}
-	if _, err := s.List(ctx, "ns"); err == nil {
-		t.Error("List with a canceled context succeeded")
-	}
-	if _, err := s.Prune(ctx, "ns", revokeBase); err == nil {
-		t.Error("Prune with a canceled context succeeded")
-	}
-	if _, err := s.Trim(ctx, "ns", 1); err == nil {
-		t.Error("Trim with a canceled context succeeded")
-	}
+	wantErrors(t, "with a canceled context", nil, revokeCalls(ctx, s))
 	expectEntries(t, "List", revokeList(t, s, "ns"), nil)
 }
 
 func testRevokeClosed(t *testing.T, s revoke.Store) {
 	revokeUpsert(t, s, revokeEntry("ns", "t", 1))
-	if err := s.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
-	ctx := revokeCtx(t)
-	if _, err := s.Upsert(ctx, []revoke.Entry{revokeEntry("ns", "t", 2)}); !errors.Is(err, revoke.ErrClosed) {
-		t.Errorf("Upsert after Close: %v, want revoke.ErrClosed", err)
-	}
-	if _, err := s.List(ctx, "ns"); !errors.Is(err, revoke.ErrClosed) {
-		t.Errorf("List after Close: %v, want revoke.ErrClosed", err)
-	}
-	if _, err := s.Prune(ctx, "ns", revokeBase); !errors.Is(err, revoke.ErrClosed) {
-		t.Errorf("Prune after Close: %v, want revoke.ErrClosed", err)
-	}
-	if _, err := s.Trim(ctx, "ns", 1); !errors.Is(err, revoke.ErrClosed) {
-		t.Errorf("Trim after Close: %v, want revoke.ErrClosed", err)
-	}
+	noErr(t, s.Close(), "Close")
+	wantErrors(t, "after Close", revoke.ErrClosed, revokeCalls(testContext(t), s))
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
@@ -511,26 +420,19 @@ func testTrimKeepsNewest(t *testing.T, s revoke.Store) {
 	other := revokeEntry("other", "t1", 1)
 	revokeUpsert(t, s, append(all, other)...)
 
-	n, err := s.Trim(revokeCtx(t), "ns", 4)
-	if err != nil || n != 5 {
-		t.Fatalf("Trim(ns, 4) = %d, %v; want 5 deleted", n, err)
-	}
+	wantCount(t, 5, "Trim(ns, 4)")(s.Trim(testContext(t), "ns", 4))
 	// In List order (version, then task id): ..., t5, t6, tie-a, tie-b,
 	// t7. The last four are kept.
 	expectEntries(t, "List ns after Trim", revokeList(t, s, "ns"), []revoke.Entry{all[5], tieA, tieB, all[6]})
 	expectEntries(t, "List other (not trimmed)", revokeList(t, s, "other"), []revoke.Entry{other})
-	if n, err := s.Trim(revokeCtx(t), "ns", 4); err != nil || n != 0 {
-		t.Fatalf("second Trim = %d, %v; want 0", n, err)
-	}
-	if n, err := s.Trim(revokeCtx(t), "nobody", 1); err != nil || n != 0 {
-		t.Fatalf("Trim(unknown namespace) = %d, %v; want 0", n, err)
-	}
+	wantCount(t, 0, "second Trim")(s.Trim(testContext(t), "ns", 4))
+	wantCount(t, 0, "Trim(unknown namespace)")(s.Trim(testContext(t), "nobody", 1))
 }
 
 func testTrimBadKeep(t *testing.T, s revoke.Store) {
 	revokeUpsert(t, s, revokeEntry("ns", "t", 1))
 	for _, keep := range []int{0, -1} {
-		if _, err := s.Trim(revokeCtx(t), "ns", keep); err == nil {
+		if _, err := s.Trim(testContext(t), "ns", keep); err == nil {
 			t.Errorf("Trim(keep %d) succeeded; want an error", keep)
 		}
 	}
@@ -554,9 +456,7 @@ func testSignedRoundTrip(t *testing.T, s revoke.Store) {
 	if got[1].Sig != e.Sig {
 		t.Fatalf("Sig came back as %q, want %q", got[1].Sig, e.Sig)
 	}
-	if err := got[1].Verify(key); err != nil {
-		t.Fatalf("a signed entry read back does not verify: %v", err)
-	}
+	noErr(t, got[1].Verify(key), "a signed entry read back does not verify")
 	if err := got[0].Verify(key); err == nil {
 		t.Fatal("an unsigned entry verifies")
 	}

@@ -15,7 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"sort"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -93,9 +93,8 @@ func main() {
 	flag.IntVar(&o.prefetch, "prefetch", 1024, "worker prefetch")
 	flag.IntVar(&o.lightRate, "light-rate", 500, "tasks/s in the light-load latency run")
 	flag.IntVar(&o.lightN, "light-n", 2000, "tasks in the light-load latency run")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the burn-down here")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the burn-down here")
 	flag.Parse()
-	o.cpuprofile = *cpuprofile
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -204,7 +203,7 @@ func runTarget(ctx context.Context, o options, t target, ns string) error {
 		return f(e)
 	}
 	o.n = t.n
-	err := with("b", func(e benchEngine) error {
+	if err := with("b", func(e benchEngine) error {
 		enqRate, err := enqueue(ctx, e, o.n, o.batch, o.producers, "noop")
 		if err != nil {
 			return err
@@ -217,30 +216,27 @@ func runTarget(ctx context.Context, o options, t target, ns string) error {
 		fmt.Printf("| enqueue, %d tasks in batches of %d from %d goroutines | **%.0f tasks/s** |\n", o.n, o.batch, o.producers, enqRate)
 		fmt.Printf("| burn-down, one worker (concurrency %d, prefetch %d), %d no-op tasks | **%.0f tasks/s** (%.2fs) |\n", o.concurrency, o.prefetch, o.n, float64(o.n)/burn.Seconds(), burn.Seconds())
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	err = with("s", func(e benchEngine) error {
+	if err := with("s", func(e benchEngine) error {
 		rate, lat, err := steady(ctx, e, o, 0, o.n/2)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("| steady state, %d producers flooding batches of %d while one worker runs | %.0f tasks/s processed (enqueue-to-start p50 %s: the backlog) |\n", o.producers, o.batch, rate, lat.p(50))
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	err = with("l", func(e benchEngine) error {
+	if err := with("l", func(e benchEngine) error {
 		_, lat, err := steady(ctx, e, o, o.lightRate, o.lightN)
 		if err != nil {
 			return err
 		}
 		fmt.Printf("| light load, %d tasks/s published one at a time: enqueue-to-start | **p50 %s**, p99 %s |\n", o.lightRate, lat.p(50), lat.p(99))
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		return err
 	}
 	for _, n := range []int{1, 10} {
@@ -378,59 +374,52 @@ func redisCleanup(e benchEngine, url, ns string) {
 	defer c.Close()
 	ctx := context.Background()
 	for _, pattern := range []string{ns + ":*", "{" + ns + ":*"} {
-		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		var batch []string
-		for iter.Next(ctx) {
-			batch = append(batch, iter.Val())
-			if len(batch) == 1000 {
-				c.Unlink(ctx, batch...)
-				batch = batch[:0]
-			}
+		var keys []string
+		for iter := c.Scan(ctx, 0, pattern, 1000).Iterator(); iter.Next(ctx); {
+			keys = append(keys, iter.Val())
 		}
-		if len(batch) > 0 {
+		for batch := range slices.Chunk(keys, 1000) {
 			c.Unlink(ctx, batch...)
 		}
 	}
 }
 
-func envelopes(name string, from, n int) []broker.Envelope {
-	now := time.Now()
-	out := make([]broker.Envelope, n)
-	for i := range out {
-		out[i] = broker.Envelope{ID: name + "-" + strconv.Itoa(from+i), Name: name, Queue: "default", MaxRetries: -1, CreatedAt: now}
-	}
-	return out
+// enqueue publishes n no-op tasks called name and returns the rate.
+func enqueue(ctx context.Context, b broker.Broker, n, batch, producers int, name string) (float64, error) {
+	now, start := time.Now(), time.Now()
+	err := produce(ctx, b, n, batch, producers, func(i int) broker.Envelope {
+		return broker.Envelope{ID: name + "-" + strconv.Itoa(i), Name: name, Queue: "default", MaxRetries: -1, CreatedAt: now}
+	})
+	return float64(n) / time.Since(start).Seconds(), err
 }
 
-func enqueue(ctx context.Context, b broker.Broker, n, batch, producers int, name string) (float64, error) {
+// produce publishes the envelopes mk(0) to mk(n-1) in batches, from
+// producers goroutines at once, and returns the first error.
+func produce(ctx context.Context, b broker.Broker, n, batch, producers int, mk func(i int) broker.Envelope) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, producers)
-	start := time.Now()
-	for p := 0; p < producers; p++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range producers {
+		wg.Go(func() {
 			for {
 				from := int(next.Add(int64(batch))) - batch
 				if from >= n {
 					return
 				}
-				k := min(batch, n-from)
-				if err := b.PublishBatch(ctx, envelopes(name, from, k)); err != nil {
+				envs := make([]broker.Envelope, min(batch, n-from))
+				for i := range envs {
+					envs[i] = mk(from + i)
+				}
+				if err := b.PublishBatch(ctx, envs); err != nil {
 					errs <- err
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	select {
-	case err := <-errs:
-		return 0, err
-	default:
-	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	close(errs)
+	return <-errs
 }
 
 func newWorker(e benchEngine, o options, h worker.HandlerFunc) (*worker.Worker, error) {
@@ -484,15 +473,8 @@ func (l latencies) p(q int) time.Duration {
 	if len(l) == 0 {
 		return 0
 	}
-	s := append(latencies(nil), l...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := (len(s)*q + 99) / 100
-	if i >= len(s) {
-		i = len(s) - 1
-	}
-	if i > 0 {
-		i--
-	}
+	s := slices.Sorted(slices.Values(l))
+	i := max(min((len(s)*q+99)/100, len(s)-1)-1, 0)
 	return s[i].Round(10 * time.Microsecond)
 }
 
@@ -533,30 +515,9 @@ func steady(ctx context.Context, e benchEngine, o options, rate, n int) (float64
 			CreatedAt: time.Now(), Args: json.RawMessage(`{"T":` + strconv.FormatInt(time.Now().UnixNano(), 10) + `}`)}
 	}
 	if rate == 0 {
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for p := 0; p < o.producers; p++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					from := int(next.Add(int64(o.batch))) - o.batch
-					if from >= n {
-						return
-					}
-					k := min(o.batch, n-from)
-					envs := make([]broker.Envelope, k)
-					for i := range envs {
-						envs[i] = mk(from + i)
-					}
-					if err := e.PublishBatch(ctx, envs); err != nil {
-						fmt.Fprintln(os.Stderr, "publish:", err)
-						return
-					}
-				}
-			}()
+		if err := produce(ctx, e, n, o.batch, o.producers, mk); err != nil {
+			fmt.Fprintln(os.Stderr, "publish:", err)
 		}
-		wg.Wait()
 	} else {
 		tick := time.NewTicker(time.Second / time.Duration(rate))
 		for i := 0; i < n; i++ {

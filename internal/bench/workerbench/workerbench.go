@@ -32,26 +32,18 @@ func LightLoad(b *testing.B, e, pub broker.Broker) {
 		var mu sync.Mutex
 		lat := make([]time.Duration, 0, n)
 		all := make(chan struct{})
-		reg := worker.NewRegistry()
-		reg.MustRegister("noop", func(_ worker.TaskContext, args json.RawMessage) (any, error) {
-			var a struct{ T int64 }
-			_ = json.Unmarshal(args, &a)
-			mu.Lock()
-			defer mu.Unlock()
-			lat = append(lat, time.Duration(time.Now().UnixNano()-a.T))
-			if len(lat) == n {
-				close(all)
-			}
-			return nil, nil
-		}, worker.TaskOptions{})
-		w, err := worker.New(worker.Config{
-			Broker: e, Results: e.(result.Backend), Handlers: reg, Node: "bench",
-			Concurrency: 32, Prefetch: 1024, MaxBatch: 512, Lease: 30 * time.Second,
-			ClaimWait: time.Second,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
+		w := newWorker(b, worker.Config{Broker: e, Results: e.(result.Backend), ClaimWait: time.Second},
+			func(_ worker.TaskContext, args json.RawMessage) (any, error) {
+				var a struct{ T int64 }
+				_ = json.Unmarshal(args, &a)
+				mu.Lock()
+				defer mu.Unlock()
+				lat = append(lat, time.Duration(time.Now().UnixNano()-a.T))
+				if len(lat) == n {
+					close(all)
+				}
+				return nil, nil
+			})
 		stopped := make(chan error, 1)
 		go func() { stopped <- w.Run(ctx) }()
 		<-w.Ready()
@@ -74,6 +66,19 @@ func LightLoad(b *testing.B, e, pub broker.Broker) {
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 	}
+}
+
+// newWorker builds a worker of cfg's engine and claim wait, with the
+// benchmarks' settings, running h as the task "noop".
+func newWorker(b *testing.B, cfg worker.Config, h worker.HandlerFunc) *worker.Worker {
+	cfg.Handlers = worker.NewRegistry()
+	cfg.Handlers.MustRegister("noop", h, worker.TaskOptions{})
+	cfg.Node, cfg.Concurrency, cfg.Prefetch, cfg.MaxBatch, cfg.Lease = "bench", 32, 1024, 512, 30*time.Second
+	w, err := worker.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return w
 }
 
 // Engine is an engine a worker of Drain runs on: its broker,
@@ -110,22 +115,13 @@ func Drain(b *testing.B, engines []Engine, n int, left func() (int, error)) {
 		all := make(chan struct{})
 		var ws []*worker.Worker
 		for _, e := range engines {
-			reg := worker.NewRegistry()
-			reg.MustRegister("noop", func(worker.TaskContext, json.RawMessage) (any, error) {
-				if done.Add(1) == int64(n) {
-					close(all)
-				}
-				return nil, nil
-			}, worker.TaskOptions{})
-			w, err := worker.New(worker.Config{
-				Broker: e, Results: e, Registry: e, Handlers: reg, Node: "bench",
-				Concurrency: 32, Prefetch: 1024, MaxBatch: 512, Lease: 30 * time.Second,
-				ClaimWait: 100 * time.Millisecond,
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ws = append(ws, w)
+			ws = append(ws, newWorker(b, worker.Config{Broker: e, Results: e, Registry: e, ClaimWait: 100 * time.Millisecond},
+				func(worker.TaskContext, json.RawMessage) (any, error) {
+					if done.Add(1) == int64(n) {
+						close(all)
+					}
+					return nil, nil
+				}))
 		}
 		b.StartTimer()
 		start := time.Now()
