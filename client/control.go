@@ -41,6 +41,17 @@ func Requester() string {
 	return name + "@" + host
 }
 
+// stamp defaults an operation's issue time (UTC) and requester.
+func stamp(now time.Time, by string) (time.Time, string) {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if by == "" {
+		by = Requester()
+	}
+	return now.UTC(), by
+}
+
 // RevokeRequest is what Revoke revokes.
 type RevokeRequest struct {
 	TaskIDs   []string
@@ -70,15 +81,7 @@ type RevokeResult struct {
 // Revoke writes revoke records to store, then publishes them through req.
 // A store error returns before anything is published.
 func Revoke(ctx context.Context, store revoke.Store, req *control.Requester, r RevokeRequest) (RevokeResult, error) {
-	now := r.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	now = now.UTC()
-	by := r.RequestedBy
-	if by == "" {
-		by = Requester()
-	}
+	now, by := stamp(r.Now, r.RequestedBy)
 	res := RevokeResult{Written: make([]revoke.Entry, len(r.TaskIDs))}
 	for i, id := range r.TaskIDs {
 		e := revoke.Entry{Namespace: req.Namespace, TaskID: id, Version: now.UnixNano(), IssuedAt: now,
@@ -133,18 +136,11 @@ func (r PauseRequest) scopes() []string {
 // workers. A store error returns before anything is published.
 func Pause(ctx context.Context, store broker.PauseStore, req *control.Requester, r PauseRequest) (PauseResult, error) {
 	res := PauseResult{Scopes: r.scopes()}
-	now := r.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	by := r.RequestedBy
-	if by == "" {
-		by = Requester()
-	}
+	now, by := stamp(r.Now, r.RequestedBy)
 	var recs []broker.Pause
 	for _, sc := range res.Scopes {
 		for _, q := range r.Queues {
-			p := broker.Pause{Namespace: req.Namespace, Queue: q, Worker: sc, PausedAt: now.UTC(), RequestedBy: by}
+			p := broker.Pause{Namespace: req.Namespace, Queue: q, Worker: sc, PausedAt: now, RequestedBy: by}
 			if len(req.SigningKey) > 0 {
 				p = p.Sign(req.SigningKey)
 			}

@@ -135,10 +135,6 @@ var Vars = []Var{
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
 }
 
-// PackagedBrokerURL is the broker of the packaged service, set in
-// /etc/stem/stem.env: one SQLite file in the service's state directory.
-const PackagedBrokerURL = "sqlite:///var/lib/stem/stem.db"
-
 // DefaultBrokerDoc describes the default broker for the docs.
 const DefaultBrokerDoc = "a SQLite file in the per-user state directory"
 

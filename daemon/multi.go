@@ -339,37 +339,35 @@ func (s Supervisor) Exec(n Node) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
+	fail := func(err error) error {
+		pf.Remove()
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
 	env := append([]string(nil), n.Env...)
 	if f := pf.File(); f != nil { // nil: adopted, already inherited
 		fd := int(f.Fd())
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
-			pf.Remove()
-			return fmt.Errorf("%s: keeping the pidfile open across exec: %w", n.Name, err)
+			return fail(fmt.Errorf("keeping the pidfile open across exec: %w", err))
 		}
 		env = append(env, PidfileFDEnv+"="+strconv.Itoa(fd))
 	}
 	if n.Logfile != "" {
 		logf, err := openLog(n.Logfile)
 		if err != nil {
-			pf.Remove()
-			return fmt.Errorf("%s: %w", n.Name, err)
+			return fail(err)
 		}
 		for _, target := range []int{1, 2} {
 			if err := unix.Dup3(int(logf.Fd()), target, 0); err != nil {
-				pf.Remove()
-				return fmt.Errorf("%s: redirecting output to %s: %w", n.Name, n.Logfile, err)
+				return fail(fmt.Errorf("redirecting output to %s: %w", n.Logfile, err))
 			}
 		}
 	}
 	if n.Dir != "" {
 		if err := os.Chdir(n.Dir); err != nil {
-			pf.Remove()
-			return fmt.Errorf("%s: %w", n.Name, err)
+			return fail(err)
 		}
 	}
-	err = syscall.Exec(path, n.Argv, env)
-	pf.Remove()
-	return fmt.Errorf("%s: exec %s: %w", n.Name, path, err)
+	return fail(fmt.Errorf("exec %s: %w", path, syscall.Exec(path, n.Argv, env)))
 }
 
 // Default path templates of `worker multi`.
@@ -512,9 +510,7 @@ func (p StartPlan) Nodes(names []string, now time.Time) ([]Node, error) {
 		if n.Logfile != "" {
 			vars["STEM_WORKER_LOGFILE"] = n.Logfile
 		}
-		for k, v := range set {
-			vars[k] = v
-		}
+		maps.Copy(vars, set)
 		n.Argv, n.Dir = argv, p.Dir
 		n.Env = ChildEnviron(p.Environ, p.EnvFile, vars)
 	}
