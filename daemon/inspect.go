@@ -114,54 +114,45 @@ func (p Proc) Inspect(path string) Inspection {
 		return Inspection{State: Unknown, Err: err}
 	}
 	in := Inspection{Pidfile: info}
-	alive, err := p.Alive(info.PID)
-	if err != nil {
-		in.State, in.Err = Unknown, fmt.Errorf("pidfile %s: %w", path, err)
+	set := func(st State, err error) Inspection {
+		in.State, in.Err = st, err
 		return in
 	}
-	if !alive {
-		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
-		return in
+	dead := fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
+	alive, err := p.Alive(info.PID)
+	switch {
+	case err != nil:
+		return set(Unknown, fmt.Errorf("pidfile %s: %w", path, err))
+	case !alive:
+		return set(Dead, dead)
 	}
 	proc, err := p.Process(info.PID)
-	if errors.Is(err, ErrNoProcess) {
-		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
-		return in
-	}
-	if err != nil {
-		in.State, in.Err = Unknown, fmt.Errorf("pidfile %s: %w", path, err)
-		return in
+	switch {
+	case errors.Is(err, ErrNoProcess):
+		return set(Dead, dead)
+	case err != nil:
+		return set(Unknown, fmt.Errorf("pidfile %s: %w", path, err))
 	}
 	in.Process = proc
 	mismatch := p.identityMismatch(info, proc)
 	if !info.Locked {
-		in.State = Reused
 		if mismatch != "" {
-			in.Err = fmt.Errorf("pidfile %s names PID %d, but %s: the PID was reused", path, info.PID, mismatch)
-		} else {
-			in.Err = fmt.Errorf("pidfile %s names PID %d (%s), but no process holds the pidfile's lock, so the node that wrote it is gone and the PID was reused", path, info.PID, proc.Comm)
+			return set(Reused, fmt.Errorf("pidfile %s names PID %d, but %s: the PID was reused", path, info.PID, mismatch))
 		}
-		return in
+		return set(Reused, fmt.Errorf("pidfile %s names PID %d (%s), but no process holds the pidfile's lock, so the node that wrote it is gone and the PID was reused", path, info.PID, proc.Comm))
 	}
 	held, err := p.HoldsLock(info.PID, info.Dev, info.Ino)
 	switch {
 	case errors.Is(err, ErrNoProcess):
-		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
-		return in
+		return set(Dead, dead)
 	case err != nil:
-		in.State, in.Err = Refused, &RefusedError{What: "pidfile", Path: path, Reason: err.Error() + "; not signalled"}
-		return in
+		return set(Refused, &RefusedError{What: "pidfile", Path: path, Reason: err.Error() + "; not signalled"})
 	case !held:
-		in.State = Refused
-		in.Err = &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("it is locked, but not by PID %d (%s), the process it names; it was not written for that process, which is not signalled", info.PID, proc.Comm)}
-		return in
+		return set(Refused, &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("it is locked, but not by PID %d (%s), the process it names; it was not written for that process, which is not signalled", info.PID, proc.Comm)})
 	case mismatch != "":
-		in.State = Refused
-		in.Err = &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("PID %d holds its lock, but %s; not signalled", info.PID, mismatch)}
-		return in
+		return set(Refused, &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("PID %d holds its lock, but %s; not signalled", info.PID, mismatch)})
 	}
-	in.State = Running
-	return in
+	return set(Running, nil)
 }
 
 // identityMismatch compares the process the pidfile names with what the
