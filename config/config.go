@@ -10,7 +10,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -70,14 +69,6 @@ func EnvSource(getenv func(string) (string, bool)) Source {
 // MapSource returns a Source backed by a map.
 func MapSource(name string, m map[string]string) Source {
 	return Source{Name: name, Get: func(k string) (string, bool) { v, ok := m[k]; return v, ok }}
-}
-
-func errorText(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
 }
 
 // Var documents one configuration variable.
@@ -237,7 +228,7 @@ func (r *Reader) List(key string, def []string) []string {
 			return def, ""
 		}
 		for _, s := range strings.Split(v, ",") {
-			if s = strings.TrimSpace(s); s != "" && !validName(s) {
+			if s = strings.TrimSpace(s); s != "" && !ValidName(s) {
 				return nil, fmt.Sprintf("queue name %q may hold only letters, digits, '.', '_', '-' and ':'", s)
 			} else if s != "" {
 				out = append(out, s)
@@ -335,9 +326,7 @@ func (r *Reader) URL(key, def string, schemes []string) string {
 }
 
 // ValidName reports whether s is a usable queue, node or namespace name.
-func ValidName(s string) bool { return validName(s) }
-
-func validName(s string) bool {
+func ValidName(s string) bool {
 	if s == "" || len(s) > 200 {
 		return false
 	}
@@ -447,7 +436,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.ControlMaxAge = r.Duration("STEM_CONTROL_MAX_AGE", 30*time.Second)
 	c.RevokeSync = r.Duration("STEM_REVOKE_SYNC_INTERVAL", 30*time.Second)
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}, {"STEM_CONTROL_NAMESPACE", c.ControlNamespace}} {
-		if !validName(kv.v) || strings.Contains(kv.v, ":") {
+		if !ValidName(kv.v) || strings.Contains(kv.v, ":") {
 			_, from, _ := l.Get(kv.key)
 			r.fail(from, kv.v, "may hold only letters, digits, '.', '_' and '-' (no spaces, slashes or colons)")
 		}
