@@ -47,6 +47,11 @@ const (
 	CodeNotReady = "not-ready"
 )
 
+// stateCodes are the codes of the states that are not Running (any other
+// is CodePidfileUnreadable).
+var stateCodes = map[daemon.State]string{daemon.NotRunning: CodePidfileMissing, daemon.Invalid: CodeInvalidPID,
+	daemon.Dead: CodeNotRunning, daemon.Reused: CodePidReused, daemon.Refused: CodePidfileRefused}
+
 // Target says what to check.
 type Target struct {
 	// Node is reported as is (it is not checked against the process).
@@ -107,23 +112,11 @@ func (p Probe) Check(ctx context.Context, t Target) Result {
 		r.Timestamp = in.Process.Start.UTC().Format(time.RFC3339)
 		r.UptimeSeconds = &up
 	}
-	switch in.State {
-	case daemon.Running:
-	case daemon.NotRunning:
-		r.Error = CodePidfileMissing
-	case daemon.Invalid:
-		r.Error = CodeInvalidPID
-	case daemon.Dead:
-		r.Error = CodeNotRunning
-	case daemon.Reused:
-		r.Error = CodePidReused
-	case daemon.Refused:
-		r.Error = CodePidfileRefused
-	default:
-		r.Error = CodePidfileUnreadable
-	}
-	if r.Error != "" {
-		r.Message = in.Err.Error()
+	if in.State != daemon.Running {
+		r.Error, r.Message = CodePidfileUnreadable, in.Err.Error()
+		if c, ok := stateCodes[in.State]; ok {
+			r.Error = c
+		}
 		return r
 	}
 	if p.Readiness != nil {
