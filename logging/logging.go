@@ -12,9 +12,11 @@ package logging
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -49,10 +51,7 @@ type Options struct {
 func New(w io.Writer, o Options) (*logrus.Logger, error) {
 	l := logrus.New()
 	l.SetOutput(w)
-	lvl := o.Level
-	if lvl == "" {
-		lvl = "info"
-	}
+	lvl := cmp.Or(o.Level, "info")
 	level, err := logrus.ParseLevel(lvl)
 	if err != nil {
 		return nil, fmt.Errorf("log level %q: %w", lvl, err)
@@ -120,10 +119,8 @@ func ResolveFormat(format, journalStream string) string {
 // Priority returns the sd-daemon priority of a logrus level.
 func Priority(l logrus.Level) int {
 	switch l {
-	case logrus.PanicLevel:
+	case logrus.PanicLevel, logrus.FatalLevel:
 		return 2 // crit
-	case logrus.FatalLevel:
-		return 2
 	case logrus.ErrorLevel:
 		return 3
 	case logrus.WarnLevel:
@@ -142,12 +139,7 @@ type JournalFormatter struct{}
 func (JournalFormatter) Format(e *logrus.Entry) ([]byte, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "<%d>%s", Priority(e.Level), strings.ReplaceAll(e.Message, "\n", " "))
-	keys := make([]string, 0, len(e.Data))
-	for k := range e.Data {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(e.Data)) {
 		v := fmt.Sprint(e.Data[k])
 		if strings.ContainsAny(v, " \"=") || v == "" {
 			v = fmt.Sprintf("%q", v)
