@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -33,10 +34,7 @@ type Proc struct {
 }
 
 func (p Proc) root() string {
-	if p.Root == "" {
-		return "/proc"
-	}
-	return p.Root
+	return cmp.Or(p.Root, "/proc")
 }
 
 func (p Proc) ticks() int64 {

@@ -12,6 +12,7 @@
 package diagnose
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -347,11 +348,7 @@ func checkEnvironment(r *Report, environ []string) {
 func checkCommand(r *Report, in Input, get func(string) (string, bool)) {
 	raw, ok := get("STEM_WORKER_COMMAND")
 	if !ok || strings.TrimSpace(raw) == "" {
-		def := in.DefaultCommand
-		if def == "" {
-			def = "stem worker run"
-		}
-		r.add(CheckCommand, Info, "STEM_WORKER_COMMAND is not set: `stem worker multi` runs %q", def)
+		r.add(CheckCommand, Info, "STEM_WORKER_COMMAND is not set: `stem worker multi` runs %q", cmp.Or(in.DefaultCommand, "stem worker run"))
 		return
 	}
 	argv, err := shlex.Split(raw)
