@@ -1,13 +1,9 @@
 package cli
 
 import (
-	"errors"
-
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
-
-func asExit(err error, target **ExitError) bool { return errors.As(err, target) }
 
 func newRoot(a *App) *cobra.Command {
 	root := &cobra.Command{
@@ -35,10 +31,7 @@ the variable it overrides. Exit codes: 'stem exit-codes'.`,
 	addVarFlag(pf, "STEM_LOG_LEVEL", 's', "log level: error, warn, info, debug")
 	addVarFlag(pf, "STEM_LOG_FORMAT", 's', "log format: auto, text, json, journal")
 
-	worker := &cobra.Command{
-		Use:   "worker",
-		Short: "Run, inspect and steer workers",
-	}
+	worker := &cobra.Command{Use: "worker", Short: "Run, inspect and steer workers"}
 	task := &cobra.Command{Use: "task", Short: "Read task states"}
 	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp())
 	worker.AddCommand(newWorkerRunCmd(a), newWorkerPingCmd(a), newWorkerInspectCmd(a), newWorkerStatsCmd(a),

@@ -132,11 +132,6 @@ func (a *App) childHandlers() (*worker.Registry, error) {
 // DefaultSignals is the default signal → shutdown mode mapping.
 const DefaultSignals = "TERM=warm,INT=soft,QUIT=hard"
 
-// parseSignals parses a mapping such as "TERM=warm,INT=soft,QUIT=hard".
-func parseSignals(spec string) (map[os.Signal]worker.Mode, error) {
-	return daemon.ParseSignals(spec, worker.ParseMode)
-}
-
 func (a *App) runWorker(cmd *cobra.Command) error {
 	c, l, err := a.config(cmd)
 	if err != nil {
@@ -173,7 +168,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		}()
 	}
 
-	signalModes, err := parseSignals(c.Signals)
+	signalModes, err := daemon.ParseSignals(c.Signals, worker.ParseMode)
 	if err != nil {
 		_, from, _ := l.Get("STEM_WORKER_SIGNALS")
 		return &stem.ConfigError{Key: from, Value: c.Signals, Msg: err.Error()}
