@@ -18,18 +18,13 @@ const (
 	Running
 	// Dead: the pidfile names a process that is not running.
 	Dead
-	// Reused: the pidfile names a live process that is not the node (the
-	// pidfile is not locked, so the process that wrote it is gone, and the
-	// PID was handed to another process).
+	// Reused: the pidfile is not locked and names a live process: not the node.
 	Reused
 	// Invalid: the pidfile does not hold a PID (empty, garbage).
 	Invalid
 	// Unknown: the pidfile or the process could not be read.
 	Unknown
-	// Refused: the pidfile cannot be trusted (see RefusedError): it or its
-	// directory is unsafe, or its lock is held by another process than the
-	// one it names, or that process runs another program than the one
-	// recorded. Nothing is signalled and the file is left alone.
+	// Refused: the pidfile cannot be trusted (see RefusedError).
 	Refused
 )
 
@@ -77,25 +72,11 @@ type Inspection struct {
 // moves when the wall clock is stepped; the slack absorbs small steps.
 const StartSlack = 2 * time.Second
 
-// Inspect reads the pidfile at path and checks the process it names; see
-// the package documentation for the checks and their order. A node is
-// Running only if
-//
-//   - the pidfile and its directory pass CheckPath (owner, mode, no
-//     symbolic link), else Refused;
-//   - the pidfile names a live process, else Dead;
-//   - the pidfile is locked, else Reused (the lock goes when the node
-//     dies, so the PID now names another process);
-//   - that process itself holds the lock (HoldsLock), else Refused: someone
-//     else locked a pidfile naming a process that is not theirs;
-//   - in the current format, the process has the recorded start time, boot
-//     id and program, else Refused; in the old one-line format, it started
-//     no later than the pidfile was written (within StartSlack), else
-//     Refused.
-//
-// An unlocked pidfile naming a live process that started after it was
-// written (or, in the current format, at another time than recorded, or
-// during another boot) is Reused.
+// Inspect reads the pidfile at path and checks the process it names, in
+// the order of the package documentation: CheckPath (else Refused), a live
+// process (else Dead), the lock (else Reused), HoldsLock and the recorded
+// identity, or for the old format a start within StartSlack of the write
+// (else Refused).
 func (p Proc) Inspect(path string) Inspection {
 	if err := CheckPath(path, os.Geteuid()); err != nil {
 		return Inspection{State: Refused, Err: err}
