@@ -172,26 +172,20 @@ func sameTarget(root, a, b string) bool {
 func write(dst string, f File) error {
 	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".stem-tmp")
 	_ = os.Remove(tmp)
+	var err error
 	if f.Link != "" {
-		if err := os.Symlink(f.Link, tmp); err != nil {
-			return fmt.Errorf("install: %v", errText(err))
-		}
-	} else {
-		if err := os.WriteFile(tmp, f.Content, f.Mode); err != nil {
-			_ = os.Remove(tmp)
-			return fmt.Errorf("install: %v", errText(err))
-		}
-		// WriteFile's mode is filtered by the umask.
-		if err := os.Chmod(tmp, f.Mode); err != nil {
-			_ = os.Remove(tmp)
-			return fmt.Errorf("install: %v", errText(err))
-		}
+		err = os.Symlink(f.Link, tmp)
+	} else if err = os.WriteFile(tmp, f.Content, f.Mode); err == nil {
+		err = os.Chmod(tmp, f.Mode) // WriteFile's mode is filtered by the umask.
 	}
-	if fi, err := os.Lstat(dst); err == nil && fi.IsDir() {
+	if fi, lerr := os.Lstat(dst); err == nil && lerr == nil && fi.IsDir() {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("install: %s is a directory", dst)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("install: %v", errText(err))
 	}
