@@ -33,12 +33,11 @@ the variable it overrides. Exit codes: 'stem exit-codes'.`,
 
 	worker := &cobra.Command{Use: "worker", Short: "Run, inspect and steer workers"}
 	task := &cobra.Command{Use: "task", Short: "Read task states"}
-	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp())
+	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp(), newRoutingCmd(a), newUnitsCmd(a))
 	worker.AddCommand(newWorkerRunCmd(a), newWorkerPingCmd(a), newWorkerInspectCmd(a), newWorkerStatsCmd(a),
-		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerAutoscaleCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a))
+		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerAutoscaleCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a),
+		newMultiCmd(a), newHealthcheckCmd(a), newDiagnoseCmd(a))
 	task.AddCommand(newTaskStatusCmd(a))
-	addDaemonCommands(a, root, worker)
-	root.AddCommand(newUnitsCmd(a))
 	return root
 }
 
