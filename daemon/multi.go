@@ -137,10 +137,7 @@ func commandExe(path, dir string) ExeID {
 	if !filepath.IsAbs(path) && dir != "" {
 		path = filepath.Join(dir, path)
 	}
-	id, err := ResolveExe(path)
-	if err != nil {
-		return ExeID{}
-	}
+	id, _ := ResolveExe(path) // the zero ExeID on an error
 	return id
 }
 

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -492,10 +493,7 @@ func (p *Pidfile) Remove() error {
 		err = removeIfNames(p.path, p.pid)
 		p.committed = false
 	}
-	if cerr := p.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	return err
+	return cmp.Or(err, p.Close())
 }
 
 // removeIfNames removes the pidfile at path if it names pid.
