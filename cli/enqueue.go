@@ -175,11 +175,7 @@ func buildArgs(raw, from string, kv []string) (json.RawMessage, error) {
 			obj[k] = b
 		}
 	}
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
+	return json.Marshal(obj)
 }
 
 // pointAt shows the text around offset with a marker.

@@ -47,12 +47,7 @@ type Specifier struct {
 }
 
 // ExampleVars are the values the Example column of the docs table uses.
-var ExampleVars = Vars{
-	Node:     "alpha",
-	Hostname: "db1.example.com",
-	Index:    2,
-	Time:     time.Date(2025, 1, 2, 15, 4, 5, 0, time.UTC),
-}
+var ExampleVars = Vars{Node: "alpha", Hostname: "db1.example.com", Index: 2, Time: time.Date(2025, 1, 2, 15, 4, 5, 0, time.UTC)}
 
 // Specifiers is the table of placeholders, in documentation order.
 var Specifiers = []Specifier{
