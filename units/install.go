@@ -123,32 +123,29 @@ func (in Installer) compare(root string, f File) (Action, error) {
 	if err != nil {
 		return "", fmt.Errorf("install: %v", errText(err))
 	}
-	if f.Link != "" {
+	var why string
+	switch {
+	case f.Link != "":
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			if cur, err := os.Readlink(dst); err == nil && sameTarget(root, cur, f.Link) {
 				return Unchanged, nil
 			}
 		}
-		if !in.Force {
-			return "", &ExistsError{Path: f.Path, Why: "is not a symlink to " + f.Link}
+		why = "is not a symlink to " + f.Link
+	case !fi.Mode().IsRegular():
+		why = "is not a regular file"
+	default:
+		cur, err := os.ReadFile(dst)
+		if err != nil {
+			return "", fmt.Errorf("install: %v", errText(err))
 		}
-		return Replaced, nil
-	}
-	if !fi.Mode().IsRegular() {
-		if !in.Force {
-			return "", &ExistsError{Path: f.Path, Why: "is not a regular file"}
+		if bytes.Equal(cur, f.Content) {
+			return Unchanged, nil
 		}
-		return Replaced, nil
-	}
-	cur, err := os.ReadFile(dst)
-	if err != nil {
-		return "", fmt.Errorf("install: %v", errText(err))
-	}
-	if bytes.Equal(cur, f.Content) {
-		return Unchanged, nil
+		why = "differs from what would be written"
 	}
 	if !in.Force {
-		return "", &ExistsError{Path: f.Path, Why: "differs from what would be written"}
+		return "", &ExistsError{Path: f.Path, Why: why}
 	}
 	return Replaced, nil
 }
