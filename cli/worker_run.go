@@ -216,12 +216,16 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	log.WithFields(logrus.Fields{
 		logging.FieldURL: stem.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": c.Signals + " (a second signal escalates)",
 	}).Info("stem worker starting")
-	eng, err := openEngineRetrying(ctx, c, log)
-	if err != nil {
+	// A start cancelled by a signal ends as the signal asks.
+	startErr := func(err error) error {
 		if ctx.Err() != nil {
 			return restartExit(policy, nil, log)
 		}
 		return err
+	}
+	eng, err := openEngineRetrying(ctx, c, log)
+	if err != nil {
+		return startErr(err)
 	}
 	defer eng.Close()
 	// Like the broker, a revoke store that cannot be reached yet is waited
@@ -230,10 +234,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return openRevokeStore(ctx, c, l, log)
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return restartExit(policy, nil, log)
-		}
-		return err
+		return startErr(err)
 	}
 	defer revokes.Close()
 

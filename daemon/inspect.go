@@ -100,16 +100,13 @@ func (p Proc) Inspect(path string) Inspection {
 		return in
 	}
 	dead := fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
+	var proc ProcessInfo
 	alive, err := p.Alive(info.PID)
-	switch {
-	case err != nil:
-		return set(Unknown, fmt.Errorf("pidfile %s: %w", path, err))
-	case !alive:
-		return set(Dead, dead)
+	if alive && err == nil {
+		proc, err = p.Process(info.PID)
 	}
-	proc, err := p.Process(info.PID)
 	switch {
-	case errors.Is(err, ErrNoProcess):
+	case errors.Is(err, ErrNoProcess), !alive && err == nil:
 		return set(Dead, dead)
 	case err != nil:
 		return set(Unknown, fmt.Errorf("pidfile %s: %w", path, err))
