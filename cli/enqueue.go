@@ -180,12 +180,7 @@ func buildArgs(raw, from string, kv []string) (json.RawMessage, error) {
 
 // pointAt shows the text around offset with a marker.
 func pointAt(s string, offset int) string {
-	if offset > len(s) {
-		offset = len(s)
-	}
-	if offset < 1 {
-		offset = 1
-	}
+	offset = max(1, min(offset, len(s)))
 	lo := max(0, offset-20)
 	hi := min(len(s), offset+10)
 	return fmt.Sprintf("%s<<HERE>>%s", s[lo:offset-1], s[offset-1:hi])

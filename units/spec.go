@@ -29,6 +29,7 @@
 package units
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"strings"
@@ -149,30 +150,17 @@ type EnvVar struct {
 
 // WithDefaults returns s with every unset field given its default.
 func (s Spec) WithDefaults() Spec {
-	def := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	def(&s.Binary, DefaultBinary)
-	def(&s.User, DefaultUser)
-	def(&s.Group, DefaultGroup)
-	def(&s.EnvFile, DefaultEnvFile)
-	def(&s.NodeEnvDir, DefaultNodeEnvDir)
-	def(&s.UnitDir, DefaultUnitDir)
-	def(&s.Name, DefaultName)
-	if s.ShutdownGrace == 0 {
-		s.ShutdownGrace = DefaultShutdownGrace
-	}
-	if s.StopTimeout == 0 {
-		s.StopTimeout = s.ShutdownGrace + DefaultStopMargin
-	}
-	if s.StartTimeout == 0 {
-		s.StartTimeout = DefaultStartTimeout
-	}
-	if s.Watchdog == 0 {
-		s.Watchdog = DefaultWatchdog
-	}
+	s.Binary = cmp.Or(s.Binary, DefaultBinary)
+	s.User = cmp.Or(s.User, DefaultUser)
+	s.Group = cmp.Or(s.Group, DefaultGroup)
+	s.EnvFile = cmp.Or(s.EnvFile, DefaultEnvFile)
+	s.NodeEnvDir = cmp.Or(s.NodeEnvDir, DefaultNodeEnvDir)
+	s.UnitDir = cmp.Or(s.UnitDir, DefaultUnitDir)
+	s.Name = cmp.Or(s.Name, DefaultName)
+	s.ShutdownGrace = cmp.Or(s.ShutdownGrace, DefaultShutdownGrace)
+	s.StopTimeout = cmp.Or(s.StopTimeout, s.ShutdownGrace+DefaultStopMargin)
+	s.StartTimeout = cmp.Or(s.StartTimeout, DefaultStartTimeout)
+	s.Watchdog = cmp.Or(s.Watchdog, DefaultWatchdog)
 	return s
 }
 
