@@ -141,12 +141,10 @@ func commandExe(path, dir string) ExeID {
 	return id
 }
 
-// Start launches n detached: in its own session, stdin from /dev/null,
-// stdout and stderr appended to n.Logfile, without the service manager's
-// variables (see ChildEnv). The pidfile is written by Start with the
-// child's PID and stays locked by the child, which inherits the locked
-// descriptor as fd 3 (named by STEM_WORKER_PIDFILE_FD). A node that already
-// runs is not started again: the Result's Err says so.
+// Start launches n detached (own session, stdin /dev/null, output appended
+// to n.Logfile, no service manager variables: ChildEnv) and writes its
+// pidfile, which the child keeps locked through fd 3 (PidfileFDEnv). A node
+// that already runs is not started again: the Result's Err says so.
 func (s Supervisor) Start(n Node) Result {
 	if len(n.Argv) == 0 {
 		return Result{Node: n.Name, Err: fmt.Errorf("%s: no command to run", n.Name)}
@@ -301,15 +299,11 @@ func (s Supervisor) gone(n Node, r Result, msg string) Result {
 	return r
 }
 
-// Exec runs n in the foreground by replacing the current process with it
-// (execve), so the node keeps this process's PID: under systemd or another
-// supervisor it is the main process, receives signals directly, and its
-// exit code is the one the supervisor sees. Before the exec, Exec writes
-// the pidfile with this PID and leaves its locked descriptor open across
-// the exec, so the pidfile stays locked while the node runs; it appends
-// stdout and stderr to n.Logfile when one is set. Exec returns only on
-// failure. n.Env is used as is: the service manager's variables are kept,
-// since the node becomes the service's main process.
+// Exec replaces this process with n (execve), so the node keeps the PID a
+// supervisor started, gets its signals and gives it its exit code. The
+// pidfile names this PID and stays locked across the exec; output goes to
+// n.Logfile when one is set; n.Env is used as is (the node becomes the
+// service's main process). Exec returns only on failure.
 func (s Supervisor) Exec(n Node) error {
 	if len(n.Argv) == 0 {
 		return fmt.Errorf("%s: no command to run", n.Name)
@@ -381,10 +375,8 @@ func (e *UsageError) Error() string { return e.Msg }
 
 func usagef(format string, args ...any) error { return &UsageError{Msg: fmt.Sprintf(format, args...)} }
 
-// CheckNodeName refuses node names that cannot be used in paths: empty,
-// with slashes, spaces or other characters outside letters, digits and
-// . _ -, with a colon (the rule of STEM_WORKER_NODE in worker run), or made
-// of dots only.
+// CheckNodeName refuses node names that cannot be used in paths: anything
+// but letters, digits and . _ - (no colon, as in worker run), or only dots.
 func CheckNodeName(name string) error {
 	if !config.ValidName(name) || strings.Contains(name, ":") || strings.Trim(name, ".") == "" {
 		return usagef("invalid node name %q: use letters, digits and . _ - (no spaces, slashes or colons)", name)

@@ -32,16 +32,11 @@ const (
 	CodeInvalidPID = "invalid-pid"
 	// CodeNotRunning: the pidfile names a process that is not running.
 	CodeNotRunning = "process-not-running"
-	// CodePidReused: the pidfile names a live process that is not the
-	// node (started after the pidfile was written, or the pidfile is not
-	// locked by anyone).
+	// CodePidReused: the pidfile names a live process that is not the node.
 	CodePidReused = "pid-reused"
-	// CodePidfileUnreadable: the pidfile or /proc could not be read
-	// (permissions, say).
+	// CodePidfileUnreadable: the pidfile or /proc could not be read.
 	CodePidfileUnreadable = "pidfile-unreadable"
-	// CodePidfileRefused: the pidfile is refused (daemon.Refused): it or
-	// its directory is unsafe, or its lock is not held by the process it
-	// names, or that process runs another program than the one recorded.
+	// CodePidfileRefused: the pidfile is refused (daemon.Refused).
 	CodePidfileRefused = "pidfile-refused"
 	// CodeNotReady: the process runs but the readiness check failed.
 	CodeNotReady = "not-ready"

@@ -173,7 +173,6 @@ var (
 	nodeRE    = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	accountRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]*$`)
 	envKeyRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	nameRE    = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	// listItemRE is a queue or broadcast name (config.ValidName, ASCII).
 	listItemRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
 )
@@ -216,7 +215,7 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("%s %q: want a system account name (lower-case letters, digits, _ and -, at most 32)", a.field, a.v)
 		}
 	}
-	if !nameRE.MatchString(s.Name) || strings.Trim(s.Name, ".") == "" {
+	if !nodeRE.MatchString(s.Name) || strings.Trim(s.Name, ".") == "" {
 		return fmt.Errorf("directory name %q: want letters, digits, '.', '_' and '-'", s.Name)
 	}
 	for _, d := range []struct {
