@@ -172,44 +172,38 @@ func checkDir(r *Report, name, what, dir string) {
 	switch {
 	case err == nil && !st.IsDir():
 		r.add(name, Error, "%s directory %s is not a directory", what, dir)
-		return
 	case err == nil:
 		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
 			r.add(name, Error, "%s directory %s is not writable: %v", what, dir, err)
-			return
+		} else {
+			r.add(name, Info, "%s directory %s exists and is writable", what, dir)
 		}
-		r.add(name, Info, "%s directory %s exists and is writable", what, dir)
-		return
 	case !missing(err):
 		r.add(name, Error, "%s directory %s: %v", what, dir, unwrap(err))
+	}
+	if err == nil || !missing(err) {
 		return
 	}
 	// Missing: can it be created? Find the nearest existing ancestor.
-	parent := filepath.Dir(dir)
-	for {
+	for parent := filepath.Dir(dir); ; parent = filepath.Dir(parent) {
 		st, err := os.Stat(parent)
-		if err == nil {
-			if !st.IsDir() {
-				r.add(name, Error, "%s directory %s does not exist and cannot be created: %s is not a directory", what, dir, parent)
-				return
-			}
+		switch {
+		case err == nil && !st.IsDir():
+			r.add(name, Error, "%s directory %s does not exist and cannot be created: %s is not a directory", what, dir, parent)
+		case err == nil:
 			if err := unix.Access(parent, unix.W_OK|unix.X_OK); err != nil {
 				r.add(name, Error, "%s directory %s does not exist and cannot be created: %s is not writable (%v)", what, dir, parent, err)
-				return
+			} else {
+				r.add(name, Warning, "%s directory %s does not exist; `stem worker multi start` will create it", what, dir)
 			}
-			r.add(name, Warning, "%s directory %s does not exist; `stem worker multi start` will create it", what, dir)
-			return
-		}
-		if !missing(err) {
+		case !missing(err):
 			r.add(name, Error, "%s directory %s does not exist and cannot be created: %v", what, dir, unwrap(err))
-			return
-		}
-		next := filepath.Dir(parent)
-		if next == parent {
+		case filepath.Dir(parent) == parent:
 			r.add(name, Error, "%s directory %s: no existing parent", what, dir)
-			return
+		default:
+			continue
 		}
-		parent = next
+		return
 	}
 }
 
