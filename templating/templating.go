@@ -13,6 +13,7 @@ package templating
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -105,15 +106,6 @@ func Verbs() string {
 	return strings.Join(parts, " ")
 }
 
-func lookup(verb rune) *Specifier {
-	for i := range Specifiers {
-		if rune(Specifiers[i].Verb) == verb {
-			return &Specifiers[i]
-		}
-	}
-	return nil
-}
-
 // Expand replaces the placeholders of template with v's values. It returns
 // an *Error for an unknown specifier, a trailing lone '%', or a placeholder
 // whose value v lacks (an empty node name, say).
@@ -133,11 +125,11 @@ func Expand(template string, v Vars) (string, error) {
 			return "", &Error{Template: template, Column: i + 1, Msg: "lone % at the end (write %% for a literal %)"}
 		}
 		i++
-		s := lookup(runes[i])
-		if s == nil {
+		k := slices.IndexFunc(Specifiers, func(s Specifier) bool { return rune(s.Verb) == runes[i] })
+		if k < 0 {
 			return "", &Error{Template: template, Column: i, Msg: fmt.Sprintf("unknown specifier %%%c (known: %s)", runes[i], Verbs())}
 		}
-		out, err := s.expand(v)
+		out, err := Specifiers[k].expand(v)
 		if err != nil {
 			return "", &Error{Template: template, Column: i, Msg: err.Error()}
 		}
