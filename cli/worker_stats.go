@@ -42,10 +42,7 @@ uptime, pid, host, queues (paused ones marked) and broadcast channels.
 				}
 				durable := "?"
 				if d := s.BrokerDurability; d != nil {
-					durable = "durable"
-					if !d.Durable {
-						durable = "NOT-DURABLE"
-					}
+					durable = map[bool]string{true: "durable", false: "NOT-DURABLE"}[d.Durable]
 				}
 				return fmt.Sprintf("%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s", r.Worker, s.InFlight, conc, s.Prefetch,
 					s.Counters.Processed, s.Counters.Failed, s.Counters.Retried, s.Counters.Revoked, durable, strings.Join(qs, " "))

@@ -107,12 +107,8 @@ func printStatus(w io.Writer, rows []workerStatus) {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "WORKER\tSTATE\tPID\tQUEUES\tCONCURRENCY\tIN-FLIGHT\tSTARTED\tLAST SEEN\tSTALE")
 	for _, r := range rows {
-		stale := ""
-		if r.Stale {
-			stale = "STALE"
-		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%s\t%.1fs ago\t%s\n", r.ID, r.State, r.PID, strings.Join(r.Queues, ","), r.Concurrency, r.InFlight,
-			r.StartedAt.UTC().Format(time.RFC3339), r.AgeSeconds, stale)
+			r.StartedAt.UTC().Format(time.RFC3339), r.AgeSeconds, map[bool]string{true: "STALE"}[r.Stale])
 	}
 	tw.Flush()
 }
