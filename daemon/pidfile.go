@@ -567,8 +567,7 @@ const PidfileFDEnv = "STEM_WORKER_PIDFILE_FD"
 // after the node dies. A node calls it once at start; it does nothing when
 // the variable is unset or malformed.
 func ProtectInheritedPidfile(getenv func(string) string) {
-	v := getenv(PidfileFDEnv)
-	fd, err := strconv.Atoi(v)
+	fd, err := strconv.Atoi(getenv(PidfileFDEnv))
 	if err != nil || fd < 3 {
 		return
 	}

@@ -46,13 +46,7 @@ const (
 
 // Tag is the level's marker in text output: [OK], [WARN] or [ERR].
 func (l Level) Tag() string {
-	switch l {
-	case Warning:
-		return "[WARN]"
-	case Error:
-		return "[ERR]"
-	}
-	return "[OK]"
+	return cmp.Or(map[Level]string{Warning: "[WARN]", Error: "[ERR]"}[l], "[OK]")
 }
 
 // Names of the checks (stable: they are part of the JSON schema).
