@@ -271,6 +271,7 @@ func (s Supervisor) stop(n Node, sig syscall.Signal, timeout time.Duration) Resu
 		r.Err = fmt.Errorf("%s: %w", n.Name, err)
 		return r
 	}
+	killed := "killed"
 	if sig != syscall.SIGKILL {
 		if s.Proc.WaitExit(pid, ticks, time.Now().Add(timeout)) {
 			return s.gone(n, r, "stopped")
@@ -279,11 +280,10 @@ func (s Supervisor) stop(n Node, sig syscall.Signal, timeout time.Duration) Resu
 			r.Err = fmt.Errorf("%s: did not stop within %s, and SIGKILL failed: %w", n.Name, timeout, err)
 			return r
 		}
-		if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
-			return s.gone(n, r, fmt.Sprintf("killed (SIGKILL after %s)", timeout))
-		}
-	} else if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
-		return s.gone(n, r, "killed")
+		killed = fmt.Sprintf("killed (SIGKILL after %s)", timeout)
+	}
+	if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
+		return s.gone(n, r, killed)
 	}
 	r.Err = fmt.Errorf("%s: PID %d still runs after SIGKILL", n.Name, pid)
 	return r
