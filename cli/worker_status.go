@@ -113,17 +113,11 @@ func printStatus(w io.Writer, rows []workerStatus) {
 	tw.Flush()
 }
 
-// statusEvent is one line of `worker status --follow --json`.
-type statusEvent struct {
-	Event  string       `json:"event"` // joined, left, changed
-	Worker workerStatus `json:"worker"`
-}
-
 func (a *App) followStatus(ctx context.Context, out io.Writer, s *controlSession, o *statusOptions) error {
 	prev := map[string]workerStatus{}
 	emit := func(ev string, r workerStatus) {
 		if o.jsonOut {
-			b, _ := json.Marshal(statusEvent{Event: ev, Worker: r})
+			b, _ := json.Marshal(map[string]any{"event": ev, "worker": r}) // ev: joined, left, changed
 			fmt.Fprintln(out, string(b))
 			return
 		}
