@@ -41,7 +41,7 @@ that is refused (unsafe, or locked by another process than the one it
 names, or naming a process that runs another program) makes it exit 77.`,
 		Args: nodeArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nodes, err := o.paths(args)
+			nodes, err := daemon.Paths(args, o.pidfile, o.logfile, time.Now())
 			if err != nil {
 				return err
 			}
