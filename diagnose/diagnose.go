@@ -5,10 +5,7 @@
 // the caller plugs one in (Input.Connect, `stem worker diagnose
 // --connect`).
 //
-// Every check yields one Check with a stable Name and a Level: info (all
-// is well, or nothing to check), warning (works, but deserves a look) or
-// error (will not work). The CLI prints them as [OK], [WARN] and [ERR]
-// lines and exits 1 when any is an error.
+// Every check yields one Check with a stable Name and a Level.
 package diagnose
 
 import (
@@ -37,7 +34,8 @@ import (
 // Level is the severity of a check's result.
 type Level string
 
-// Levels, from best to worst.
+// Levels, from best to worst: all is well (or nothing to check), works but
+// deserves a look, will not work.
 const (
 	Info    Level = "info"
 	Warning Level = "warning"

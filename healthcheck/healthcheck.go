@@ -4,11 +4,8 @@
 // systemd's ExecStartPost=, a container's liveness probe or a cron job.
 //
 // Identity is checked as `stem worker multi` checks it before a signal
-// (daemon.Proc.Inspect): the pidfile must be locked by the running node and
-// name a process that started no later than the pidfile was written. A
-// readiness check (is the worker's heartbeat fresh? that one needs the
-// broker) plugs in as Probe.Readiness and runs only when the process is
-// alive.
+// (daemon.Proc.Inspect). A readiness check, which needs the broker, plugs
+// in as Probe.Readiness.
 package healthcheck
 
 import (

@@ -1,9 +1,6 @@
 // Package routing reads stem's routing file: the default queue, the queues
 // workers consume, aliases that name groups of queues or broadcast
-// channels, and the broadcast channels themselves. The CLI finds the file
-// through STEM_ROUTING_CONFIG (or --routing-config); `stem worker multi
-// --queue/--broadcast` resolves aliases through it and `stem routing dump`
-// prints it.
+// channels, and the broadcast channels themselves (STEM_ROUTING_CONFIG).
 //
 // The file is YAML:
 //

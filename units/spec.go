@@ -23,9 +23,8 @@
 // so that systemd and stem's own env-file parser (godotenv) read the same
 // values.
 //
-// Installing (Installer) writes files under a root directory, so tests use a
-// temporary directory and `--root /` is the real thing; it never replaces a
-// file that differs from what it would write unless told to.
+// Installer writes the files under a root directory (`--root /` is this
+// machine).
 package units
 
 import (
