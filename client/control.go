@@ -13,12 +13,9 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 )
 
-// The durable control operations (revoke, pause, resume) write their
-// record to a store first and publish the control message only once the
-// store accepted it: a worker that is down or misses the message applies
-// the record when it starts or resyncs, and no live worker ever sees a
-// revoke or pause that the store does not hold. The namespace and signing
-// key are the Requester's: with a key, records are signed as messages are.
+// Revoke, Pause and Resume publish only once the store accepted the record
+// (a worker that misses the message applies it when it starts or resyncs),
+// with the Requester's namespace and signing key.
 
 // PublishError is returned when the record is stored but the control
 // message could not be published: the operation holds (workers read the

@@ -1,10 +1,8 @@
 // Package templating expands the placeholders of stem's path templates
 // (pidfiles, logfiles, per-node settings), such as "/var/run/stem/%n.pid".
 //
-// The placeholders are listed once, in Specifiers; docs/daemon.md carries
-// the same table and a test checks that the two agree. An unknown
-// specifier, or a '%' at the end of a template, is an error that shows the
-// template and the position: a typo is never kept silently as a literal.
+// The placeholders are listed once, in Specifiers (docs/daemon.md's table
+// is checked against it); a typo is an error, never kept as a literal.
 //
 // Expand is a pure function: the caller supplies the host name and the
 // invocation's timestamp, so one command expands every node's templates with
