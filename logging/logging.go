@@ -2,12 +2,8 @@
 // packages never log through package-level logrus functions; they receive a
 // logrus.FieldLogger.
 //
-// Formats: "text" (human, with timestamps), "json" (for log shippers), and
-// "journal": no timestamps (journald adds its own) and every line prefixed
-// with its sd-daemon priority ("<3>" error ... "<7>" debug), so
-// `journalctl -p warning` filters correctly. "auto" picks "journal" when
-// JOURNAL_STREAM is set (systemd connected stderr to the journal), else
-// "text".
+// Formats: "text" (with timestamps), "json", "journal" (JournalFormatter,
+// so `journalctl -p warning` filters correctly), and "auto" (ResolveFormat).
 package logging
 
 import (
