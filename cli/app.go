@@ -43,9 +43,7 @@ type App struct {
 	environ   func() []string
 	numCPU    int
 	stdin     io.Reader
-	// defaultEnvFile is read when STEM_ENV_FILE is not set, if it exists
-	// and this user can read it: the packaged deployment's settings reach
-	// every command run on the server.
+	// defaultEnvFile is read when STEM_ENV_FILE is not set, if readable.
 	defaultEnvFile string
 }
 

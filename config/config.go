@@ -38,10 +38,9 @@ type Source struct {
 type Lookup []Source
 
 // Get returns the winning value of key and the display name of where it
-// came from (for errors). ok is false when no source sets it. A source
-// that sets the key to the empty string does not count: `FOO=` in the
-// environment does not hide the env file's FOO (the daemon toolkit reads
-// the env file for the nodes the same way).
+// came from (for errors). ok is false when no source sets it. An empty
+// value does not count: `FOO=` in the environment does not hide the env
+// file's FOO.
 func (l Lookup) Get(key string) (value, from string, ok bool) {
 	for _, s := range l {
 		if s.Get == nil {
