@@ -226,10 +226,7 @@ func checkPidfile(r *Report, in Input) {
 		r.add(CheckPidfile, Error, "%v", ins.Err)
 		return
 	}
-	lock := "not locked"
-	if ins.Pidfile.Locked {
-		lock = "locked"
-	}
+	lock := map[bool]string{true: "locked", false: "not locked"}[ins.Pidfile.Locked]
 	r.add(CheckPidfile, Info, "pidfile %s names PID %d (written %s, %s)", in.Pidfile, ins.Pidfile.PID, ins.Pidfile.Written.UTC().Format(time.RFC3339), lock)
 	switch ins.State {
 	case daemon.Running:
