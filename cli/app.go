@@ -14,6 +14,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -42,9 +43,7 @@ type App struct {
 	environ   func() []string
 	numCPU    int
 	stdin     io.Reader
-	// defaultEnvFile is read when STEM_ENV_FILE is not set, if it exists
-	// and this user can read it: the packaged deployment's settings reach
-	// every command run on the server.
+	// defaultEnvFile is read when STEM_ENV_FILE is not set, if readable.
 	defaultEnvFile string
 }
 
@@ -259,7 +258,7 @@ func Execute(root *cobra.Command) int {
 		code = ExitUsage
 	}
 	var ee *ExitError
-	if !(asExit(err, &ee) && ee.Err == nil) {
+	if !(errors.As(err, &ee) && ee.Err == nil) {
 		// The last line of defence: whatever wrapped a URL or a driver
 		// error, no password reaches the terminal.
 		fmt.Fprintf(root.ErrOrStderr(), "stem: %s\n", stem.RedactText(oneLine(err.Error())))
@@ -278,7 +277,7 @@ func oneLine(s string) string {
 // which it returns as plain errors.
 func isCobraUsageError(err error) bool {
 	var ee *ExitError
-	if asExit(err, &ee) {
+	if errors.As(err, &ee) {
 		return false
 	}
 	msg := err.Error()

@@ -177,8 +177,9 @@ func refusedBySignature(res control.Result) []string {
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
 
-// runSimple runs a control command whose text output is one row per reply.
-func (a *App) runSimple(cmd *cobra.Command, o *controlOptions, typ string, args any, header string, row func(r control.Reply, rtt time.Duration) string) error {
+// runControl runs a control command: --json prints the result, else text
+// writes it; the exit follows controlExit either way.
+func (a *App) runControl(cmd *cobra.Command, o *controlOptions, typ string, args any, text func(w io.Writer, res control.Result)) error {
 	s, err := a.openControl(cmd)
 	if err != nil {
 		return err
@@ -193,9 +194,19 @@ func (a *App) runSimple(cmd *cobra.Command, o *controlOptions, typ string, args 
 		if err := writeJSON(out, toJSON(typ, s.cfg.ControlNamespace, res, nil)); err != nil {
 			return err
 		}
-		return controlExit(typ, res)
+	} else {
+		text(out, res)
+		printFooter(out, res)
 	}
-	if len(res.Replies) > 0 {
+	return controlExit(typ, res)
+}
+
+// runSimple runs a control command whose text output is one row per reply.
+func (a *App) runSimple(cmd *cobra.Command, o *controlOptions, typ string, args any, header string, row func(r control.Reply, rtt time.Duration) string) error {
+	return a.runControl(cmd, o, typ, args, func(out io.Writer, res control.Result) {
+		if len(res.Replies) == 0 {
+			return
+		}
 		tw := newTable(out)
 		fmt.Fprintln(tw, header)
 		for _, r := range res.Replies {
@@ -206,7 +217,5 @@ func (a *App) runSimple(cmd *cobra.Command, o *controlOptions, typ string, args 
 			fmt.Fprintln(tw, row(r, res.RTT[r.Worker]))
 		}
 		tw.Flush()
-	}
-	printFooter(out, res)
-	return controlExit(typ, res)
+	})
 }

@@ -175,29 +175,22 @@ func buildArgs(raw, from string, kv []string) (json.RawMessage, error) {
 			obj[k] = b
 		}
 	}
-	b, err := json.Marshal(obj)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
+	return json.Marshal(obj)
 }
 
 // pointAt shows the text around offset with a marker.
 func pointAt(s string, offset int) string {
-	if offset > len(s) {
-		offset = len(s)
-	}
-	if offset < 1 {
-		offset = 1
-	}
+	offset = max(1, min(offset, len(s)))
 	lo := max(0, offset-20)
 	hi := min(len(s), offset+10)
 	return fmt.Sprintf("%s<<HERE>>%s", s[lo:offset-1], s[offset-1:hi])
 }
 
-// enqueueResult is the --json output of enqueue (without --wait).
+// enqueueResult is the --json output of enqueue without --wait: id, or
+// ids with --count N (N > 1).
 type enqueueResult struct {
-	ID    string    `json:"id"`
+	ID    string    `json:"id,omitempty"`
+	IDs   []string  `json:"ids,omitempty"`
 	Task  string    `json:"task"`
 	Queue string    `json:"queue"`
 	ETA   time.Time `json:"eta,omitzero"`
@@ -268,10 +261,11 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 	out := cmd.OutOrStdout()
 	if !o.wait {
 		if o.jsonOut {
+			r := enqueueResult{IDs: ids, Task: task, Queue: proto.Queue, ETA: envs[0].ETA}
 			if o.count == 1 {
-				return writeJSON(out, enqueueResult{ID: ids[0], Task: task, Queue: proto.Queue, ETA: envs[0].ETA})
+				r.ID, r.IDs = ids[0], nil
 			}
-			return writeJSON(out, enqueueResults{IDs: ids, Task: task, Queue: proto.Queue, ETA: envs[0].ETA})
+			return writeJSON(out, r)
 		}
 		for _, id := range ids {
 			if _, err := fmt.Fprintln(out, id); err != nil {
@@ -297,14 +291,6 @@ func (a *App) enqueue(cmd *cobra.Command, task string, o *enqueueOptions) error 
 		return withCode(ExitPartial, fmt.Errorf("task %s not finished after %s (state %s)", ids[0], o.timeout, st.State))
 	}
 	return stateExit(st)
-}
-
-// enqueueResults is the --json output of enqueue --count N (N > 1).
-type enqueueResults struct {
-	IDs   []string  `json:"ids"`
-	Task  string    `json:"task"`
-	Queue string    `json:"queue"`
-	ETA   time.Time `json:"eta,omitzero"`
 }
 
 // waitSummary is the output of enqueue --count N --wait.

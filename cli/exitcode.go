@@ -12,33 +12,16 @@ import (
 // The exit codes of every stem command. This is the one table; the README's
 // table is checked against it by TestExitCodeTableInREADME.
 const (
-	// ExitOK: success.
-	ExitOK = 0
-	// ExitFailure: unhealthy (healthcheck), a task that failed
-	// (enqueue --wait), or a target that replied with an error.
-	ExitFailure = 1
-	// ExitNotRunning: not running (LSB; multi status, healthcheck).
-	ExitNotRunning = 3
-	// ExitUsage: bad command line (unknown flag, bad argument, bad --args).
-	ExitUsage = 64
-	// ExitUnavailable: the broker is unreachable, or no worker replied.
-	ExitUnavailable = 69
-	// ExitInternal: a bug or an unexpected failure.
-	ExitInternal = 70
-	// ExitPartial: some targets did not answer.
-	ExitPartial = 75
-	// ExitRefused: a pidfile, pid directory or logfile that stem refuses
-	// to use: unsafe (a symlink, another user's, writable by group or
-	// others) or not proving that its process is the node
-	// (daemon.RefusedError). Nothing was signalled.
-	ExitRefused = 77
-	// ExitConfig: bad configuration (env file, URL, variable, tasks or
-	// routing file).
-	ExitConfig = 78
-	// ExitRestart: `worker run` stopped for a warm restart asked for with
-	// SIGHUP (`systemctl reload`); the unit restarts it. It is
-	// units.RestartExitStatus (128+SIGHUP).
-	ExitRestart = 129
+	ExitOK          = 0   // success
+	ExitFailure     = 1   // unhealthy, a failed task, a reply with an error
+	ExitNotRunning  = 3   // not running (LSB)
+	ExitUsage       = 64  // bad command line
+	ExitUnavailable = 69  // broker unreachable, or no worker replied
+	ExitInternal    = 70  // a bug or an unexpected failure
+	ExitPartial     = 75  // some targets did not answer
+	ExitRefused     = 77  // an unsafe or unproven pidfile, pid directory or logfile (daemon.RefusedError)
+	ExitConfig      = 78  // bad configuration
+	ExitRestart     = 129 // `worker run` stopped for a warm restart (units.RestartExitStatus)
 )
 
 // ExitCodes describes each code; it feeds `stem help exit-codes` and the
@@ -115,7 +98,7 @@ func ExitCode(err error) int {
 }
 
 func newExitCodesHelp() *cobra.Command {
-	c := &cobra.Command{
+	return &cobra.Command{
 		Use:   "exit-codes",
 		Short: "The exit codes of every stem command",
 		Args:  cobra.NoArgs,
@@ -127,5 +110,4 @@ func newExitCodesHelp() *cobra.Command {
 			return nil
 		},
 	}
-	return c
 }

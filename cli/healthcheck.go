@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -161,11 +162,7 @@ func (o *healthcheckOptions) report(cmd *cobra.Command, r healthcheck.Result) er
 			return err
 		}
 	case r.Healthy():
-		name := r.Node
-		if name == "" {
-			name = r.Pidfile
-		}
-		fmt.Fprintf(out, "%s: healthy (pid %d, up %ds, since %s)\n", name, r.PID, *r.UptimeSeconds, r.Timestamp)
+		fmt.Fprintf(out, "%s: healthy (pid %d, up %ds, since %s)\n", cmp.Or(r.Node, r.Pidfile), r.PID, *r.UptimeSeconds, r.Timestamp)
 	default:
 		return &ExitError{Code: code, Err: fmt.Errorf("unhealthy (%s): %s", r.Error, r.Message)}
 	}

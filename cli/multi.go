@@ -90,9 +90,16 @@ func nodeArgs(cmd *cobra.Command, args []string) error {
 	return daemon.CheckNodeNames(args)
 }
 
-// paths expands the pidfile and logfile templates of every node.
-func (o *multiOptions) paths(names []string) ([]daemon.Node, error) {
-	return daemon.Paths(names, o.pidfile, o.logfile, time.Now())
+// act is the RunE of a command that acts on the named nodes (stop, kill)
+// and reports each result.
+func (o *multiOptions) act(f func(s daemon.Supervisor, nodes []daemon.Node) []daemon.Result) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		nodes, err := daemon.Paths(args, o.pidfile, o.logfile, time.Now())
+		if err != nil {
+			return err
+		}
+		return reportResults(cmd.OutOrStdout(), cmd.ErrOrStderr(), f(daemon.Supervisor{}, nodes))
+	}
 }
 
 // plan resolves everything a start needs (daemon.StartPlan): nothing is

@@ -14,13 +14,6 @@ func newMultiKillCmd(a *App, o *multiOptions) *cobra.Command {
 PID is never signalled. In-flight tasks are not finished; their leases expire
 and the broker hands them out again. Exit 1 when a node could not be killed.`,
 		Args: nodeArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			nodes, err := o.paths(args)
-			if err != nil {
-				return err
-			}
-			var s daemon.Supervisor
-			return reportResults(cmd.OutOrStdout(), cmd.ErrOrStderr(), s.Kill(nodes))
-		},
+		RunE: o.act(func(s daemon.Supervisor, nodes []daemon.Node) []daemon.Result { return s.Kill(nodes) }),
 	}
 }

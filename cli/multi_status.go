@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,8 +14,8 @@ import (
 // array, one element per node, in the order given).
 type multiStatusJSON struct {
 	Node string `json:"node"`
-	// Status: running, not-running, dead, pid-reused, invalid-pidfile,
-	// unknown or refused.
+	// Status is the daemon.State, hyphenated: running, not-running, dead,
+	// pid-reused, invalid-pidfile, unknown or refused.
 	Status  string `json:"status"`
 	PID     int    `json:"pid,omitempty"`
 	Pidfile string `json:"pidfile"`
@@ -23,16 +24,6 @@ type multiStatusJSON struct {
 	Since string `json:"since,omitempty"`
 	// Message explains every status but running and not-running.
 	Message string `json:"message,omitempty"`
-}
-
-var statusNames = map[daemon.State]string{
-	daemon.Running:    "running",
-	daemon.NotRunning: "not-running",
-	daemon.Dead:       "dead",
-	daemon.Reused:     "pid-reused",
-	daemon.Invalid:    "invalid-pidfile",
-	daemon.Unknown:    "unknown",
-	daemon.Refused:    "refused",
 }
 
 func newMultiStatusCmd(a *App, o *multiOptions) *cobra.Command {
@@ -50,7 +41,7 @@ that is refused (unsafe, or locked by another process than the one it
 names, or naming a process that runs another program) makes it exit 77.`,
 		Args: nodeArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			nodes, err := o.paths(args)
+			nodes, err := daemon.Paths(args, o.pidfile, o.logfile, time.Now())
 			if err != nil {
 				return err
 			}
@@ -70,7 +61,7 @@ names, or naming a process that runs another program) makes it exit 77.`,
 				case c != ExitNotRunning:
 					code = ExitFailure
 				}
-				j := multiStatusJSON{Node: n.Name, Status: statusNames[r.State], PID: r.PID, Pidfile: n.Pidfile, Logfile: n.Logfile}
+				j := multiStatusJSON{Node: n.Name, Status: strings.ReplaceAll(r.State.String(), " ", "-"), PID: r.PID, Pidfile: n.Pidfile, Logfile: n.Logfile}
 				if r.State == daemon.Running {
 					j.Since = r.Since.UTC().Format(time.RFC3339)
 				}

@@ -19,14 +19,7 @@ A pidfile whose PID now belongs to another process is never signalled: it is
 reported and removed, like any stale pidfile. Stopping a node that is not
 running succeeds. Exit 1 when a node could not be stopped.`,
 		Args: nodeArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			nodes, err := o.paths(args)
-			if err != nil {
-				return err
-			}
-			var s daemon.Supervisor
-			return reportResults(cmd.OutOrStdout(), cmd.ErrOrStderr(), s.Stop(nodes, o.timeout))
-		},
+		RunE: o.act(func(s daemon.Supervisor, nodes []daemon.Node) []daemon.Result { return s.Stop(nodes, o.timeout) }),
 	}
 	addMultiTimeoutFlag(cmd, o)
 	return cmd

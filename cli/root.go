@@ -1,13 +1,9 @@
 package cli
 
 import (
-	"errors"
-
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
-
-func asExit(err error, target **ExitError) bool { return errors.As(err, target) }
 
 func newRoot(a *App) *cobra.Command {
 	root := &cobra.Command{
@@ -35,17 +31,13 @@ the variable it overrides. Exit codes: 'stem exit-codes'.`,
 	addVarFlag(pf, "STEM_LOG_LEVEL", 's', "log level: error, warn, info, debug")
 	addVarFlag(pf, "STEM_LOG_FORMAT", 's', "log format: auto, text, json, journal")
 
-	worker := &cobra.Command{
-		Use:   "worker",
-		Short: "Run, inspect and steer workers",
-	}
+	worker := &cobra.Command{Use: "worker", Short: "Run, inspect and steer workers"}
 	task := &cobra.Command{Use: "task", Short: "Read task states"}
-	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp())
+	root.AddCommand(worker, task, newEnqueueCmd(a), newVersionCmd(), newExitCodesHelp(), newRoutingCmd(a), newUnitsCmd(a))
 	worker.AddCommand(newWorkerRunCmd(a), newWorkerPingCmd(a), newWorkerInspectCmd(a), newWorkerStatsCmd(a),
-		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerAutoscaleCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a))
+		newWorkerShutdownCmd(a), newWorkerRevokeCmd(a), newWorkerAutoscaleCmd(a), newWorkerPauseCmd(a, true), newWorkerPauseCmd(a, false), newWorkerStatusCmd(a),
+		newMultiCmd(a), newHealthcheckCmd(a), newDiagnoseCmd(a))
 	task.AddCommand(newTaskStatusCmd(a))
-	addDaemonCommands(a, root, worker)
-	root.AddCommand(newUnitsCmd(a))
 	return root
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -118,13 +119,9 @@ func (o *unitsOptions) spec(a *App, cmd *cobra.Command) (units.Spec, error) {
 // missingVars returns the keys that config.Vars does not document, joined
 // with " and ", or "".
 func missingVars(keys ...string) string {
-	known := map[string]bool{}
-	for _, v := range config.Vars {
-		known[v.Key] = true
-	}
 	var out []string
 	for _, k := range keys {
-		if !known[k] {
+		if !slices.ContainsFunc(config.Vars, func(v config.Var) bool { return v.Key == k }) {
 			out = append(out, k)
 		}
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -119,10 +120,7 @@ tasks a worker claimed ahead and has not started are handed back, not run.
 
 // scopeName describes a pause scope.
 func scopeName(scope string) string {
-	if scope == "" {
-		return "every worker"
-	}
-	return scope
+	return cmp.Or(scope, "every worker")
 }
 
 func scopeList(scopes []string) string {

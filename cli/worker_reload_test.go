@@ -16,7 +16,7 @@ import (
 // TestRestartExit: after an unmapped SIGHUP a clean run exits 129
 // silently; a failed run keeps its error; without SIGHUP nil stays nil.
 func TestRestartExit(t *testing.T) {
-	modes, err := parseSignals(DefaultSignals)
+	modes, err := daemon.ParseSignals(DefaultSignals, worker.ParseMode)
 	if err != nil {
 		t.Fatal(err)
 	}

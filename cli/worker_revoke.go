@@ -22,12 +22,6 @@ type revokeOptions struct {
 	requester string
 }
 
-// revokeExtra is the "extra" object of `worker revoke --json`.
-type revokeExtra struct {
-	// Stored are the entries as the store holds them after the write.
-	Stored []revoke.Entry `json:"stored"`
-}
-
 func newWorkerRevokeCmd(a *App) *cobra.Command {
 	o := &revokeOptions{}
 	cmd := &cobra.Command{
@@ -101,7 +95,7 @@ func (a *App) revoke(cmd *cobra.Command, o *revokeOptions) error {
 	stored, res, key := rv.Stored, rv.Replies, s.req.SigningKey
 	out := cmd.OutOrStdout()
 	if o.jsonOut {
-		if err := writeJSON(out, toJSON(control.TypeRevoke, s.cfg.ControlNamespace, res, revokeExtra{Stored: stored})); err != nil {
+		if err := writeJSON(out, toJSON(control.TypeRevoke, s.cfg.ControlNamespace, res, map[string][]revoke.Entry{"stored": stored})); err != nil {
 			return err
 		}
 		return durableExit(control.TypeRevoke, res)

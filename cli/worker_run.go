@@ -132,11 +132,6 @@ func (a *App) childHandlers() (*worker.Registry, error) {
 // DefaultSignals is the default signal → shutdown mode mapping.
 const DefaultSignals = "TERM=warm,INT=soft,QUIT=hard"
 
-// parseSignals parses a mapping such as "TERM=warm,INT=soft,QUIT=hard".
-func parseSignals(spec string) (map[os.Signal]worker.Mode, error) {
-	return daemon.ParseSignals(spec, worker.ParseMode)
-}
-
 func (a *App) runWorker(cmd *cobra.Command) error {
 	c, l, err := a.config(cmd)
 	if err != nil {
@@ -173,7 +168,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		}()
 	}
 
-	signalModes, err := parseSignals(c.Signals)
+	signalModes, err := daemon.ParseSignals(c.Signals, worker.ParseMode)
 	if err != nil {
 		_, from, _ := l.Get("STEM_WORKER_SIGNALS")
 		return &stem.ConfigError{Key: from, Value: c.Signals, Msg: err.Error()}
@@ -221,12 +216,16 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 	log.WithFields(logrus.Fields{
 		logging.FieldURL: stem.RedactURL(c.BrokerURL), "namespace": c.Namespace, "signals": c.Signals + " (a second signal escalates)",
 	}).Info("stem worker starting")
-	eng, err := openEngineRetrying(ctx, c, log)
-	if err != nil {
+	// A start cancelled by a signal ends as the signal asks.
+	startErr := func(err error) error {
 		if ctx.Err() != nil {
 			return restartExit(policy, nil, log)
 		}
 		return err
+	}
+	eng, err := openEngineRetrying(ctx, c, log)
+	if err != nil {
+		return startErr(err)
 	}
 	defer eng.Close()
 	// Like the broker, a revoke store that cannot be reached yet is waited
@@ -235,10 +234,7 @@ func (a *App) runWorker(cmd *cobra.Command) error {
 		return openRevokeStore(ctx, c, l, log)
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return restartExit(policy, nil, log)
-		}
-		return err
+		return startErr(err)
 	}
 	defer revokes.Close()
 

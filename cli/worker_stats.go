@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,14 +28,10 @@ uptime, pid, host, queues (paused ones marked) and broadcast channels.
 			return a.runSimple(cmd, o, control.TypeStats, nil, "WORKER\tIN-FLIGHT\tCONCURRENCY\tPREFETCH\tPROCESSED\tFAILED\tRETRIED\tREVOKED\tBROKER\tQUEUES", func(r control.Reply, _ time.Duration) string {
 				var s control.StatsData
 				_ = json.Unmarshal(r.Data, &s)
-				paused := map[string]bool{}
-				for _, p := range s.Paused {
-					paused[p] = true
-				}
 				qs := make([]string, 0, len(s.Queues))
 				for _, q := range s.Queues {
 					e := fmt.Sprintf("%s=%d", q, s.QueueDepth[q])
-					if paused[q] {
+					if slices.Contains(s.Paused, q) {
 						e += "(paused)"
 					}
 					qs = append(qs, e)
@@ -45,10 +42,7 @@ uptime, pid, host, queues (paused ones marked) and broadcast channels.
 				}
 				durable := "?"
 				if d := s.BrokerDurability; d != nil {
-					durable = "durable"
-					if !d.Durable {
-						durable = "NOT-DURABLE"
-					}
+					durable = map[bool]string{true: "durable", false: "NOT-DURABLE"}[d.Durable]
 				}
 				return fmt.Sprintf("%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s", r.Worker, s.InFlight, conc, s.Prefetch,
 					s.Counters.Processed, s.Counters.Failed, s.Counters.Retried, s.Counters.Revoked, durable, strings.Join(qs, " "))

@@ -107,27 +107,17 @@ func printStatus(w io.Writer, rows []workerStatus) {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "WORKER\tSTATE\tPID\tQUEUES\tCONCURRENCY\tIN-FLIGHT\tSTARTED\tLAST SEEN\tSTALE")
 	for _, r := range rows {
-		stale := ""
-		if r.Stale {
-			stale = "STALE"
-		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%s\t%.1fs ago\t%s\n", r.ID, r.State, r.PID, strings.Join(r.Queues, ","), r.Concurrency, r.InFlight,
-			r.StartedAt.UTC().Format(time.RFC3339), r.AgeSeconds, stale)
+			r.StartedAt.UTC().Format(time.RFC3339), r.AgeSeconds, map[bool]string{true: "STALE"}[r.Stale])
 	}
 	tw.Flush()
-}
-
-// statusEvent is one line of `worker status --follow --json`.
-type statusEvent struct {
-	Event  string       `json:"event"` // joined, left, changed
-	Worker workerStatus `json:"worker"`
 }
 
 func (a *App) followStatus(ctx context.Context, out io.Writer, s *controlSession, o *statusOptions) error {
 	prev := map[string]workerStatus{}
 	emit := func(ev string, r workerStatus) {
 		if o.jsonOut {
-			b, _ := json.Marshal(statusEvent{Event: ev, Worker: r})
+			b, _ := json.Marshal(map[string]any{"event": ev, "worker": r}) // ev: joined, left, changed
 			fmt.Fprintln(out, string(b))
 			return
 		}

@@ -6,6 +6,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,13 +67,7 @@ type Task struct {
 // Queue is the queue t is published to: t.Queue, else its route, else
 // DefaultQueue.
 func (c *Client) Queue(t Task) string {
-	if t.Queue != "" {
-		return t.Queue
-	}
-	if q := c.opts.Routes[t.Name]; q != "" {
-		return q
-	}
-	return DefaultQueue
+	return cmp.Or(t.Queue, c.opts.Routes[t.Name], DefaultQueue)
 }
 
 func (c *Client) now() time.Time {

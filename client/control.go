@@ -13,12 +13,9 @@ import (
 	"github.com/stemhq/stem/control/revoke"
 )
 
-// The durable control operations (revoke, pause, resume) write their
-// record to a store first and publish the control message only once the
-// store accepted it: a worker that is down or misses the message applies
-// the record when it starts or resyncs, and no live worker ever sees a
-// revoke or pause that the store does not hold. The namespace and signing
-// key are the Requester's: with a key, records are signed as messages are.
+// Revoke, Pause and Resume publish only once the store accepted the record
+// (a worker that misses the message applies it when it starts or resyncs),
+// with the Requester's namespace and signing key.
 
 // PublishError is returned when the record is stored but the control
 // message could not be published: the operation holds (workers read the
@@ -39,6 +36,17 @@ func Requester() string {
 	}
 	host, _ := os.Hostname()
 	return name + "@" + host
+}
+
+// stamp defaults an operation's issue time (UTC) and requester.
+func stamp(now time.Time, by string) (time.Time, string) {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if by == "" {
+		by = Requester()
+	}
+	return now.UTC(), by
 }
 
 // RevokeRequest is what Revoke revokes.
@@ -70,15 +78,7 @@ type RevokeResult struct {
 // Revoke writes revoke records to store, then publishes them through req.
 // A store error returns before anything is published.
 func Revoke(ctx context.Context, store revoke.Store, req *control.Requester, r RevokeRequest) (RevokeResult, error) {
-	now := r.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	now = now.UTC()
-	by := r.RequestedBy
-	if by == "" {
-		by = Requester()
-	}
+	now, by := stamp(r.Now, r.RequestedBy)
 	res := RevokeResult{Written: make([]revoke.Entry, len(r.TaskIDs))}
 	for i, id := range r.TaskIDs {
 		e := revoke.Entry{Namespace: req.Namespace, TaskID: id, Version: now.UnixNano(), IssuedAt: now,
@@ -133,18 +133,11 @@ func (r PauseRequest) scopes() []string {
 // workers. A store error returns before anything is published.
 func Pause(ctx context.Context, store broker.PauseStore, req *control.Requester, r PauseRequest) (PauseResult, error) {
 	res := PauseResult{Scopes: r.scopes()}
-	now := r.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	by := r.RequestedBy
-	if by == "" {
-		by = Requester()
-	}
+	now, by := stamp(r.Now, r.RequestedBy)
 	var recs []broker.Pause
 	for _, sc := range res.Scopes {
 		for _, q := range r.Queues {
-			p := broker.Pause{Namespace: req.Namespace, Queue: q, Worker: sc, PausedAt: now.UTC(), RequestedBy: by}
+			p := broker.Pause{Namespace: req.Namespace, Queue: q, Worker: sc, PausedAt: now, RequestedBy: by}
 			if len(req.SigningKey) > 0 {
 				p = p.Sign(req.SigningKey)
 			}

@@ -10,7 +10,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,10 +38,9 @@ type Source struct {
 type Lookup []Source
 
 // Get returns the winning value of key and the display name of where it
-// came from (for errors). ok is false when no source sets it. A source
-// that sets the key to the empty string does not count: `FOO=` in the
-// environment does not hide the env file's FOO (the daemon toolkit reads
-// the env file for the nodes the same way).
+// came from (for errors). ok is false when no source sets it. An empty
+// value does not count: `FOO=` in the environment does not hide the env
+// file's FOO.
 func (l Lookup) Get(key string) (value, from string, ok bool) {
 	for _, s := range l {
 		if s.Get == nil {
@@ -70,14 +68,6 @@ func EnvSource(getenv func(string) (string, bool)) Source {
 // MapSource returns a Source backed by a map.
 func MapSource(name string, m map[string]string) Source {
 	return Source{Name: name, Get: func(k string) (string, bool) { v, ok := m[k]; return v, ok }}
-}
-
-func errorText(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err.Error()
-	}
-	return err.Error()
 }
 
 // Var documents one configuration variable.
@@ -134,10 +124,6 @@ var Vars = []Var{
 	{"STEM_LOG_LEVEL", "--log-level", "info", "panic, fatal, error, warn, info, debug or trace"},
 	{"STEM_LOG_FORMAT", "--log-format", "auto", "text, json, journal, or auto (journal when JOURNAL_STREAM is set)"},
 }
-
-// PackagedBrokerURL is the broker of the packaged service, set in
-// /etc/stem/stem.env: one SQLite file in the service's state directory.
-const PackagedBrokerURL = "sqlite:///var/lib/stem/stem.db"
 
 // DefaultBrokerDoc describes the default broker for the docs.
 const DefaultBrokerDoc = "a SQLite file in the per-user state directory"
@@ -241,7 +227,7 @@ func (r *Reader) List(key string, def []string) []string {
 			return def, ""
 		}
 		for _, s := range strings.Split(v, ",") {
-			if s = strings.TrimSpace(s); s != "" && !validName(s) {
+			if s = strings.TrimSpace(s); s != "" && !ValidName(s) {
 				return nil, fmt.Sprintf("queue name %q may hold only letters, digits, '.', '_', '-' and ':'", s)
 			} else if s != "" {
 				out = append(out, s)
@@ -339,9 +325,7 @@ func (r *Reader) URL(key, def string, schemes []string) string {
 }
 
 // ValidName reports whether s is a usable queue, node or namespace name.
-func ValidName(s string) bool { return validName(s) }
-
-func validName(s string) bool {
+func ValidName(s string) bool {
 	if s == "" || len(s) > 200 {
 		return false
 	}
@@ -451,7 +435,7 @@ func Load(l Lookup, numCPU int) (Config, error) {
 	c.ControlMaxAge = r.Duration("STEM_CONTROL_MAX_AGE", 30*time.Second)
 	c.RevokeSync = r.Duration("STEM_REVOKE_SYNC_INTERVAL", 30*time.Second)
 	for _, kv := range []struct{ key, v string }{{"STEM_WORKER_NAMESPACE", c.Namespace}, {"STEM_WORKER_NODE", c.Node}, {"STEM_CONTROL_NAMESPACE", c.ControlNamespace}} {
-		if !validName(kv.v) || strings.Contains(kv.v, ":") {
+		if !ValidName(kv.v) || strings.Contains(kv.v, ":") {
 			_, from, _ := l.Get(kv.key)
 			r.fail(from, kv.v, "may hold only letters, digits, '.', '_' and '-' (no spaces, slashes or colons)")
 		}

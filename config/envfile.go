@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -23,7 +24,11 @@ import (
 func LoadEnvFile(path string) (map[string]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &stem.ConfigError{Key: "env file " + path, Msg: errorText(err)}
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, &stem.ConfigError{Key: "env file " + path, Msg: err.Error()}
 	}
 	if line, msg := ScanEnvFile(data); line > 0 {
 		return nil, &stem.ConfigError{Key: fmt.Sprintf("env file %s:%d", path, line), Msg: msg}
@@ -76,14 +81,10 @@ func ScanEnvFile(data []byte) (line int, msg string) {
 			continue
 		}
 		// A quoted value: find its closing quote, maybe lines later.
-		q := value[0]
-		rest := value[1:]
-		for {
-			if end := closingQuote(rest, q); end >= 0 {
-				break
-			}
+		q, rest := value[0], value[1:]
+		for closingQuote(rest, q) < 0 {
 			if i+1 >= len(lines) {
-				return n, fmt.Sprintf("the value of %s opens a %s quote that is never closed", name, quoteName(q))
+				return n, fmt.Sprintf("the value of %s opens a %s quote that is never closed", name, map[byte]string{'"': "double", '\'': "single"}[q])
 			}
 			i++
 			rest = strings.TrimSuffix(lines[i], "\r")
@@ -104,13 +105,6 @@ func closingQuote(s string, q byte) int {
 		}
 	}
 	return -1
-}
-
-func quoteName(q byte) string {
-	if q == '"' {
-		return "double"
-	}
-	return "single"
 }
 
 // envParseError shortens godotenv's message to what precedes its quote of

@@ -65,18 +65,4 @@
 // signalled. Liveness follows kill(pid, 0): EPERM (another user's process)
 // is alive, ESRCH and zombies are dead. The proc root is a parameter
 // (Proc.Root) so tests use fixtures.
-//
-// # sd_notify
-//
-// Notifier wraps go-systemd's SdNotify, always with unsetEnvironment=false,
-// and ChildEnv strips NOTIFY_SOCKET and WATCHDOG_* from children's
-// environments.
-//
-// # multi
-//
-// Supervisor.Start launches a node detached (own session, output appended
-// to its logfile); Exec runs one node in the foreground by exec(2), so it
-// keeps the PID a supervisor started and signals and exit codes need no
-// forwarding; Stop sends SIGTERM, waits, then SIGKILL; Status maps a
-// node's state to an LSB code (State.LSBCode).
 package daemon

@@ -125,13 +125,9 @@ func (p Proc) BootID() (string, error) {
 }
 
 // HoldsLock reports whether process pid holds the flock(2) lock of the
-// file with device dev and inode ino: whether one of its descriptors
-// refers to that file and /proc/<pid>/fdinfo/<fd> lists a FLOCK lock on
-// it. The kernel prints a lock in a descriptor's fdinfo only when the lock
-// belongs to that descriptor's open file description, so this names a
-// holder exactly, whichever process took the lock and whoever inherited it.
-// A process whose descriptors cannot be read (another user's, without
-// privilege) gives an error: it cannot be verified.
+// file with device dev and inode ino, from /proc/<pid>/fdinfo (see the
+// package documentation). A process whose descriptors cannot be read
+// (another user's, without privilege) gives an error.
 func (p Proc) HoldsLock(pid int, dev, ino uint64) (bool, error) {
 	dir := filepath.Join(p.root(), strconv.Itoa(pid))
 	ents, err := os.ReadDir(filepath.Join(dir, "fd"))

@@ -18,18 +18,13 @@ const (
 	Running
 	// Dead: the pidfile names a process that is not running.
 	Dead
-	// Reused: the pidfile names a live process that is not the node (the
-	// pidfile is not locked, so the process that wrote it is gone, and the
-	// PID was handed to another process).
+	// Reused: the pidfile is not locked and names a live process: not the node.
 	Reused
 	// Invalid: the pidfile does not hold a PID (empty, garbage).
 	Invalid
 	// Unknown: the pidfile or the process could not be read.
 	Unknown
-	// Refused: the pidfile cannot be trusted (see RefusedError): it or its
-	// directory is unsafe, or its lock is held by another process than the
-	// one it names, or that process runs another program than the one
-	// recorded. Nothing is signalled and the file is left alone.
+	// Refused: the pidfile cannot be trusted (see RefusedError).
 	Refused
 )
 
@@ -77,25 +72,11 @@ type Inspection struct {
 // moves when the wall clock is stepped; the slack absorbs small steps.
 const StartSlack = 2 * time.Second
 
-// Inspect reads the pidfile at path and checks the process it names; see
-// the package documentation for the checks and their order. A node is
-// Running only if
-//
-//   - the pidfile and its directory pass CheckPath (owner, mode, no
-//     symbolic link), else Refused;
-//   - the pidfile names a live process, else Dead;
-//   - the pidfile is locked, else Reused (the lock goes when the node
-//     dies, so the PID now names another process);
-//   - that process itself holds the lock (HoldsLock), else Refused: someone
-//     else locked a pidfile naming a process that is not theirs;
-//   - in the current format, the process has the recorded start time, boot
-//     id and program, else Refused; in the old one-line format, it started
-//     no later than the pidfile was written (within StartSlack), else
-//     Refused.
-//
-// An unlocked pidfile naming a live process that started after it was
-// written (or, in the current format, at another time than recorded, or
-// during another boot) is Reused.
+// Inspect reads the pidfile at path and checks the process it names, in
+// the order of the package documentation: CheckPath (else Refused), a live
+// process (else Dead), the lock (else Reused), HoldsLock and the recorded
+// identity, or for the old format a start within StartSlack of the write
+// (else Refused).
 func (p Proc) Inspect(path string) Inspection {
 	if err := CheckPath(path, os.Geteuid()); err != nil {
 		return Inspection{State: Refused, Err: err}
@@ -114,54 +95,42 @@ func (p Proc) Inspect(path string) Inspection {
 		return Inspection{State: Unknown, Err: err}
 	}
 	in := Inspection{Pidfile: info}
+	set := func(st State, err error) Inspection {
+		in.State, in.Err = st, err
+		return in
+	}
+	dead := fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
+	var proc ProcessInfo
 	alive, err := p.Alive(info.PID)
-	if err != nil {
-		in.State, in.Err = Unknown, fmt.Errorf("pidfile %s: %w", path, err)
-		return in
+	if alive && err == nil {
+		proc, err = p.Process(info.PID)
 	}
-	if !alive {
-		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
-		return in
-	}
-	proc, err := p.Process(info.PID)
-	if errors.Is(err, ErrNoProcess) {
-		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
-		return in
-	}
-	if err != nil {
-		in.State, in.Err = Unknown, fmt.Errorf("pidfile %s: %w", path, err)
-		return in
+	switch {
+	case errors.Is(err, ErrNoProcess), !alive && err == nil:
+		return set(Dead, dead)
+	case err != nil:
+		return set(Unknown, fmt.Errorf("pidfile %s: %w", path, err))
 	}
 	in.Process = proc
 	mismatch := p.identityMismatch(info, proc)
 	if !info.Locked {
-		in.State = Reused
 		if mismatch != "" {
-			in.Err = fmt.Errorf("pidfile %s names PID %d, but %s: the PID was reused", path, info.PID, mismatch)
-		} else {
-			in.Err = fmt.Errorf("pidfile %s names PID %d (%s), but no process holds the pidfile's lock, so the node that wrote it is gone and the PID was reused", path, info.PID, proc.Comm)
+			return set(Reused, fmt.Errorf("pidfile %s names PID %d, but %s: the PID was reused", path, info.PID, mismatch))
 		}
-		return in
+		return set(Reused, fmt.Errorf("pidfile %s names PID %d (%s), but no process holds the pidfile's lock, so the node that wrote it is gone and the PID was reused", path, info.PID, proc.Comm))
 	}
 	held, err := p.HoldsLock(info.PID, info.Dev, info.Ino)
 	switch {
 	case errors.Is(err, ErrNoProcess):
-		in.State, in.Err = Dead, fmt.Errorf("pidfile %s names PID %d, which is not running", path, info.PID)
-		return in
+		return set(Dead, dead)
 	case err != nil:
-		in.State, in.Err = Refused, &RefusedError{What: "pidfile", Path: path, Reason: err.Error() + "; not signalled"}
-		return in
+		return set(Refused, &RefusedError{What: "pidfile", Path: path, Reason: err.Error() + "; not signalled"})
 	case !held:
-		in.State = Refused
-		in.Err = &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("it is locked, but not by PID %d (%s), the process it names; it was not written for that process, which is not signalled", info.PID, proc.Comm)}
-		return in
+		return set(Refused, &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("it is locked, but not by PID %d (%s), the process it names; it was not written for that process, which is not signalled", info.PID, proc.Comm)})
 	case mismatch != "":
-		in.State = Refused
-		in.Err = &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("PID %d holds its lock, but %s; not signalled", info.PID, mismatch)}
-		return in
+		return set(Refused, &RefusedError{What: "pidfile", Path: path, Reason: fmt.Sprintf("PID %d holds its lock, but %s; not signalled", info.PID, mismatch)})
 	}
-	in.State = Running
-	return in
+	return set(Running, nil)
 }
 
 // identityMismatch compares the process the pidfile names with what the

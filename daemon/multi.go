@@ -137,19 +137,14 @@ func commandExe(path, dir string) ExeID {
 	if !filepath.IsAbs(path) && dir != "" {
 		path = filepath.Join(dir, path)
 	}
-	id, err := ResolveExe(path)
-	if err != nil {
-		return ExeID{}
-	}
+	id, _ := ResolveExe(path) // the zero ExeID on an error
 	return id
 }
 
-// Start launches n detached: in its own session, stdin from /dev/null,
-// stdout and stderr appended to n.Logfile, without the service manager's
-// variables (see ChildEnv). The pidfile is written by Start with the
-// child's PID and stays locked by the child, which inherits the locked
-// descriptor as fd 3 (named by STEM_WORKER_PIDFILE_FD). A node that already
-// runs is not started again: the Result's Err says so.
+// Start launches n detached (own session, stdin /dev/null, output appended
+// to n.Logfile, no service manager variables: ChildEnv) and writes its
+// pidfile, which the child keeps locked through fd 3 (PidfileFDEnv). A node
+// that already runs is not started again: the Result's Err says so.
 func (s Supervisor) Start(n Node) Result {
 	if len(n.Argv) == 0 {
 		return Result{Node: n.Name, Err: fmt.Errorf("%s: no command to run", n.Name)}
@@ -276,6 +271,7 @@ func (s Supervisor) stop(n Node, sig syscall.Signal, timeout time.Duration) Resu
 		r.Err = fmt.Errorf("%s: %w", n.Name, err)
 		return r
 	}
+	killed := "killed"
 	if sig != syscall.SIGKILL {
 		if s.Proc.WaitExit(pid, ticks, time.Now().Add(timeout)) {
 			return s.gone(n, r, "stopped")
@@ -284,11 +280,10 @@ func (s Supervisor) stop(n Node, sig syscall.Signal, timeout time.Duration) Resu
 			r.Err = fmt.Errorf("%s: did not stop within %s, and SIGKILL failed: %w", n.Name, timeout, err)
 			return r
 		}
-		if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
-			return s.gone(n, r, fmt.Sprintf("killed (SIGKILL after %s)", timeout))
-		}
-	} else if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
-		return s.gone(n, r, "killed")
+		killed = fmt.Sprintf("killed (SIGKILL after %s)", timeout)
+	}
+	if s.Proc.WaitExit(pid, ticks, time.Now().Add(s.killWait())) {
+		return s.gone(n, r, killed)
 	}
 	r.Err = fmt.Errorf("%s: PID %d still runs after SIGKILL", n.Name, pid)
 	return r
@@ -304,15 +299,11 @@ func (s Supervisor) gone(n Node, r Result, msg string) Result {
 	return r
 }
 
-// Exec runs n in the foreground by replacing the current process with it
-// (execve), so the node keeps this process's PID: under systemd or another
-// supervisor it is the main process, receives signals directly, and its
-// exit code is the one the supervisor sees. Before the exec, Exec writes
-// the pidfile with this PID and leaves its locked descriptor open across
-// the exec, so the pidfile stays locked while the node runs; it appends
-// stdout and stderr to n.Logfile when one is set. Exec returns only on
-// failure. n.Env is used as is: the service manager's variables are kept,
-// since the node becomes the service's main process.
+// Exec replaces this process with n (execve), so the node keeps the PID a
+// supervisor started, gets its signals and gives it its exit code. The
+// pidfile names this PID and stays locked across the exec; output goes to
+// n.Logfile when one is set; n.Env is used as is (the node becomes the
+// service's main process). Exec returns only on failure.
 func (s Supervisor) Exec(n Node) error {
 	if len(n.Argv) == 0 {
 		return fmt.Errorf("%s: no command to run", n.Name)
@@ -339,37 +330,35 @@ func (s Supervisor) Exec(n Node) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
+	fail := func(err error) error {
+		pf.Remove()
+		return fmt.Errorf("%s: %w", n.Name, err)
+	}
 	env := append([]string(nil), n.Env...)
 	if f := pf.File(); f != nil { // nil: adopted, already inherited
 		fd := int(f.Fd())
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
-			pf.Remove()
-			return fmt.Errorf("%s: keeping the pidfile open across exec: %w", n.Name, err)
+			return fail(fmt.Errorf("keeping the pidfile open across exec: %w", err))
 		}
 		env = append(env, PidfileFDEnv+"="+strconv.Itoa(fd))
 	}
 	if n.Logfile != "" {
 		logf, err := openLog(n.Logfile)
 		if err != nil {
-			pf.Remove()
-			return fmt.Errorf("%s: %w", n.Name, err)
+			return fail(err)
 		}
 		for _, target := range []int{1, 2} {
 			if err := unix.Dup3(int(logf.Fd()), target, 0); err != nil {
-				pf.Remove()
-				return fmt.Errorf("%s: redirecting output to %s: %w", n.Name, n.Logfile, err)
+				return fail(fmt.Errorf("redirecting output to %s: %w", n.Logfile, err))
 			}
 		}
 	}
 	if n.Dir != "" {
 		if err := os.Chdir(n.Dir); err != nil {
-			pf.Remove()
-			return fmt.Errorf("%s: %w", n.Name, err)
+			return fail(err)
 		}
 	}
-	err = syscall.Exec(path, n.Argv, env)
-	pf.Remove()
-	return fmt.Errorf("%s: exec %s: %w", n.Name, path, err)
+	return fail(fmt.Errorf("exec %s: %w", path, syscall.Exec(path, n.Argv, env)))
 }
 
 // Default path templates of `worker multi`.
@@ -386,10 +375,8 @@ func (e *UsageError) Error() string { return e.Msg }
 
 func usagef(format string, args ...any) error { return &UsageError{Msg: fmt.Sprintf(format, args...)} }
 
-// CheckNodeName refuses node names that cannot be used in paths: empty,
-// with slashes, spaces or other characters outside letters, digits and
-// . _ -, with a colon (the rule of STEM_WORKER_NODE in worker run), or made
-// of dots only.
+// CheckNodeName refuses node names that cannot be used in paths: anything
+// but letters, digits and . _ - (no colon, as in worker run), or only dots.
 func CheckNodeName(name string) error {
 	if !config.ValidName(name) || strings.Contains(name, ":") || strings.Trim(name, ".") == "" {
 		return usagef("invalid node name %q: use letters, digits and . _ - (no spaces, slashes or colons)", name)
@@ -512,9 +499,7 @@ func (p StartPlan) Nodes(names []string, now time.Time) ([]Node, error) {
 		if n.Logfile != "" {
 			vars["STEM_WORKER_LOGFILE"] = n.Logfile
 		}
-		for k, v := range set {
-			vars[k] = v
-		}
+		maps.Copy(vars, set)
 		n.Argv, n.Dir = argv, p.Dir
 		n.Env = ChildEnviron(p.Environ, p.EnvFile, vars)
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,14 +47,10 @@ func (n *Notifier) Notify(state string) (bool, error) {
 	defer n.mu.Unlock()
 	sent, err := n.send(state)
 	if err != nil {
-		return sent, fmt.Errorf("sd_notify %q: %w", firstLine(state), err)
+		line, _, _ := strings.Cut(state, "\n")
+		return sent, fmt.Errorf("sd_notify %q: %w", line, err)
 	}
 	return sent, nil
-}
-
-func firstLine(s string) string {
-	line, _, _ := strings.Cut(s, "\n")
-	return line
 }
 
 func (n *Notifier) notify(state string) error {
@@ -145,15 +142,10 @@ var serviceManagerVars = []string{"NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USE
 // LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES. env is not modified.
 func ChildEnv(env []string) []string {
 	out := make([]string, 0, len(env))
-next:
 	for _, kv := range env {
-		key, _, _ := strings.Cut(kv, "=")
-		for _, v := range serviceManagerVars {
-			if key == v {
-				continue next
-			}
+		if key, _, _ := strings.Cut(kv, "="); !slices.Contains(serviceManagerVars, key) {
+			out = append(out, kv)
 		}
-		out = append(out, kv)
 	}
 	return out
 }

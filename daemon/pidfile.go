@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -377,20 +378,12 @@ func (p *Pidfile) Commit(pid int) error {
 	return fmt.Errorf("pidfile %s already exists (stale: remove it first)", p.path)
 }
 
-// CreatePidfile creates the pidfile path naming pid, exclusively, and locks
-// it until Remove or until the process exits. This is the function a node
-// calls to write its own pidfile (`stem worker run --pidfile`): call it
-// with os.Getpid() once the worker starts, and Remove at exit. The program
-// recorded is the one pid runs now.
-//
-// If path already names pid and pid holds its lock, the pidfile was
-// written for this process by its launcher (`stem worker multi`, which
-// passes the locked file on): CreatePidfile adopts it and Remove will
-// delete it. When the launcher recorded another program (the node was
-// started through a wrapper that exec'ed it), the record is brought up to
-// date. A stale pidfile (unlocked: its node is gone) is removed and
-// replaced. A pidfile locked by a live node gives an *ExistsError; an
-// unsafe one (see CheckPath) a *RefusedError.
+// CreatePidfile creates the pidfile path naming pid (a node's own,
+// `stem worker run --pidfile`), exclusively, locked until Remove or exit.
+// A pidfile that already names pid under pid's lock (written by `stem
+// worker multi`) is adopted, its record brought up to date; a stale one is
+// replaced. One locked by a live node gives an *ExistsError; an unsafe one
+// (see CheckPath) a *RefusedError.
 func CreatePidfile(path string, pid int) (*Pidfile, error) {
 	return createPidfile(path, pid, ExeID{})
 }
@@ -500,10 +493,7 @@ func (p *Pidfile) Remove() error {
 		err = removeIfNames(p.path, p.pid)
 		p.committed = false
 	}
-	if cerr := p.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	return err
+	return cmp.Or(err, p.Close())
 }
 
 // removeIfNames removes the pidfile at path if it names pid.
@@ -577,8 +567,7 @@ const PidfileFDEnv = "STEM_WORKER_PIDFILE_FD"
 // after the node dies. A node calls it once at start; it does nothing when
 // the variable is unset or malformed.
 func ProtectInheritedPidfile(getenv func(string) string) {
-	v := getenv(PidfileFDEnv)
-	fd, err := strconv.Atoi(v)
+	fd, err := strconv.Atoi(getenv(PidfileFDEnv))
 	if err != nil || fd < 3 {
 		return
 	}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -33,10 +34,7 @@ type Proc struct {
 }
 
 func (p Proc) root() string {
-	if p.Root == "" {
-		return "/proc"
-	}
-	return p.Root
+	return cmp.Or(p.Root, "/proc")
 }
 
 func (p Proc) ticks() int64 {
@@ -241,12 +239,9 @@ func (p Proc) WaitExit(pid int, startTicks uint64, deadline time.Time) bool {
 				return true
 			}
 			for {
-				ms := time.Until(deadline).Milliseconds()
+				ms := min(time.Until(deadline).Milliseconds(), 1<<30)
 				if ms <= 0 {
 					return gone()
-				}
-				if ms > 1<<30 {
-					ms = 1 << 30
 				}
 				fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 				n, err := unix.Poll(fds, int(ms))

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,10 +78,7 @@ func NewShutdown[M ~int](modes map[os.Signal]M, warm, hard M) *Shutdown[M] {
 // Signals are the signals to subscribe to: the mapped ones, and SIGHUP
 // when it is the warm restart.
 func (s *Shutdown[M]) Signals() []os.Signal {
-	out := make([]os.Signal, 0, len(s.modes)+1)
-	for sig := range s.modes {
-		out = append(out, sig)
-	}
+	out := slices.Collect(maps.Keys(s.modes))
 	if s.hupRestart {
 		out = append(out, syscall.SIGHUP)
 	}

@@ -5,13 +5,11 @@
 // the caller plugs one in (Input.Connect, `stem worker diagnose
 // --connect`).
 //
-// Every check yields one Check with a stable Name and a Level: info (all
-// is well, or nothing to check), warning (works, but deserves a look) or
-// error (will not work). The CLI prints them as [OK], [WARN] and [ERR]
-// lines and exits 1 when any is an error.
+// Every check yields one Check with a stable Name and a Level.
 package diagnose
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +34,8 @@ import (
 // Level is the severity of a check's result.
 type Level string
 
-// Levels, from best to worst.
+// Levels, from best to worst: all is well (or nothing to check), works but
+// deserves a look, will not work.
 const (
 	Info    Level = "info"
 	Warning Level = "warning"
@@ -45,13 +44,7 @@ const (
 
 // Tag is the level's marker in text output: [OK], [WARN] or [ERR].
 func (l Level) Tag() string {
-	switch l {
-	case Warning:
-		return "[WARN]"
-	case Error:
-		return "[ERR]"
-	}
-	return "[OK]"
+	return cmp.Or(map[Level]string{Warning: "[WARN]", Error: "[ERR]"}[l], "[OK]")
 }
 
 // Names of the checks (stable: they are part of the JSON schema).
@@ -171,44 +164,38 @@ func checkDir(r *Report, name, what, dir string) {
 	switch {
 	case err == nil && !st.IsDir():
 		r.add(name, Error, "%s directory %s is not a directory", what, dir)
-		return
 	case err == nil:
 		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
 			r.add(name, Error, "%s directory %s is not writable: %v", what, dir, err)
-			return
+		} else {
+			r.add(name, Info, "%s directory %s exists and is writable", what, dir)
 		}
-		r.add(name, Info, "%s directory %s exists and is writable", what, dir)
-		return
 	case !missing(err):
 		r.add(name, Error, "%s directory %s: %v", what, dir, unwrap(err))
+	}
+	if err == nil || !missing(err) {
 		return
 	}
 	// Missing: can it be created? Find the nearest existing ancestor.
-	parent := filepath.Dir(dir)
-	for {
+	for parent := filepath.Dir(dir); ; parent = filepath.Dir(parent) {
 		st, err := os.Stat(parent)
-		if err == nil {
-			if !st.IsDir() {
-				r.add(name, Error, "%s directory %s does not exist and cannot be created: %s is not a directory", what, dir, parent)
-				return
-			}
+		switch {
+		case err == nil && !st.IsDir():
+			r.add(name, Error, "%s directory %s does not exist and cannot be created: %s is not a directory", what, dir, parent)
+		case err == nil:
 			if err := unix.Access(parent, unix.W_OK|unix.X_OK); err != nil {
 				r.add(name, Error, "%s directory %s does not exist and cannot be created: %s is not writable (%v)", what, dir, parent, err)
-				return
+			} else {
+				r.add(name, Warning, "%s directory %s does not exist; `stem worker multi start` will create it", what, dir)
 			}
-			r.add(name, Warning, "%s directory %s does not exist; `stem worker multi start` will create it", what, dir)
-			return
-		}
-		if !missing(err) {
+		case !missing(err):
 			r.add(name, Error, "%s directory %s does not exist and cannot be created: %v", what, dir, unwrap(err))
-			return
-		}
-		next := filepath.Dir(parent)
-		if next == parent {
+		case filepath.Dir(parent) == parent:
 			r.add(name, Error, "%s directory %s: no existing parent", what, dir)
-			return
+		default:
+			continue
 		}
-		parent = next
+		return
 	}
 }
 
@@ -239,10 +226,7 @@ func checkPidfile(r *Report, in Input) {
 		r.add(CheckPidfile, Error, "%v", ins.Err)
 		return
 	}
-	lock := "not locked"
-	if ins.Pidfile.Locked {
-		lock = "locked"
-	}
+	lock := map[bool]string{true: "locked", false: "not locked"}[ins.Pidfile.Locked]
 	r.add(CheckPidfile, Info, "pidfile %s names PID %d (written %s, %s)", in.Pidfile, ins.Pidfile.PID, ins.Pidfile.Written.UTC().Format(time.RFC3339), lock)
 	switch ins.State {
 	case daemon.Running:
@@ -347,11 +331,7 @@ func checkEnvironment(r *Report, environ []string) {
 func checkCommand(r *Report, in Input, get func(string) (string, bool)) {
 	raw, ok := get("STEM_WORKER_COMMAND")
 	if !ok || strings.TrimSpace(raw) == "" {
-		def := in.DefaultCommand
-		if def == "" {
-			def = "stem worker run"
-		}
-		r.add(CheckCommand, Info, "STEM_WORKER_COMMAND is not set: `stem worker multi` runs %q", def)
+		r.add(CheckCommand, Info, "STEM_WORKER_COMMAND is not set: `stem worker multi` runs %q", cmp.Or(in.DefaultCommand, "stem worker run"))
 		return
 	}
 	argv, err := shlex.Split(raw)

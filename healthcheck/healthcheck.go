@@ -4,11 +4,8 @@
 // systemd's ExecStartPost=, a container's liveness probe or a cron job.
 //
 // Identity is checked as `stem worker multi` checks it before a signal
-// (daemon.Proc.Inspect): the pidfile must be locked by the running node and
-// name a process that started no later than the pidfile was written. A
-// readiness check (is the worker's heartbeat fresh? that one needs the
-// broker) plugs in as Probe.Readiness and runs only when the process is
-// alive.
+// (daemon.Proc.Inspect). A readiness check, which needs the broker, plugs
+// in as Probe.Readiness.
 package healthcheck
 
 import (
@@ -32,20 +29,20 @@ const (
 	CodeInvalidPID = "invalid-pid"
 	// CodeNotRunning: the pidfile names a process that is not running.
 	CodeNotRunning = "process-not-running"
-	// CodePidReused: the pidfile names a live process that is not the
-	// node (started after the pidfile was written, or the pidfile is not
-	// locked by anyone).
+	// CodePidReused: the pidfile names a live process that is not the node.
 	CodePidReused = "pid-reused"
-	// CodePidfileUnreadable: the pidfile or /proc could not be read
-	// (permissions, say).
+	// CodePidfileUnreadable: the pidfile or /proc could not be read.
 	CodePidfileUnreadable = "pidfile-unreadable"
-	// CodePidfileRefused: the pidfile is refused (daemon.Refused): it or
-	// its directory is unsafe, or its lock is not held by the process it
-	// names, or that process runs another program than the one recorded.
+	// CodePidfileRefused: the pidfile is refused (daemon.Refused).
 	CodePidfileRefused = "pidfile-refused"
 	// CodeNotReady: the process runs but the readiness check failed.
 	CodeNotReady = "not-ready"
 )
+
+// stateCodes are the codes of the states that are not Running (any other
+// is CodePidfileUnreadable).
+var stateCodes = map[daemon.State]string{daemon.NotRunning: CodePidfileMissing, daemon.Invalid: CodeInvalidPID,
+	daemon.Dead: CodeNotRunning, daemon.Reused: CodePidReused, daemon.Refused: CodePidfileRefused}
 
 // Target says what to check.
 type Target struct {
@@ -107,23 +104,11 @@ func (p Probe) Check(ctx context.Context, t Target) Result {
 		r.Timestamp = in.Process.Start.UTC().Format(time.RFC3339)
 		r.UptimeSeconds = &up
 	}
-	switch in.State {
-	case daemon.Running:
-	case daemon.NotRunning:
-		r.Error = CodePidfileMissing
-	case daemon.Invalid:
-		r.Error = CodeInvalidPID
-	case daemon.Dead:
-		r.Error = CodeNotRunning
-	case daemon.Reused:
-		r.Error = CodePidReused
-	case daemon.Refused:
-		r.Error = CodePidfileRefused
-	default:
-		r.Error = CodePidfileUnreadable
-	}
-	if r.Error != "" {
-		r.Message = in.Err.Error()
+	if in.State != daemon.Running {
+		r.Error, r.Message = CodePidfileUnreadable, in.Err.Error()
+		if c, ok := stateCodes[in.State]; ok {
+			r.Error = c
+		}
 		return r
 	}
 	if p.Readiness != nil {

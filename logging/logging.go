@@ -2,19 +2,17 @@
 // packages never log through package-level logrus functions; they receive a
 // logrus.FieldLogger.
 //
-// Formats: "text" (human, with timestamps), "json" (for log shippers), and
-// "journal": no timestamps (journald adds its own) and every line prefixed
-// with its sd-daemon priority ("<3>" error ... "<7>" debug), so
-// `journalctl -p warning` filters correctly. "auto" picks "journal" when
-// JOURNAL_STREAM is set (systemd connected stderr to the journal), else
-// "text".
+// Formats: "text" (with timestamps), "json", "journal" (JournalFormatter,
+// so `journalctl -p warning` filters correctly), and "auto" (ResolveFormat).
 package logging
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -49,10 +47,7 @@ type Options struct {
 func New(w io.Writer, o Options) (*logrus.Logger, error) {
 	l := logrus.New()
 	l.SetOutput(w)
-	lvl := o.Level
-	if lvl == "" {
-		lvl = "info"
-	}
+	lvl := cmp.Or(o.Level, "info")
 	level, err := logrus.ParseLevel(lvl)
 	if err != nil {
 		return nil, fmt.Errorf("log level %q: %w", lvl, err)
@@ -120,10 +115,8 @@ func ResolveFormat(format, journalStream string) string {
 // Priority returns the sd-daemon priority of a logrus level.
 func Priority(l logrus.Level) int {
 	switch l {
-	case logrus.PanicLevel:
+	case logrus.PanicLevel, logrus.FatalLevel:
 		return 2 // crit
-	case logrus.FatalLevel:
-		return 2
 	case logrus.ErrorLevel:
 		return 3
 	case logrus.WarnLevel:
@@ -142,12 +135,7 @@ type JournalFormatter struct{}
 func (JournalFormatter) Format(e *logrus.Entry) ([]byte, error) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "<%d>%s", Priority(e.Level), strings.ReplaceAll(e.Message, "\n", " "))
-	keys := make([]string, 0, len(e.Data))
-	for k := range e.Data {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(e.Data)) {
 		v := fmt.Sprint(e.Data[k])
 		if strings.ContainsAny(v, " \"=") || v == "" {
 			v = fmt.Sprintf("%q", v)

@@ -1,9 +1,6 @@
 // Package routing reads stem's routing file: the default queue, the queues
 // workers consume, aliases that name groups of queues or broadcast
-// channels, and the broadcast channels themselves. The CLI finds the file
-// through STEM_ROUTING_CONFIG (or --routing-config); `stem worker multi
-// --queue/--broadcast` resolves aliases through it and `stem routing dump`
-// prints it.
+// channels, and the broadcast channels themselves (STEM_ROUTING_CONFIG).
 //
 // The file is YAML:
 //
@@ -29,8 +26,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/stemhq/stem/config"
@@ -259,10 +257,6 @@ func stringList(c *Config, v *yaml.Node, what string) ([]string, error) {
 	return nil, &Error{File: c.file, Line: v.Line, Msg: what + ": expected a name or a list of names"}
 }
 
-// ValidName reports whether s can name a queue, channel or alias: letters,
-// digits and . _ - : (no spaces, no slashes), at most 200 characters.
-func ValidName(s string) bool { return config.ValidName(s) }
-
 // Validate checks the config: valid names, a default queue that is one of
 // the queues, aliases that name only queues or only channels and do not
 // shadow them. Loaded configs name the file and line.
@@ -273,13 +267,13 @@ func (c *Config) Validate() error {
 	if len(c.Queues) == 0 {
 		return c.errorf("queues", "no queues are defined")
 	}
-	for _, name := range sortedKeys(c.Queues) {
-		if !ValidName(name) {
+	for _, name := range slices.Sorted(maps.Keys(c.Queues)) {
+		if !config.ValidName(name) {
 			return c.errorf("queues."+name, "queue name %q may hold only letters, digits and . _ - :", name)
 		}
 	}
-	for _, name := range sortedKeys(c.Broadcasts) {
-		if !ValidName(name) {
+	for _, name := range slices.Sorted(maps.Keys(c.Broadcasts)) {
+		if !config.ValidName(name) {
 			return c.errorf("broadcasts."+name, "broadcast channel name %q may hold only letters, digits and . _ - :", name)
 		}
 		if _, ok := c.Queues[name]; ok {
@@ -287,11 +281,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	if _, ok := c.Queues[c.DefaultQueue]; !ok {
-		return c.errorf("default_queue", "default_queue %q is not one of the queues (%s)", c.DefaultQueue, strings.Join(sortedKeys(c.Queues), ", "))
+		return c.errorf("default_queue", "default_queue %q is not one of the queues (%s)", c.DefaultQueue, strings.Join(slices.Sorted(maps.Keys(c.Queues)), ", "))
 	}
-	for _, name := range sortedKeys(c.Aliases) {
+	for _, name := range slices.Sorted(maps.Keys(c.Aliases)) {
 		key := "aliases." + name
-		if !ValidName(name) {
+		if !config.ValidName(name) {
 			return c.errorf(key, "alias name %q may hold only letters, digits and . _ - :", name)
 		}
 		if _, ok := c.Queues[name]; ok {
@@ -326,15 +320,6 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // ResolveQueues turns queue names and aliases into queue names, in order,
 // without duplicates. A name that is neither gives an *UnknownError; an
 // alias of broadcast channels is an error too.
@@ -350,29 +335,22 @@ func (c *Config) ResolveBroadcasts(names []string) ([]string, error) {
 
 func (c *Config) resolve(names []string, kind string, known func(string) bool) ([]string, error) {
 	var out []string
-	seen := map[string]bool{}
-	add := func(n string) {
-		if !seen[n] {
-			seen[n] = true
-			out = append(out, n)
-		}
-	}
 	for _, n := range names {
 		switch targets, isAlias := c.Aliases[n]; {
 		case known(n):
-			add(n)
+			out = append(out, n)
 		case isAlias:
 			for _, t := range targets {
 				if !known(t) {
 					return nil, &Error{File: c.file, Msg: fmt.Sprintf("alias %q names %q, which is not a %s", n, t, kind)}
 				}
-				add(t)
 			}
+			out = append(out, targets...)
 		default:
 			return nil, &UnknownError{Name: n, Kind: kind, File: c.file}
 		}
 	}
-	return out, nil
+	return dedupe(out), nil
 }
 
 // Format is an output format of Dump.
@@ -504,7 +482,7 @@ func ResolveFile(path string, queues, broadcasts []string) (qs, bs []string, err
 			names []string
 		}{{"queue", queues}, {"broadcast", broadcasts}} {
 			for _, n := range l.names {
-				if !ValidName(n) {
+				if !config.ValidName(n) {
 					return nil, nil, &ListError{Kind: l.kind, Name: n}
 				}
 			}

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stemhq/stem/config"
 )
 
 func TestSampleRoundTrips(t *testing.T) {
@@ -184,14 +186,15 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestValidName pins the names a routing file may use (config.ValidName).
 func TestValidName(t *testing.T) {
 	for _, ok := range []string{"default", "a.b-c_d:e", "ünï"} {
-		if !ValidName(ok) {
+		if !config.ValidName(ok) {
 			t.Errorf("ValidName(%q) = false", ok)
 		}
 	}
 	for _, bad := range []string{"", "a b", "a/b", strings.Repeat("x", 201), "a\tb"} {
-		if ValidName(bad) {
+		if config.ValidName(bad) {
 			t.Errorf("ValidName(%q) = true", bad)
 		}
 	}

@@ -1,10 +1,8 @@
 // Package templating expands the placeholders of stem's path templates
 // (pidfiles, logfiles, per-node settings), such as "/var/run/stem/%n.pid".
 //
-// The placeholders are listed once, in Specifiers; docs/daemon.md carries
-// the same table and a test checks that the two agree. An unknown
-// specifier, or a '%' at the end of a template, is an error that shows the
-// template and the position: a typo is never kept silently as a literal.
+// The placeholders are listed once, in Specifiers (docs/daemon.md's table
+// is checked against it); a typo is an error, never kept as a literal.
 //
 // Expand is a pure function: the caller supplies the host name and the
 // invocation's timestamp, so one command expands every node's templates with
@@ -13,6 +11,7 @@ package templating
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,12 +46,7 @@ type Specifier struct {
 }
 
 // ExampleVars are the values the Example column of the docs table uses.
-var ExampleVars = Vars{
-	Node:     "alpha",
-	Hostname: "db1.example.com",
-	Index:    2,
-	Time:     time.Date(2025, 1, 2, 15, 4, 5, 0, time.UTC),
-}
+var ExampleVars = Vars{Node: "alpha", Hostname: "db1.example.com", Index: 2, Time: time.Date(2025, 1, 2, 15, 4, 5, 0, time.UTC)}
 
 // Specifiers is the table of placeholders, in documentation order.
 var Specifiers = []Specifier{
@@ -110,15 +104,6 @@ func Verbs() string {
 	return strings.Join(parts, " ")
 }
 
-func lookup(verb rune) *Specifier {
-	for i := range Specifiers {
-		if rune(Specifiers[i].Verb) == verb {
-			return &Specifiers[i]
-		}
-	}
-	return nil
-}
-
 // Expand replaces the placeholders of template with v's values. It returns
 // an *Error for an unknown specifier, a trailing lone '%', or a placeholder
 // whose value v lacks (an empty node name, say).
@@ -138,11 +123,11 @@ func Expand(template string, v Vars) (string, error) {
 			return "", &Error{Template: template, Column: i + 1, Msg: "lone % at the end (write %% for a literal %)"}
 		}
 		i++
-		s := lookup(runes[i])
-		if s == nil {
+		k := slices.IndexFunc(Specifiers, func(s Specifier) bool { return rune(s.Verb) == runes[i] })
+		if k < 0 {
 			return "", &Error{Template: template, Column: i, Msg: fmt.Sprintf("unknown specifier %%%c (known: %s)", runes[i], Verbs())}
 		}
-		out, err := s.expand(v)
+		out, err := Specifiers[k].expand(v)
 		if err != nil {
 			return "", &Error{Template: template, Column: i, Msg: err.Error()}
 		}

@@ -123,32 +123,29 @@ func (in Installer) compare(root string, f File) (Action, error) {
 	if err != nil {
 		return "", fmt.Errorf("install: %v", errText(err))
 	}
-	if f.Link != "" {
+	var why string
+	switch {
+	case f.Link != "":
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			if cur, err := os.Readlink(dst); err == nil && sameTarget(root, cur, f.Link) {
 				return Unchanged, nil
 			}
 		}
-		if !in.Force {
-			return "", &ExistsError{Path: f.Path, Why: "is not a symlink to " + f.Link}
+		why = "is not a symlink to " + f.Link
+	case !fi.Mode().IsRegular():
+		why = "is not a regular file"
+	default:
+		cur, err := os.ReadFile(dst)
+		if err != nil {
+			return "", fmt.Errorf("install: %v", errText(err))
 		}
-		return Replaced, nil
-	}
-	if !fi.Mode().IsRegular() {
-		if !in.Force {
-			return "", &ExistsError{Path: f.Path, Why: "is not a regular file"}
+		if bytes.Equal(cur, f.Content) {
+			return Unchanged, nil
 		}
-		return Replaced, nil
-	}
-	cur, err := os.ReadFile(dst)
-	if err != nil {
-		return "", fmt.Errorf("install: %v", errText(err))
-	}
-	if bytes.Equal(cur, f.Content) {
-		return Unchanged, nil
+		why = "differs from what would be written"
 	}
 	if !in.Force {
-		return "", &ExistsError{Path: f.Path, Why: "differs from what would be written"}
+		return "", &ExistsError{Path: f.Path, Why: why}
 	}
 	return Replaced, nil
 }
@@ -172,26 +169,20 @@ func sameTarget(root, a, b string) bool {
 func write(dst string, f File) error {
 	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".stem-tmp")
 	_ = os.Remove(tmp)
+	var err error
 	if f.Link != "" {
-		if err := os.Symlink(f.Link, tmp); err != nil {
-			return fmt.Errorf("install: %v", errText(err))
-		}
-	} else {
-		if err := os.WriteFile(tmp, f.Content, f.Mode); err != nil {
-			_ = os.Remove(tmp)
-			return fmt.Errorf("install: %v", errText(err))
-		}
-		// WriteFile's mode is filtered by the umask.
-		if err := os.Chmod(tmp, f.Mode); err != nil {
-			_ = os.Remove(tmp)
-			return fmt.Errorf("install: %v", errText(err))
-		}
+		err = os.Symlink(f.Link, tmp)
+	} else if err = os.WriteFile(tmp, f.Content, f.Mode); err == nil {
+		err = os.Chmod(tmp, f.Mode) // WriteFile's mode is filtered by the umask.
 	}
-	if fi, err := os.Lstat(dst); err == nil && fi.IsDir() {
+	if fi, lerr := os.Lstat(dst); err == nil && lerr == nil && fi.IsDir() {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("install: %s is a directory", dst)
 	}
-	if err := os.Rename(tmp, dst); err != nil {
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("install: %v", errText(err))
 	}

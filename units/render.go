@@ -24,16 +24,11 @@ const (
 	KindEnableLink
 )
 
+var kindNames = [...]string{KindTemplate: "template", KindTarget: "target", KindNodeEnv: "node-env", KindEnableLink: "enable-link"}
+
 func (k Kind) String() string {
-	switch k {
-	case KindTemplate:
-		return "template"
-	case KindTarget:
-		return "target"
-	case KindNodeEnv:
-		return "node-env"
-	case KindEnableLink:
-		return "enable-link"
+	if k > 0 && int(k) < len(kindNames) {
+		return kindNames[k]
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }

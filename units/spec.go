@@ -23,12 +23,12 @@
 // so that systemd and stem's own env-file parser (godotenv) read the same
 // values.
 //
-// Installing (Installer) writes files under a root directory, so tests use a
-// temporary directory and `--root /` is the real thing; it never replaces a
-// file that differs from what it would write unless told to.
+// Installer writes the files under a root directory (`--root /` is this
+// machine).
 package units
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
 	"strings"
@@ -149,30 +149,17 @@ type EnvVar struct {
 
 // WithDefaults returns s with every unset field given its default.
 func (s Spec) WithDefaults() Spec {
-	def := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	def(&s.Binary, DefaultBinary)
-	def(&s.User, DefaultUser)
-	def(&s.Group, DefaultGroup)
-	def(&s.EnvFile, DefaultEnvFile)
-	def(&s.NodeEnvDir, DefaultNodeEnvDir)
-	def(&s.UnitDir, DefaultUnitDir)
-	def(&s.Name, DefaultName)
-	if s.ShutdownGrace == 0 {
-		s.ShutdownGrace = DefaultShutdownGrace
-	}
-	if s.StopTimeout == 0 {
-		s.StopTimeout = s.ShutdownGrace + DefaultStopMargin
-	}
-	if s.StartTimeout == 0 {
-		s.StartTimeout = DefaultStartTimeout
-	}
-	if s.Watchdog == 0 {
-		s.Watchdog = DefaultWatchdog
-	}
+	s.Binary = cmp.Or(s.Binary, DefaultBinary)
+	s.User = cmp.Or(s.User, DefaultUser)
+	s.Group = cmp.Or(s.Group, DefaultGroup)
+	s.EnvFile = cmp.Or(s.EnvFile, DefaultEnvFile)
+	s.NodeEnvDir = cmp.Or(s.NodeEnvDir, DefaultNodeEnvDir)
+	s.UnitDir = cmp.Or(s.UnitDir, DefaultUnitDir)
+	s.Name = cmp.Or(s.Name, DefaultName)
+	s.ShutdownGrace = cmp.Or(s.ShutdownGrace, DefaultShutdownGrace)
+	s.StopTimeout = cmp.Or(s.StopTimeout, s.ShutdownGrace+DefaultStopMargin)
+	s.StartTimeout = cmp.Or(s.StartTimeout, DefaultStartTimeout)
+	s.Watchdog = cmp.Or(s.Watchdog, DefaultWatchdog)
 	return s
 }
 
@@ -185,7 +172,6 @@ var (
 	nodeRE    = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	accountRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]*$`)
 	envKeyRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	nameRE    = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 	// listItemRE is a queue or broadcast name (config.ValidName, ASCII).
 	listItemRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
 )
@@ -228,7 +214,7 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("%s %q: want a system account name (lower-case letters, digits, _ and -, at most 32)", a.field, a.v)
 		}
 	}
-	if !nameRE.MatchString(s.Name) || strings.Trim(s.Name, ".") == "" {
+	if !nodeRE.MatchString(s.Name) || strings.Trim(s.Name, ".") == "" {
 		return fmt.Errorf("directory name %q: want letters, digits, '.', '_' and '-'", s.Name)
 	}
 	for _, d := range []struct {
