@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,7 +53,7 @@ WHERE (namespace, task_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`
 type revokeStore struct {
 	e                                   *Engine
 	upsert, readBack, list, prune, trim string
-	closed                              atomic.Bool
+	revoke.View
 }
 
 var _ revoke.Store = (*revokeStore)(nil)
@@ -69,10 +68,7 @@ func (e *Engine) Revokes() revoke.Store {
 
 // Upsert implements revoke.Store.
 func (s *revokeStore) Upsert(ctx context.Context, entries []revoke.Entry) ([]revoke.Entry, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
-		return nil, err
-	}
-	if err := revoke.ValidateAll(entries); err != nil {
+	if err := revoke.CheckUpsert(ctx, s.Closed(), entries); err != nil {
 		return nil, err
 	}
 	if len(entries) == 0 {
@@ -127,7 +123,7 @@ func (s *revokeStore) Upsert(ctx context.Context, entries []revoke.Entry) ([]rev
 
 // List implements revoke.Store.
 func (s *revokeStore) List(ctx context.Context, namespace string) ([]revoke.Entry, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
+	if err := revoke.CheckCall(ctx, s.Closed()); err != nil {
 		return nil, err
 	}
 	if err := revoke.CheckNamespace("list", namespace); err != nil {
@@ -146,7 +142,7 @@ func (s *revokeStore) List(ctx context.Context, namespace string) ([]revoke.Entr
 
 // Prune implements revoke.Store.
 func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
+	if err := revoke.CheckCall(ctx, s.Closed()); err != nil {
 		return 0, err
 	}
 	if err := revoke.CheckNamespace("prune", namespace); err != nil {
@@ -161,7 +157,7 @@ func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time
 
 // Trim implements revoke.Store.
 func (s *revokeStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := revoke.CheckTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
+	if err := revoke.CheckTrim(ctx, s.Closed(), namespace, keep); err != nil {
 		return 0, err
 	}
 	tag, err := s.e.pool.Exec(ctx, s.trim, namespace, keep)
@@ -171,16 +167,9 @@ func (s *revokeStore) Trim(ctx context.Context, namespace string, keep int) (int
 	return int(tag.RowsAffected()), nil
 }
 
-// Close ends the store (later calls return revoke.ErrClosed); the engine
-// stays open. Closing twice is safe.
-func (s *revokeStore) Close() error {
-	s.closed.Store(true)
-	return nil
-}
-
 // fail is revoke.ErrClosed after Close, else the engine's classification.
 func (s *revokeStore) fail(op string, err error) error {
-	if s.closed.Load() {
+	if s.Closed() {
 		return revoke.ErrClosed
 	}
 	return s.e.fail(op, err)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -24,8 +23,8 @@ const revokePruneChunk = 500
 // namespaces runs one script per namespace. Errors are classified as the
 // engine's are.
 type revokeStore struct {
-	e      *Engine
-	closed atomic.Bool
+	e *Engine
+	revoke.View
 }
 
 var _ revoke.Store = (*revokeStore)(nil)
@@ -37,10 +36,7 @@ func (e *Engine) Revokes() revoke.Store { return &revokeStore{e: e} }
 
 // Upsert implements revoke.Store.
 func (s *revokeStore) Upsert(ctx context.Context, entries []revoke.Entry) ([]revoke.Entry, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
-		return nil, err
-	}
-	if err := revoke.ValidateAll(entries); err != nil {
+	if err := revoke.CheckUpsert(ctx, s.Closed(), entries); err != nil {
 		return nil, err
 	}
 	// Group by namespace, keeping input order within each group.
@@ -89,7 +85,7 @@ func (s *revokeStore) Upsert(ctx context.Context, entries []revoke.Entry) ([]rev
 
 // List implements revoke.Store.
 func (s *revokeStore) List(ctx context.Context, namespace string) ([]revoke.Entry, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
+	if err := revoke.CheckCall(ctx, s.Closed()); err != nil {
 		return nil, err
 	}
 	if err := revoke.CheckNamespace("list", namespace); err != nil {
@@ -122,7 +118,7 @@ func (s *revokeStore) List(ctx context.Context, namespace string) ([]revoke.Entr
 // index, checks their expiry exactly, and deletes each only if it was not
 // replaced in between.
 func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
+	if err := revoke.CheckCall(ctx, s.Closed()); err != nil {
 		return 0, err
 	}
 	if err := revoke.CheckNamespace("prune", namespace); err != nil {
@@ -174,7 +170,7 @@ func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time
 // is still the one read (a revoke rewritten in between is kept). Values
 // that do not decode are left alone (List reports them).
 func (s *revokeStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := revoke.CheckTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
+	if err := revoke.CheckTrim(ctx, s.Closed(), namespace, keep); err != nil {
 		return 0, err
 	}
 	hash, index := s.e.keys.revokes(namespace), s.e.keys.revokeExpiry(namespace)
@@ -209,16 +205,9 @@ func (s *revokeStore) Trim(ctx context.Context, namespace string, keep int) (int
 	return total, nil
 }
 
-// Close ends the store (later calls return revoke.ErrClosed); the engine
-// stays open. Closing twice is safe.
-func (s *revokeStore) Close() error {
-	s.closed.Store(true)
-	return nil
-}
-
 // fail is revoke.ErrClosed after Close, else the engine's classification.
 func (s *revokeStore) fail(op string, err error) error {
-	if s.closed.Load() {
+	if s.Closed() {
 		return revoke.ErrClosed
 	}
 	return s.e.fail("revoke store: "+op, err)

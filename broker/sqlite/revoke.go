@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/stemhq/stem/control/revoke"
@@ -53,8 +52,8 @@ const revokeTimeLayout = "2006-01-02T15:04:05.000000000Z"
 // ON CONFLICT DO UPDATE ... WHERE the new version is higher, and a
 // read-back of every input's row. Times keep nanoseconds.
 type revokeStore struct {
-	e      *Engine
-	closed atomic.Bool
+	e *Engine
+	revoke.View
 }
 
 var _ revoke.Store = (*revokeStore)(nil)
@@ -65,10 +64,7 @@ func (e *Engine) Revokes() revoke.Store { return &revokeStore{e: e} }
 
 // Upsert implements revoke.Store.
 func (s *revokeStore) Upsert(ctx context.Context, entries []revoke.Entry) ([]revoke.Entry, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
-		return nil, err
-	}
-	if err := revoke.ValidateAll(entries); err != nil {
+	if err := revoke.CheckUpsert(ctx, s.Closed(), entries); err != nil {
 		return nil, err
 	}
 	if len(entries) == 0 {
@@ -111,7 +107,7 @@ func (s *revokeStore) Upsert(ctx context.Context, entries []revoke.Entry) ([]rev
 
 // List implements revoke.Store.
 func (s *revokeStore) List(ctx context.Context, namespace string) ([]revoke.Entry, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
+	if err := revoke.CheckCall(ctx, s.Closed()); err != nil {
 		return nil, err
 	}
 	if err := revoke.CheckNamespace("list", namespace); err != nil {
@@ -139,7 +135,7 @@ func (s *revokeStore) List(ctx context.Context, namespace string) ([]revoke.Entr
 
 // Prune implements revoke.Store.
 func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
-	if err := revoke.CheckCall(ctx, s.closed.Load()); err != nil {
+	if err := revoke.CheckCall(ctx, s.Closed()); err != nil {
 		return 0, err
 	}
 	if err := revoke.CheckNamespace("prune", namespace); err != nil {
@@ -154,7 +150,7 @@ func (s *revokeStore) Prune(ctx context.Context, namespace string, now time.Time
 
 // Trim implements revoke.Store.
 func (s *revokeStore) Trim(ctx context.Context, namespace string, keep int) (int, error) {
-	if err := revoke.CheckTrim(ctx, s.closed.Load(), namespace, keep); err != nil {
+	if err := revoke.CheckTrim(ctx, s.Closed(), namespace, keep); err != nil {
 		return 0, err
 	}
 	n, err := s.exec(ctx, sqlRevokeTrim, namespace, namespace, keep)
@@ -179,16 +175,9 @@ func (s *revokeStore) exec(ctx context.Context, query string, args ...any) (int,
 	return int(n), err
 }
 
-// Close ends the store (later calls return revoke.ErrClosed); the engine
-// stays open. Closing twice is safe.
-func (s *revokeStore) Close() error {
-	s.closed.Store(true)
-	return nil
-}
-
 // fail is revoke.ErrClosed after Close, else the engine's classification.
 func (s *revokeStore) fail(op string, err error) error {
-	if s.closed.Load() {
+	if s.Closed() {
 		return revoke.ErrClosed
 	}
 	return s.e.fail("revoke store: "+op, err)

@@ -143,10 +143,7 @@ func (s *FileStore) Path() string { return s.path }
 
 // Upsert implements Store. It rewrites the file only when an entry won.
 func (s *FileStore) Upsert(ctx context.Context, entries []Entry) ([]Entry, error) {
-	if err := CheckCall(ctx, s.closed.Load()); err != nil {
-		return nil, err
-	}
-	if err := ValidateAll(entries); err != nil {
+	if err := CheckUpsert(ctx, s.closed.Load(), entries); err != nil {
 		return nil, err
 	}
 	if len(entries) == 0 {

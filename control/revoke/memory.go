@@ -47,10 +47,7 @@ func SharedMemory(rawURL string) *Memory {
 
 // Upsert implements Store.
 func (m *Memory) Upsert(ctx context.Context, entries []Entry) ([]Entry, error) {
-	if err := CheckCall(ctx, m.closed.Load()); err != nil {
-		return nil, err
-	}
-	if err := ValidateAll(entries); err != nil {
+	if err := CheckUpsert(ctx, m.closed.Load(), entries); err != nil {
 		return nil, err
 	}
 	st := m.state

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 )
 
 // ErrClosed is returned by every Store method called after Close.
@@ -141,4 +142,23 @@ func Truncate(b []byte, n int) string {
 		return string(b)
 	}
 	return string(b[:n]) + "..."
+}
+
+// View is embedded by a Store an engine serves on its own connections:
+// its Close ends the store (later calls return ErrClosed), not the engine.
+type View struct{ closed atomic.Bool }
+
+// Close ends the store. Closing twice is safe.
+func (v *View) Close() error { v.closed.Store(true); return nil }
+
+// Closed reports whether Close was called.
+func (v *View) Closed() bool { return v.closed.Load() }
+
+// CheckUpsert is what every store's Upsert does first: CheckCall, then
+// ValidateAll.
+func CheckUpsert(ctx context.Context, closed bool, entries []Entry) error {
+	if err := CheckCall(ctx, closed); err != nil {
+		return err
+	}
+	return ValidateAll(entries)
 }
