@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,33 +29,18 @@ import (
 //	                   attacker who can write in the pid directory would
 //	alive PID          succeed if PID is a live process (! alive: if not)
 //
-// The condition [redis] holds when STEM_TEST_REDIS_URL is set (passed to
-// scripts as $STEM_TEST_REDIS_URL); under CI its absence is an error, not a
-// skip.
-//
 // Every process a script leaves behind in a pidfile under $WORK is killed
 // (after an identity check) when the script ends, and so are strangers.
 func TestScriptsDaemon(t *testing.T) {
 	p := scriptParams(t, "testdata/daemon", "")
-	redisURL := os.Getenv("STEM_TEST_REDIS_URL")
 	setup := p.Setup
 	p.Setup = func(e *testscript.Env) error {
 		if err := setup(e); err != nil {
 			return err
 		}
-		e.Setenv("STEM_TEST_REDIS_URL", redisURL)
 		work := e.WorkDir
 		e.Defer(func() { killNodesUnder(work) })
 		return nil
-	}
-	p.Condition = func(cond string) (bool, error) {
-		if cond != "redis" {
-			return false, fmt.Errorf("unknown condition %q", cond)
-		}
-		if redisURL == "" && os.Getenv("CI") != "" {
-			return false, fmt.Errorf("STEM_TEST_REDIS_URL is not set, and scripts may not skip under CI")
-		}
-		return redisURL != "", nil
 	}
 	p.Cmds["stranger"] = cmdStranger
 	p.Cmds["alive"] = cmdAlive
