@@ -108,6 +108,22 @@ func TestRoutingAndEnvelope(t *testing.T) {
 	}
 }
 
+// steppedResults runs step[n] after the n-th Get returns its answer.
+type steppedResults struct {
+	result.Backend
+	gets int
+	step map[int]func()
+}
+
+func (s *steppedResults) Get(ctx context.Context, id string) (result.TaskState, error) {
+	st, err := s.Backend.Get(ctx, id)
+	s.gets++
+	if f := s.step[s.gets]; f != nil {
+		f()
+	}
+	return st, err
+}
+
 func TestWait(t *testing.T) {
 	m := memory.New(memory.Options{})
 	defer m.Close()
@@ -119,15 +135,20 @@ func TestWait(t *testing.T) {
 	}
 	ids := []string{envs[0].ID, envs[1].ID, envs[2].ID, "never-enqueued"}
 	now := time.Now().UTC()
-	go func() {
-		time.Sleep(20 * time.Millisecond)
-		_ = m.Set(ctx, []result.TaskState{
-			{ID: ids[0], Name: "a", Queue: "default", State: result.Succeeded, UpdatedAt: now},
-			{ID: ids[1], Name: "b", Queue: "default", State: result.Failed, UpdatedAt: now},
-		})
-	}()
-	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Round one of Wait reads four unfinished tasks, after which two
+	// finish; round two sees them final and the other two still not; then
+	// the wait ends (its context), with those two pending.
+	c = client.New(m, &steppedResults{Backend: m, step: map[int]func(){
+		4: func() {
+			_ = m.Set(ctx, []result.TaskState{
+				{ID: ids[0], Name: "a", Queue: "default", State: result.Succeeded, UpdatedAt: now},
+				{ID: ids[1], Name: "b", Queue: "default", State: result.Failed, UpdatedAt: now},
+			})
+		},
+		8: cancel,
+	}}, client.Options{})
 	oc, err := c.Wait(wctx, ids)
 	if err != nil {
 		t.Fatal(err)
